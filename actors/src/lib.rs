@@ -1,0 +1,37 @@
+//! # fleet-q-actors: the engine of fleet-q
+//!
+//! fleet-q is a brokerless distributed step queue: identical pods share only a
+//! database, through which they submit, claim, run and finish steps, heartbeat, elect
+//! the eldest live pod as leader, and requeue the work of pods that died.
+//!
+//! This crate holds everything that does not depend on a particular database or on
+//! HTTP: the domain types, the [`Store`] contract every backend implements, and (with
+//! the `testkit` feature) the conformance suite every backend must pass.
+//!
+//! # Layout
+//! - [`step`]: [`Step`], [`StepStatus`], [`StepId`], and [`NewStep`], the validated
+//!   form of a submit.
+//! - [`pod`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
+//! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
+//!   ([`Lease`]) and retry [`Backoff`].
+//! - `testkit` (feature `testkit`): the shared conformance suite and the
+//!   [`conformance_suite!`] macro that expands it into one test per case.
+//!
+//! Dependencies point one way: the server crate `fleet-q` depends on this one, never
+//! the reverse, and nothing here imports an HTTP stack or a database driver.
+
+pub mod pod;
+pub mod step;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use pod::{eldest_live_pod, PodRecord, PodStatus, QueueStats, StatusCounts};
+pub use step::{
+    NewStep, Payload, RunAt, Step, StepId, StepSpec, StepStatus, ValidationError, ValidationErrors,
+};
+pub use store::{
+    Backoff, CancelOutcome, ClaimParams, FencedReport, Finish, FinishParams, HeartbeatParams,
+    Inserted, Lease, MarkDownParams, OrphanParams, Outcome, PageParams, PruneParams, RequeueParams,
+    RetryOutcome, Store, StoreError, StoreErrorKind,
+};

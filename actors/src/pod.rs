@@ -1,0 +1,174 @@
+//! Pods as the store sees them (the seed's POD_HEALTH table) and queue statistics.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::step::ValidationError;
+
+/// A pod's own view of itself, written with every heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodStatus {
+    /// Running and heartbeating.
+    Up,
+    /// Shut down, or presumed dead and marked down by the leader. A down pod never
+    /// becomes `up` again under the same id: it rejoins under a new identity.
+    Down,
+}
+
+impl PodStatus {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PodStatus::Up => "up",
+            PodStatus::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for PodStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PodStatus {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up" => Ok(PodStatus::Up),
+            "down" => Ok(PodStatus::Down),
+            other => Err(ValidationError::new(
+                "pod_status",
+                format!("unknown pod status {other:?}"),
+            )),
+        }
+    }
+}
+
+/// One row of POD_HEALTH, with its heartbeat age measured by the store's clock at
+/// the time it was read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// Unique per process (and per rejoin).
+    pub pod_id: String,
+    /// First heartbeat of this identity; the eldest live pod leads.
+    pub birth_ts: DateTime<Utc>,
+    /// Latest heartbeat, by the store's clock.
+    pub last_heartbeat_ts: DateTime<Utc>,
+    /// `up` or `down`.
+    pub status: PodStatus,
+    /// Steps it was running at its last heartbeat.
+    pub capacity_in_use: u32,
+    /// Steps it may run at once.
+    pub max_capacity: u32,
+    /// Free-form JSON the pod reports (version, host, address).
+    pub meta: serde_json::Value,
+    /// Store time at read minus `last_heartbeat_ts`.
+    pub heartbeat_age: Duration,
+}
+
+impl PodRecord {
+    /// Alive: marked up, with a heartbeat younger than `dead_threshold` by store
+    /// time. (A zero threshold therefore makes every pod dead.)
+    pub fn is_alive(&self, dead_threshold: Duration) -> bool {
+        self.status == PodStatus::Up && self.heartbeat_age < dead_threshold
+    }
+}
+
+/// The leader among `pods`: the live pod with the earliest birth time, ties broken
+/// by pod id. Every pod computes the same answer from the same rows.
+pub fn eldest_live_pod(pods: &[PodRecord], dead_threshold: Duration) -> Option<&PodRecord> {
+    pods.iter()
+        .filter(|p| p.is_alive(dead_threshold))
+        .min_by(|a, b| (a.birth_ts, &a.pod_id).cmp(&(b.birth_ts, &b.pod_id)))
+}
+
+/// Step counts by status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    /// Waiting.
+    pub pending: u64,
+    /// Running.
+    pub claimed: u64,
+    /// Done.
+    pub completed: u64,
+    /// Failed terminally.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    /// Adds `n` to the counter of `status`.
+    pub fn add(&mut self, status: crate::StepStatus, n: u64) {
+        use crate::StepStatus::*;
+        match status {
+            Pending => self.pending += n,
+            Claimed => self.claimed += n,
+            Completed => self.completed += n,
+            Failed => self.failed += n,
+            Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// All steps counted.
+    pub fn total(&self) -> u64 {
+        self.pending + self.claimed + self.completed + self.failed + self.cancelled
+    }
+}
+
+/// A snapshot of the queue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Counts by status over every stored step.
+    pub counts: StatusCounts,
+    /// Pending steps by priority.
+    pub pending_by_priority: BTreeMap<i32, u64>,
+    /// Counts by status for each step type.
+    pub by_type: BTreeMap<String, StatusCounts>,
+    /// Age of the oldest pending step that is due (`run_at <= now`), by store time.
+    pub oldest_pending_age: Option<Duration>,
+    /// Store time of the snapshot.
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(id: &str, birth_s: i64, age_s: u64, status: PodStatus) -> PodRecord {
+        PodRecord {
+            pod_id: id.into(),
+            birth_ts: DateTime::from_timestamp(birth_s, 0).unwrap(),
+            last_heartbeat_ts: DateTime::from_timestamp(birth_s, 0).unwrap(),
+            status,
+            capacity_in_use: 0,
+            max_capacity: 8,
+            meta: serde_json::Value::Null,
+            heartbeat_age: Duration::from_secs(age_s),
+        }
+    }
+
+    #[test]
+    fn eldest_live_pod_skips_dead_and_down_and_breaks_ties_by_id() {
+        let t = Duration::from_secs(180);
+        let pods = vec![
+            pod("a", 10, 500, PodStatus::Up), // dead: stale heartbeat
+            pod("b", 11, 5, PodStatus::Down), // down
+            pod("d", 20, 5, PodStatus::Up),   // live, born later
+            pod("c", 20, 5, PodStatus::Up),   // same birth as d: c wins by id
+            pod("e", 30, 179, PodStatus::Up), // just inside the threshold
+            pod("f", 1, 180, PodStatus::Up),  // exactly at the threshold: dead
+        ];
+        assert_eq!(eldest_live_pod(&pods, t).unwrap().pod_id, "c");
+        assert!(pods[4].is_alive(t));
+        assert!(!pods[5].is_alive(t));
+        assert!(eldest_live_pod(&pods[..2], t).is_none());
+    }
+}

@@ -1,0 +1,407 @@
+//! The `Store` contract: the only surface through which fleet-q touches its database.
+//!
+//! Every backend (SQLite in `fleet-q`'s `storage::sqlite`, Snowflake later) implements
+//! this trait, and every backend runs the same conformance suite
+//! ([`crate::testkit`], feature `testkit`). Method names are noun-then-verb.
+//!
+//! # Rules every implementation keeps
+//! - **Store time.** Every timestamp written or compared (`created_ts`, `run_at`,
+//!   heartbeats, ages) comes from the store's clock, never a pod's; pods disagree
+//!   about time, the store is the one clock they share.
+//! - **Fencing.** Every transition out of `claimed` is conditioned on the [`Lease`]
+//!   `(step_id, claimed_by, attempt)` and `status = 'claimed'`. A transition whose
+//!   lease no longer matches changes nothing and is reported back as rejected, so a
+//!   pod presumed dead can never overwrite work that has moved on.
+//! - **Retries.** A retryable failure with retries left goes back to `pending` with
+//!   `retry_count + 1` and `run_at = now + backoff`; otherwise the step is `failed`
+//!   with its error kept. Exactly `max_retries` retries happen, no fewer.
+//! - **Atomic claims.** Two claimers never get the same step for the same attempt.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::pod::{PodRecord, PodStatus, QueueStats};
+use crate::step::{NewStep, Step, StepId, StepStatus};
+
+/// Whether retrying the same call later may succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Busy or locked database, network failure, timeout, server 5xx: retry later.
+    Transient,
+    /// Misconfiguration, missing objects, authentication, corrupt rows: retrying the
+    /// same call will fail the same way.
+    Fatal,
+}
+
+/// A failed store call, saying what was being attempted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store {operation} failed ({kind:?}): {message}")]
+pub struct StoreError {
+    /// Transient or fatal.
+    pub kind: StoreErrorKind,
+    /// The store method that failed (e.g. `steps_claim`).
+    pub operation: &'static str,
+    /// What went wrong; never contains SQL text or secrets.
+    pub message: String,
+}
+
+impl StoreError {
+    /// A transient failure of `operation`.
+    pub fn transient(operation: &'static str, message: impl Into<String>) -> Self {
+        StoreError {
+            kind: StoreErrorKind::Transient,
+            operation,
+            message: message.into(),
+        }
+    }
+
+    /// A fatal failure of `operation`.
+    pub fn fatal(operation: &'static str, message: impl Into<String>) -> Self {
+        StoreError {
+            kind: StoreErrorKind::Fatal,
+            operation,
+            message: message.into(),
+        }
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        self.kind == StoreErrorKind::Transient
+    }
+}
+
+/// The fencing triple: which pod holds which attempt of a step.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    /// The step.
+    pub step_id: StepId,
+    /// The pod that claimed it.
+    pub pod_id: String,
+    /// The attempt it claimed.
+    pub attempt: u32,
+}
+
+impl Lease {
+    /// The lease a claimed step carries; `None` when the step is not claimed.
+    pub fn of(step: &Step) -> Option<Lease> {
+        match (&step.status, &step.claimed_by) {
+            (StepStatus::Claimed, Some(pod)) => Some(Lease {
+                step_id: step.step_id,
+                pod_id: pod.clone(),
+                attempt: step.attempt,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How a run of a step ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Success with the handler's JSON result.
+    Complete {
+        /// Stored as the step's `result`.
+        result: Value,
+    },
+    /// Failure. `retryable` failures go back to pending while retries remain.
+    Fail {
+        /// Kept as `last_error`.
+        error: String,
+        /// False for terminal errors (bad input, unknown type, 4xx).
+        retryable: bool,
+    },
+}
+
+/// One fenced finish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finish {
+    /// The lease the finishing pod holds.
+    pub lease: Lease,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Retry backoff: delay for retry *n* (0-based) is `min(max, base × 2ⁿ)`, reduced by
+/// a random fraction of up to `jitter` of itself so that retries spread out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    pub base: Duration,
+    /// Cap on any delay.
+    pub max: Duration,
+    /// 0.0 (none) … 1.0: fraction of the delay that may be removed at random.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(30_000),
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Backoff {
+    /// The un-jittered delay before retry number `retry_count` (0-based).
+    pub fn delay(&self, retry_count: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry_count.min(31));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The delay with jitter applied, given a uniform random `u` in `[0, 1)`.
+    pub fn jittered(&self, retry_count: u32, u: f64) -> Duration {
+        let d = self.delay(retry_count);
+        let cut = (self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0) * d.as_secs_f64()).max(0.0);
+        d.saturating_sub(Duration::from_secs_f64(cut))
+    }
+}
+
+/// What happened to each entry of a fenced batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FencedReport {
+    /// Steps changed, with the status each now has.
+    pub applied: Vec<(StepId, StepStatus)>,
+    /// Leases that no longer held: nothing was changed for them.
+    pub rejected: Vec<Lease>,
+}
+
+/// One row of an insert: the id a client gets back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    /// The new step's id, or the existing step's for a repeated idempotency key.
+    pub step_id: StepId,
+    /// False when an existing step with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// Parameters of [`Store::steps_claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimParams {
+    /// The claiming pod.
+    pub pod_id: String,
+    /// At most this many steps.
+    pub limit: u32,
+}
+
+/// Parameters of [`Store::steps_finish`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishParams {
+    /// The finishes; each fenced on its own lease.
+    pub finishes: Vec<Finish>,
+    /// Backoff for retryable failures.
+    pub backoff: Backoff,
+}
+
+/// Parameters of [`Store::steps_requeue_orphaned`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequeueParams {
+    /// Leases of orphaned steps, as read by [`Store::steps_orphaned`].
+    pub leases: Vec<Lease>,
+    /// Why (kept as `last_error`).
+    pub reason: String,
+    /// Backoff for the requeue.
+    pub backoff: Backoff,
+}
+
+/// Parameters of [`Store::steps_failed_list`] (keyset paging by step id).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageParams {
+    /// Page size.
+    pub limit: u32,
+    /// Return steps with ids after this one (the last id of the previous page).
+    pub after: Option<StepId>,
+}
+
+/// Parameters of [`Store::steps_prune`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneParams {
+    /// Finished steps last updated longer ago than this (store time) are deleted.
+    pub retention: Duration,
+    /// At most this many per call, to keep transactions short.
+    pub limit: u32,
+}
+
+/// Parameters of [`Store::pod_heartbeat`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeartbeatParams {
+    /// The pod.
+    pub pod_id: String,
+    /// `Up` while running; `Down` on the final heartbeat of a graceful shutdown.
+    pub status: PodStatus,
+    /// Steps running now.
+    pub capacity_in_use: u32,
+    /// Steps it may run at once.
+    pub max_capacity: u32,
+    /// Free-form JSON (version, host).
+    pub meta: Value,
+}
+
+/// Parameters of [`Store::pods_mark_down`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkDownParams {
+    /// Candidates.
+    pub pod_ids: Vec<String>,
+    /// Only pods whose heartbeat is older than this, by store time at the moment of
+    /// the write, are marked: a pod that heartbeated since it was judged dead is spared.
+    pub dead_threshold: Duration,
+}
+
+/// Parameters of [`Store::steps_orphaned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrphanParams {
+    /// Pods with older heartbeats are dead.
+    pub dead_threshold: Duration,
+    /// At most this many steps.
+    pub limit: u32,
+}
+
+/// Result of [`Store::step_cancel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The step was pending and is now cancelled.
+    Cancelled,
+    /// No such step.
+    NotFound,
+    /// The step exists but is not pending; nothing changed.
+    NotPending(StepStatus),
+}
+
+/// Result of [`Store::step_retry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The step was failed and is pending again with a fresh retry budget.
+    Requeued,
+    /// No such step.
+    NotFound,
+    /// The step exists but is not failed; nothing changed.
+    NotFailed(StepStatus),
+}
+
+/// The database behind a fleet of pods. See the module docs for the rules.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short backend name (`sqlite`, `snowflake`).
+    fn backend(&self) -> &'static str;
+
+    /// Creates tables and indexes if missing. Idempotent.
+    async fn schema_init(&self) -> Result<(), StoreError>;
+
+    /// The store's clock.
+    async fn now(&self) -> Result<DateTime<Utc>, StoreError>;
+
+    /// Inserts steps in one call, answering in input order. A step whose
+    /// idempotency key already exists is not inserted; the existing id comes back.
+    async fn steps_insert(&self, steps: Vec<NewStep>) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Atomically claims up to `limit` due steps (`run_at <= now`) in order
+    /// `priority DESC, created_ts ASC`, setting `claimed_by` and `attempt + 1`.
+    async fn steps_claim(&self, params: ClaimParams) -> Result<Vec<Step>, StoreError>;
+
+    /// Completes, retries or fails claimed steps, each fenced on its lease.
+    async fn steps_finish(&self, params: FinishParams) -> Result<FencedReport, StoreError>;
+
+    /// Returns claimed steps to `pending` without spending a retry (graceful
+    /// shutdown), each fenced on its lease.
+    async fn steps_release(&self, leases: Vec<Lease>) -> Result<FencedReport, StoreError>;
+
+    /// Cancels a pending step.
+    async fn step_cancel(&self, step_id: StepId) -> Result<CancelOutcome, StoreError>;
+
+    /// One step.
+    async fn step_get(&self, step_id: StepId) -> Result<Option<Step>, StoreError>;
+
+    /// Puts a failed step back to `pending` with `retry_count = 0`.
+    async fn step_retry(&self, step_id: StepId) -> Result<RetryOutcome, StoreError>;
+
+    /// Failed steps in id order, a page at a time.
+    async fn steps_failed_list(&self, params: PageParams) -> Result<Vec<Step>, StoreError>;
+
+    /// Deletes finished (`completed`, `failed`, `cancelled`) steps past retention.
+    /// Returns how many were deleted.
+    async fn steps_prune(&self, params: PruneParams) -> Result<u64, StoreError>;
+
+    /// Queue statistics.
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Upserts this pod's row. A new pod's `birth_ts` is set once and kept. A row
+    /// already `down` stays down (a pod presumed dead must rejoin under a new id);
+    /// the row is returned so the pod learns it.
+    async fn pod_heartbeat(&self, params: HeartbeatParams) -> Result<PodRecord, StoreError>;
+
+    /// Every pod row with its heartbeat age by store time.
+    async fn pods_list(&self) -> Result<Vec<PodRecord>, StoreError>;
+
+    /// Marks stale pods down (fenced on staleness at write time). Returns the ids
+    /// actually marked.
+    async fn pods_mark_down(&self, params: MarkDownParams) -> Result<Vec<String>, StoreError>;
+
+    /// Claimed steps whose holder is down, dead by heartbeat age, or unknown.
+    async fn steps_orphaned(&self, params: OrphanParams) -> Result<Vec<Step>, StoreError>;
+
+    /// Requeues (or, with no retries left, fails) orphaned steps, fenced on the
+    /// leases read by [`Store::steps_orphaned`]: a second leader doing the same finds
+    /// the leases gone and changes nothing. It spends a retry, exactly as a
+    /// retryable handler failure does, so it shares that code path.
+    async fn steps_requeue_orphaned(
+        &self,
+        params: RequeueParams,
+    ) -> Result<FencedReport, StoreError> {
+        let finishes = params
+            .leases
+            .into_iter()
+            .map(|lease| Finish {
+                lease,
+                outcome: Outcome::Fail {
+                    error: params.reason.clone(),
+                    retryable: true,
+                },
+            })
+            .collect();
+        self.steps_finish(FinishParams {
+            finishes,
+            backoff: params.backoff,
+        })
+        .await
+    }
+
+    /// Statements sent to the database so far (for metrics and benchmarks).
+    fn statement_count(&self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            jitter: 0.0,
+        };
+        let got: Vec<u128> = (0..6).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_millis(1000));
+        assert_eq!(b.jittered(2, 0.99), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn jitter_removes_at_most_its_fraction() {
+        let b = Backoff {
+            base: Duration::from_millis(1000),
+            max: Duration::from_secs(60),
+            jitter: 0.5,
+        };
+        assert_eq!(b.jittered(0, 0.0), Duration::from_millis(1000));
+        let d = b.jittered(0, 1.0);
+        assert!(d >= Duration::from_millis(499) && d <= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,111 @@
+//! The store conformance suite: the same cases run against every backend.
+//!
+//! A backend's test file opens a fresh, isolated database per case and expands the
+//! suite with [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```ignore
+//! async fn open() -> fleet_q_actors::testkit::Harness { /* fresh store */ }
+//! fleet_q_actors::conformance_suite!(open);
+//! ```
+//!
+//! Each case gets a [`Harness`] with two handles on the same database (`a` and `b`),
+//! as two pods in two processes would have. Any change to the contract or to a
+//! backend extends this suite rather than adding a backend-only test. A backend that
+//! lacks a feature declares it in [`Harness::lacks`]; the affected case prints the
+//! reason and returns without asserting, never faking the feature.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::store::Store;
+
+pub mod cases;
+
+/// What a case needs: two handles on one fresh database.
+pub struct Harness {
+    /// The first handle ("pod A").
+    pub a: Arc<dyn Store>,
+    /// A second, independent handle on the same database ("pod B", as another
+    /// process would open it).
+    pub b: Arc<dyn Store>,
+    /// Kept alive for the case's duration (temp dirs, emulator processes).
+    pub guard: Box<dyn Any + Send>,
+    /// Features this backend lacks, each with the reason; cases needing one skip.
+    pub lacks: Vec<(&'static str, &'static str)>,
+}
+
+impl Harness {
+    /// True (and the reason printed) when the backend lacks `feature`.
+    pub fn skip_without(&self, case: &str, feature: &str) -> bool {
+        match self.lacks.iter().find(|(f, _)| *f == feature) {
+            Some((_, why)) => {
+                println!("skipped {case}: backend lacks {feature}: {why}");
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Runs one case on a fresh multi-threaded runtime (cases use real concurrency).
+pub fn run_case<O, OF, C, CF>(open: O, case: C)
+where
+    O: FnOnce() -> OF,
+    OF: Future<Output = Harness>,
+    C: FnOnce(Harness) -> CF,
+    CF: Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("test runtime");
+    rt.block_on(async move {
+        let h = open().await;
+        case(h).await;
+    });
+}
+
+/// Expands the conformance suite into one `#[test]` per case, each calling `$open`
+/// (an `async fn() -> Harness`) for a fresh database.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($open:path) => {
+        $crate::conformance_suite!(@cases $open;
+            payload_round_trip_is_byte_exact,
+            schema_init_twice,
+            insert_answers_in_order_with_store_times,
+            exclusive_claims_with_concurrent_claimers,
+            claim_order_priority_then_age,
+            claim_respects_run_at,
+            fencing_rejects_stale_pod_and_stale_attempt,
+            complete_stores_result,
+            retry_backoff_and_exact_max_retries,
+            terminal_failure_skips_retries,
+            release_spends_no_retry,
+            orphans_found_for_dead_down_and_unknown_pods,
+            orphan_requeue_by_two_leaders_is_harmless,
+            orphan_requeue_spends_retries_then_fails,
+            heartbeat_keeps_birth_and_ages_by_store_time,
+            down_pod_is_not_revived_by_heartbeat,
+            mark_down_spares_fresh_pods,
+            eldest_live_pod_leads,
+            cancel_only_pending,
+            retry_failed_step,
+            failed_list_pages,
+            idempotency_key_dedupe_under_concurrent_submits,
+            prune_deletes_only_old_finished_steps,
+            stats_count_by_status_priority_and_type,
+            store_rejects_nothing_valid_and_survives_hostile_strings
+        );
+    };
+    (@cases $open:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testkit::run_case($open, $crate::testkit::cases::$case);
+            }
+        )+
+    };
+}

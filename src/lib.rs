@@ -1,0 +1,21 @@
+//! # fleet-q: a brokerless distributed step queue
+//!
+//! Identical pods share only a database: they submit, claim, run and finish steps
+//! through it, heartbeat into it, elect the eldest live pod as leader, and the
+//! leader requeues the work of pods that died. Production runs on Snowflake; the
+//! embedded default is one SQLite file that several local pods can share.
+//!
+//! This crate is the server around the engine ([`fleet_q_actors`]): configuration,
+//! storage backends and the command line.
+//!
+//! # Layout
+//! - [`config`]: settings from defaults, a TOML file and `FLEET_Q_*` variables,
+//!   validated at once with every problem listed.
+//! - [`storage`]: backends implementing the engine's `Store` contract; the only
+//!   place SQL lives. [`storage::sqlite`] is the embedded store.
+//! - `main.rs`: the thin `fleet-q` binary.
+
+pub mod config;
+pub mod storage;
+
+pub use fleet_q_actors as engine;

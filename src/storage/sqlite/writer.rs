@@ -1,0 +1,182 @@
+//! The group-commit writer: one thread per process owns the write connection.
+//!
+//! Why one thread: SQLite allows one writer per database at a time anyway, and a
+//! dedicated thread keeps blocking calls off the async runtime (and off actor
+//! threads). Why group commit: a transaction's cost is dominated by the commit
+//! (WAL append + fsync policy), so every job waiting when the writer wakes shares
+//! one `BEGIN IMMEDIATE … COMMIT`. Each job runs inside its own savepoint, so a job
+//! that fails rolls back alone; callers are answered only after the commit, so an
+//! answer always describes durable state.
+//!
+//! Several processes on one file coordinate through SQLite's own locking:
+//! `BEGIN IMMEDIATE` takes the write lock up front (waiting up to the busy timeout),
+//! so two processes never interleave inside a transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleet_q_actors::StoreError;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::map_err;
+
+/// Most jobs committed in one transaction: bounds the latency a group adds.
+const MAX_GROUP: usize = 512;
+
+/// Milliseconds since the Unix epoch by this machine's clock. For the embedded
+/// store the database file lives on this machine, so this *is* the store's clock:
+/// every process sharing the file reads the same one.
+pub(crate) fn clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A unit of work for the writer.
+pub(crate) trait WriteJob: Send {
+    /// Runs inside a savepoint of the group's transaction; `now` is the group's
+    /// store time. An error rolls back this job only.
+    fn run(&mut self, conn: &Connection, now: i64, stmts: &AtomicU64) -> Result<(), StoreError>;
+    /// Called after the transaction ended: `commit` is its outcome.
+    fn reply(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Job<T, F> {
+    work: Option<F>,
+    out: Option<Result<T, StoreError>>,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, i64, &AtomicU64) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection, now: i64, stmts: &AtomicU64) -> Result<(), StoreError> {
+        let work = self.work.take().expect("a job runs once");
+        let r = work(conn, now, stmts);
+        let failed = r.as_ref().err().cloned();
+        self.out = Some(r);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn reply(self: Box<Self>, commit: Result<(), StoreError>) {
+        let answer = match (commit, self.out) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(out)) => out,
+            (Ok(()), None) => Err(StoreError::fatal("write", "job did not run")),
+        };
+        // The caller may have gone away (timeout, shutdown): nothing to tell.
+        let _ = self.tx.send(answer);
+    }
+}
+
+/// The handle async code uses to submit writes.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Box<dyn WriteJob>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`. The thread ends when every handle is gone.
+    pub(crate) fn start(conn: Connection, stmts: Arc<AtomicU64>, queue: usize) -> Writer {
+        let (tx, rx) = mpsc::channel(queue);
+        std::thread::Builder::new()
+            .name("fleet-q-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, stmts))
+            .expect("spawn the SQLite writer thread");
+        Writer { tx }
+    }
+
+    /// Runs `work` in the next group transaction and returns its result once the
+    /// transaction committed.
+    pub(crate) async fn write<T, F>(&self, op: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64, &AtomicU64) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(Job {
+            work: Some(work),
+            out: None,
+            tx,
+        });
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::fatal(op, "the SQLite writer has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::fatal(op, "the SQLite writer dropped the request"))?
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, stmts: Arc<AtomicU64>) {
+    let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let commit = run_group(&conn, &mut group, &stmts);
+        for job in group.drain(..) {
+            job.reply(commit.clone());
+        }
+    }
+}
+
+fn run_group(
+    conn: &Connection,
+    group: &mut [Box<dyn WriteJob>],
+    stmts: &AtomicU64,
+) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| map_err("begin", e))?;
+    stmts.fetch_add(1, Ordering::Relaxed);
+    // Read the clock after taking the write lock: transactions from every process
+    // then see non-decreasing store time in commit order.
+    let now = clock_ms();
+    let single = group.len() == 1;
+    for job in group.iter_mut() {
+        if single {
+            // One job: the transaction itself is its savepoint.
+            if job.run(conn, now, stmts).is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Ok(()); // the job's own error is its answer
+            }
+            continue;
+        }
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(map_err("savepoint", e));
+        }
+        let ok = job.run(conn, now, stmts).is_ok();
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(map_err("savepoint", e));
+        }
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            stmts.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(map_err("commit", e))
+        }
+    }
+}
