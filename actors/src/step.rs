@@ -45,6 +45,16 @@ impl StepId {
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+
+    /// The 16 big-endian bytes; they sort in creation order, like the text form.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// From the 16 bytes of [`StepId::as_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        StepId(Uuid::from_bytes(bytes))
+    }
 }
 
 impl fmt::Display for StepId {

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_q_actors::StoreError;
 use rusqlite::Connection;
@@ -118,7 +118,7 @@ impl Writer {
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, stmts: Arc<AtomicU64>) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
+    while let Some(first) = next_job(&mut rx) {
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -129,6 +129,31 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, stmt
         let commit = run_group(&conn, &mut group, &stmts);
         for job in group.drain(..) {
             job.reply(commit.clone());
+        }
+    }
+}
+
+/// How long the writer polls for the next job before it parks.
+///
+/// Why: callers usually send their next write within microseconds of the last
+/// answer (claim after insert, finish after claim, the next submit batch), and
+/// waking a parked thread is slow on virtual machines: measured here, an empty
+/// write round trip took ~110 µs when the writer parked at once and ~30 µs with
+/// this poll, and the insert+claim+complete pipeline went from ~55k to ~73k
+/// steps/s. The cost is bounded: at most this much CPU after each group, nothing
+/// while the pod is idle.
+const POLL_BEFORE_PARK: Duration = Duration::from_micros(200);
+
+fn next_job(rx: &mut mpsc::Receiver<Box<dyn WriteJob>>) -> Option<Box<dyn WriteJob>> {
+    let until = Instant::now() + POLL_BEFORE_PARK;
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if Instant::now() < until => {
+                std::hint::spin_loop()
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
         }
     }
 }
