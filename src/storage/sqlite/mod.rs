@@ -174,6 +174,14 @@ fn id_val(id: StepId) -> SqlValue {
     SqlValue::Blob(id.as_bytes().to_vec())
 }
 
+/// The smallest id that could be minted at `ms` (Unix milliseconds): a UUIDv7
+/// starts with its 48-bit big-endian timestamp.
+fn id_floor(ms: i64) -> SqlValue {
+    let mut bytes = vec![0u8; 16];
+    bytes[..6].copy_from_slice(&ms.max(0).to_be_bytes()[2..]);
+    SqlValue::Blob(bytes)
+}
+
 fn id_at(r: &Row<'_>, idx: usize) -> rusqlite::Result<StepId> {
     let bytes: Vec<u8> = r.get(idx)?;
     let arr: [u8; 16] = bytes
@@ -697,15 +705,20 @@ impl Store for SqliteStore {
     async fn steps_prune(&self, p: PruneParams) -> Result<u64, StoreError> {
         self.writer
             .write("steps_prune", move |c, now, stmts| {
+                let cutoff = now.saturating_sub(ms(p.retention));
+                // Ids are UUIDv7, minted before their row is written, so a step last
+                // updated before `cutoff` has an id below the floor of `cutoff`: the
+                // primary key bounds the scan to old rows, with no extra index on the
+                // hot path. The hour of slack covers clock skew between the minting
+                // pod and the store.
+                let floor = id_floor(cutoff.saturating_add(3_600_000));
                 let n = c
                     .prepare_cached(
-                        "DELETE FROM STEP_TRACKER WHERE step_id IN (SELECT step_id FROM STEP_TRACKER \
-                         WHERE status IN ('completed', 'failed', 'cancelled') \
-                         AND last_update_ts < ?1 LIMIT ?2)",
+                        "DELETE FROM STEP_TRACKER WHERE rowid IN (SELECT rowid FROM STEP_TRACKER \
+                         WHERE step_id < ?1 AND status IN ('completed', 'failed', 'cancelled') \
+                         AND last_update_ts < ?2 LIMIT ?3)",
                     )
-                    .and_then(|mut st| {
-                        st.execute(params![now.saturating_sub(ms(p.retention)), p.limit])
-                    })
+                    .and_then(|mut st| st.execute(params![floor, cutoff, p.limit]))
                     .map_err(|e| map_err("steps_prune", e))?;
                 count(stmts, 1);
                 Ok(n as u64)
@@ -909,7 +922,24 @@ fn current_status(
 
 #[cfg(test)]
 mod tests {
-    use super::pow2_chunks;
+    use super::{id_floor, id_val, pow2_chunks};
+    use fleet_q_actors::StepId;
+    use rusqlite::types::Value;
+
+    #[test]
+    fn id_floor_orders_below_ids_minted_at_or_after_it() {
+        let id = StepId::generate();
+        let ms = id.as_uuid().get_timestamp().unwrap().to_unix();
+        let ms = (ms.0 * 1000 + u64::from(ms.1) / 1_000_000) as i64;
+        let (Value::Blob(floor), Value::Blob(idb)) = (id_floor(ms), id_val(id)) else {
+            unreachable!()
+        };
+        assert!(floor <= idb);
+        let Value::Blob(later) = id_floor(ms + 1) else {
+            unreachable!()
+        };
+        assert!(idb < later);
+    }
 
     #[test]
     fn chunks_are_powers_of_two_covering_every_row() {
