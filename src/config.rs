@@ -58,6 +58,7 @@ keys! {
     "capacity_threshold", "0.8", false, "(0, 1]; max capacity = floor(parallelism x threshold), at least 1";
     "heartbeat_interval_seconds", "30", false, "heartbeat period, at least 1";
     "claim_interval_seconds", "5", false, "idle claim period, at least 1 (busy pods claim at once)";
+    "claim_batch_size", "100", false, "most steps claimed at once, 1 to 10000";
     "recovery_interval_seconds", "300", false, "leader's recovery period, at least 1";
     "dead_pod_threshold_seconds", "180", false, "a pod is dead after this long without a heartbeat; more than 2 x heartbeat interval";
     "leader_check_interval_seconds", "60", false, "leader election period, at least 1";
@@ -85,6 +86,7 @@ keys! {
     "step_timeout_seconds", "300", false, "handler timeout unless the step sets its own, 1 to 86400";
     "shutdown_grace_seconds", "20", false, "time in-flight steps get to finish on SIGTERM, 0 to 3600";
     "retention_seconds", "604800", false, "finished steps are pruned after this, at least 60";
+    "ledger_path", "", false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
     "max_payload_bytes", "1048576", false, "HTTP request body limit, 1024 to 67108864";
 }
 
@@ -195,6 +197,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Idle claim period.
     pub claim_interval: Duration,
+    /// Most steps per claim.
+    pub claim_batch_size: u32,
     /// Recovery period.
     pub recovery_interval: Duration,
     /// Dead pod threshold.
@@ -225,6 +229,8 @@ pub struct Settings {
     pub retention: Duration,
     /// HTTP body limit.
     pub max_payload_bytes: usize,
+    /// Recovery ledger file; `None` keeps it in memory.
+    pub ledger_path: Option<PathBuf>,
 }
 
 impl Settings {
@@ -259,6 +265,11 @@ impl Settings {
             "capacity_threshold" => self.capacity_threshold.to_string(),
             "heartbeat_interval_seconds" => secs(self.heartbeat_interval),
             "claim_interval_seconds" => secs(self.claim_interval),
+            "claim_batch_size" => self.claim_batch_size.to_string(),
+            "ledger_path" => self
+                .ledger_path
+                .as_ref()
+                .map_or(":memory:".to_string(), |p| p.display().to_string()),
             "recovery_interval_seconds" => secs(self.recovery_interval),
             "dead_pod_threshold_seconds" => secs(self.dead_pod_threshold),
             "leader_check_interval_seconds" => secs(self.leader_check_interval),
@@ -508,6 +519,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
     };
     let heartbeat_interval = p.secs("heartbeat_interval_seconds", 1, 86_400);
     let claim_interval = p.secs("claim_interval_seconds", 1, 86_400);
+    let claim_batch_size = p.num::<u32>("claim_batch_size", 1, 10_000);
     let recovery_interval = p.secs("recovery_interval_seconds", 1, 86_400);
     let dead_pod_threshold = p.secs("dead_pod_threshold_seconds", 1, 86_400);
     if dead_pod_threshold <= heartbeat_interval * 2 {
@@ -645,6 +657,11 @@ fn build(p: &mut Parser<'_>) -> Settings {
     let shutdown_grace = p.secs("shutdown_grace_seconds", 0, 3600);
     let retention = p.secs("retention_seconds", 60, 10 * 365 * 86_400);
     let max_payload_bytes = p.num::<usize>("max_payload_bytes", 1024, 64 * 1024 * 1024);
+    let ledger_path = match p.opt("ledger_path").as_deref() {
+        Some(":memory:") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(std::env::temp_dir().join(format!("fleet-q-ledger-{pod_id}.db"))),
+    };
 
     Settings {
         storage_mode,
@@ -656,6 +673,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
         capacity_threshold,
         heartbeat_interval,
         claim_interval,
+        claim_batch_size,
         recovery_interval,
         dead_pod_threshold,
         leader_check_interval,
@@ -671,6 +689,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
         shutdown_grace,
         retention,
         max_payload_bytes,
+        ledger_path,
     }
 }
 

@@ -13,9 +13,16 @@
 //!   validated at once with every problem listed.
 //! - [`storage`]: backends implementing the engine's `Store` contract; the only
 //!   place SQL lives. [`storage::sqlite`] is the embedded store.
+//! - [`handlers`]: the built-in step handlers (`noop`, `sleep`, `http`).
+//! - [`api`]: the HTTP API; [`serve`]: the composition root of `fleet-q serve`;
+//!   [`telemetry`]: logging.
 //! - `main.rs`: the thin `fleet-q` binary.
 
+pub mod api;
 pub mod config;
+pub mod handlers;
+pub mod serve;
 pub mod storage;
+pub mod telemetry;
 
 pub use fleet_q_actors as engine;

@@ -23,6 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a pod: claim and run steps, serve the HTTP API.
+    Serve {
+        /// HTTP port (overrides FLEET_Q_API_PORT).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Bind address (overrides FLEET_Q_API_HOST).
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Print the effective settings (secrets redacted) after validating them.
     Config {
         /// Print JSON instead of FLEET_Q_NAME=value lines.
@@ -34,9 +43,61 @@ enum Command {
     },
 }
 
+fn load(cli_config: Option<&std::path::Path>) -> Result<config::Settings, ExitCode> {
+    config::load(&Sources::from_process(cli_config)).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(mut settings: config::Settings, port: Option<u16>, host: Option<String>) -> ExitCode {
+    if let Some(p) = port {
+        settings.api_port = p;
+    }
+    if let Some(h) = host {
+        settings.api_host = h;
+    }
+    fleet_q::telemetry::init(&settings);
+    let addr = format!("{}:{}", settings.api_host, settings.api_port);
+    let listener = match std::net::TcpListener::bind(&addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let sys = actix_rt::System::new();
+    sys.block_on(async move {
+        actix_rt::spawn(async move {
+            let r = fleet_q::serve::run(settings, listener, fleet_q::serve::signals()).await;
+            let code = match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "pod failed");
+                    eprintln!("fleet-q: {e:#}");
+                    1
+                }
+            };
+            actix_rt::System::current().stop_with_code(code);
+        });
+    });
+    match sys.run_with_code() {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("fleet-q: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { port, host } => match load(cli.config.as_deref()) {
+            Ok(s) => serve(s, port, host),
+            Err(code) => code,
+        },
         Command::Config { json, describe } => {
             if describe {
                 for k in KEYS {

@@ -14,19 +14,36 @@
 //! - [`pod`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
+//! - [`handler`]: the [`StepHandler`] trait user code implements, and its registry.
+//! - [`actors`]: the six actors of a pod (storage, heartbeat, leader, claimer,
+//!   executor, recovery), one file each; [`messages`]: events they share.
+//! - [`supervision`]: panic isolation and the restart budget; [`state`]: what the
+//!   actors share with the HTTP side; [`ledger`]: the recovery ledger.
+//! - [`runtime`]: [`Pod`], the composition of all of the above.
 //! - `testkit` (feature `testkit`): the shared conformance suite and the
 //!   [`conformance_suite!`] macro that expands it into one test per case.
 //!
 //! Dependencies point one way: the server crate `fleet-q` depends on this one, never
 //! the reverse, and nothing here imports an HTTP stack or a database driver.
 
+pub mod actors;
+pub mod handler;
+pub mod ledger;
+pub mod messages;
 pub mod pod;
+pub mod runtime;
+pub mod state;
 pub mod step;
 pub mod store;
+pub mod supervision;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use handler::{HandlerError, HandlerRegistry, StepContext, StepHandler};
+pub use ledger::RecoverySummary;
 pub use pod::{eldest_live_pod, PodRecord, PodStatus, QueueStats, StatusCounts};
+pub use runtime::{Pod, PodConfig, PodError, ShutdownReport};
+pub use state::PodState;
 pub use step::{
     NewStep, Payload, RunAt, Step, StepId, StepSpec, StepStatus, ValidationError, ValidationErrors,
 };

@@ -1,0 +1,200 @@
+//! ClaimerActor: decides when this pod takes work.
+//!
+//! It claims `min(free slots, batch)` steps; while batches come back full it claims
+//! again at once (a busy pod drains a backlog at store speed), otherwise it waits the
+//! claim interval. A local submit or a freed slot wakes it early, so an idle pod
+//! starts a locally submitted step within milliseconds. It never claims while this
+//! pod's heartbeat is unhealthy (failing, stale, or rejoining after being marked
+//! down) or during shutdown. At most one claim is in flight at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::executor::ExecutorPool;
+use super::jittered;
+use super::storage::{ClaimSteps, StorageActor};
+use crate::messages::{HeartbeatHealth, Wake};
+use crate::state::PodState;
+use crate::supervision::{guarded, SupervisedActor};
+
+/// ClaimerActor settings.
+#[derive(Clone, Debug)]
+pub struct ClaimerConfig {
+    /// Idle period between claims (default 5 s, `FLEET_Q_CLAIM_INTERVAL_SECONDS`).
+    pub interval: Duration,
+    /// Most steps per claim (default 100, `FLEET_Q_CLAIM_BATCH_SIZE`).
+    pub batch: u32,
+}
+
+impl Default for ClaimerConfig {
+    fn default() -> Self {
+        ClaimerConfig {
+            interval: Duration::from_secs(5),
+            batch: 100,
+        }
+    }
+}
+
+/// The actor.
+pub struct ClaimerActor {
+    cfg: ClaimerConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    executor: Addr<ExecutorPool>,
+    claiming: bool,
+    again: bool,
+    timer: Option<SpawnHandle>,
+}
+
+impl ClaimerActor {
+    /// A claimer feeding `executor`.
+    pub fn new(
+        cfg: ClaimerConfig,
+        state: Arc<PodState>,
+        storage: Addr<StorageActor>,
+        executor: Addr<ExecutorPool>,
+    ) -> Self {
+        ClaimerActor {
+            cfg,
+            state,
+            storage,
+            executor,
+            claiming: false,
+            again: false,
+            timer: None,
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.timer = Some(ctx.notify_later(Tick, after));
+    }
+
+    fn try_claim(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming {
+            self.again = true;
+            return;
+        }
+        let idle = jittered(self.cfg.interval, 0.1);
+        if self.state.shutting_down() {
+            return;
+        }
+        if !self.state.heartbeat_healthy() {
+            // Woken again by HeartbeatHealth when the heartbeat recovers.
+            self.schedule(ctx, idle);
+            return;
+        }
+        let free = self.state.free_slots();
+        if free == 0 {
+            // Woken by SlotFreed; the tick is a safety net.
+            self.schedule(ctx, idle);
+            return;
+        }
+        let limit = free.min(self.cfg.batch.max(1));
+        let pod_id = self.state.pod_id();
+        self.claiming = true;
+        self.storage
+            .send(ClaimSteps {
+                pod_id,
+                limit,
+                deliver_to: self.executor.clone().recipient(),
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.claiming = false;
+                    match res {
+                        Ok(Ok(claimed)) => {
+                            let full = claimed == limit;
+                            if claimed > 0 {
+                                tracing::debug!(claimed, limit, "claimed steps");
+                            }
+                            if full || std::mem::take(&mut act.again) {
+                                act.try_claim(ctx);
+                            } else {
+                                act.schedule(ctx, jittered(act.cfg.interval, 0.1));
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "claim failed");
+                            act.again = false;
+                            act.schedule(ctx, jittered(act.cfg.interval, 0.1));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claim: storage unavailable");
+                            act.again = false;
+                            act.schedule(ctx, jittered(act.cfg.interval, 0.1));
+                        }
+                    }
+                });
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for ClaimerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+        self.state.actor_started(Self::NAME);
+        self.claiming = false;
+        self.timer = None;
+        self.try_claim(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.state.actor_stopped(Self::NAME);
+    }
+}
+
+impl Supervised for ClaimerActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // A claim in flight when the actor faulted still delivers its steps: the
+        // StorageActor hands them to the executor itself.
+        self.claiming = false;
+        self.timer = None;
+    }
+}
+
+impl SupervisedActor for ClaimerActor {
+    const NAME: &'static str = "claimer";
+    fn pod_state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+}
+
+crate::impl_inject_fault!(ClaimerActor);
+
+/// The periodic tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tick;
+
+impl Handler<Tick> for ClaimerActor {
+    type Result = ();
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.timer = None;
+        guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+    }
+}
+
+impl Handler<Wake> for ClaimerActor {
+    type Result = ();
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+    }
+}
+
+impl Handler<HeartbeatHealth> for ClaimerActor {
+    type Result = ();
+    fn handle(&mut self, msg: HeartbeatHealth, ctx: &mut Context<Self>) {
+        if msg.healthy {
+            guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! ExecutorPool: runs claimed steps.
+//!
+//! Each step runs as its own task on a dedicated multi-threaded runtime (never on
+//! an actor's thread), under its timeout (the step's own, else the pod default),
+//! with panics caught: a handler that panics, errs or times out fails or retries
+//! that step only. Outcomes go to the StorageActor as events (written in groups);
+//! the slot is freed and the claimer woken at once. On shutdown it drains: running
+//! steps get the grace period, the rest are cancelled and their leases returned for
+//! release.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use super::storage::{FinishStep, StorageActor};
+use crate::handler::{HandlerRegistry, StepContext, StepHandler};
+use crate::messages::{Wake, WakeReason};
+use crate::state::{InFlight, PodState};
+use crate::step::{Step, StepId};
+use crate::store::{Finish, Lease, Outcome};
+use crate::supervision::{guarded, panic_message, SupervisedActor};
+
+/// ExecutorPool settings.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Timeout for steps that set none (default 300 s, `FLEET_Q_STEP_TIMEOUT_SECONDS`).
+    pub default_timeout: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            default_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The actor.
+pub struct ExecutorPool {
+    cfg: ExecutorConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    claimer: Option<Recipient<Wake>>,
+    handlers: HandlerRegistry,
+    runtime: tokio::runtime::Handle,
+    tasks: HashMap<StepId, tokio::task::AbortHandle>,
+    idle_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl ExecutorPool {
+    /// An executor running handlers on `runtime`.
+    pub fn new(
+        cfg: ExecutorConfig,
+        state: Arc<PodState>,
+        storage: Addr<StorageActor>,
+        handlers: HandlerRegistry,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        ExecutorPool {
+            cfg,
+            state,
+            storage,
+            claimer: None,
+            handlers,
+            runtime,
+            tasks: HashMap::new(),
+            idle_waiters: Vec::new(),
+        }
+    }
+
+    fn start_step(&mut self, step: Step, ctx: &mut Context<Self>) {
+        let Some(lease) = Lease::of(&step) else {
+            self.state.release_slots(1);
+            return;
+        };
+        let timeout = step
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.cfg.default_timeout);
+        let sctx = StepContext {
+            attempt: step.attempt,
+            idempotency_key: step.handler_idempotency_key(),
+            pod_id: lease.pod_id.clone(),
+            timeout,
+            step,
+        };
+        let step_type = sctx.step.step_type().to_string();
+        self.state.running.insert(
+            lease.step_id,
+            InFlight {
+                lease: lease.clone(),
+                step_type: step_type.clone(),
+                started: Instant::now(),
+            },
+        );
+        let handler = self.handlers.get(&step_type);
+        let known = self.handlers.types();
+        let addr = ctx.address();
+        let step_id = lease.step_id;
+        let task = self.runtime.spawn(async move {
+            let outcome = run_handler(handler, sctx, &known).await;
+            addr.do_send(StepDone { lease, outcome });
+        });
+        self.tasks.insert(step_id, task.abort_handle());
+    }
+
+    fn done(&mut self, lease: Lease, outcome: Outcome) {
+        self.tasks.remove(&lease.step_id);
+        let removed = self.state.running.remove(&lease.step_id);
+        if let Some((_, f)) = &removed {
+            let took = f.started.elapsed();
+            match &outcome {
+                Outcome::Complete { .. } => {
+                    tracing::debug!(step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, "step completed")
+                }
+                Outcome::Fail { error, retryable } => {
+                    tracing::info!(step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, retryable, %error, "step failed")
+                }
+            }
+        }
+        // A step no longer in the registry was abandoned at shutdown (its lease
+        // released); its late outcome is dropped rather than written.
+        if removed.is_some() {
+            self.storage.do_send(FinishStep(Finish { lease, outcome }));
+            self.state.release_slots(1);
+            if let Some(c) = &self.claimer {
+                c.do_send(Wake(WakeReason::SlotFreed));
+            }
+        }
+        if self.state.running.is_empty() {
+            for w in self.idle_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+/// Runs one attempt and turns every way it can end into an [`Outcome`].
+async fn run_handler(
+    handler: Option<Arc<dyn StepHandler>>,
+    ctx: StepContext,
+    known: &[String],
+) -> Outcome {
+    let Some(handler) = handler else {
+        return Outcome::Fail {
+            error: format!(
+                "no handler is registered for step type {:?} (registered: {})",
+                ctx.step.step_type(),
+                known.join(", ")
+            ),
+            retryable: false,
+        };
+    };
+    let timeout = ctx.timeout;
+    let run = std::panic::AssertUnwindSafe(handler.run(ctx)).catch_unwind();
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(Ok(result))) => Outcome::Complete { result },
+        Ok(Ok(Err(e))) => Outcome::Fail {
+            error: e.message,
+            retryable: e.retryable,
+        },
+        Ok(Err(p)) => Outcome::Fail {
+            error: format!("handler panicked: {}", panic_message(p.as_ref())),
+            retryable: true,
+        },
+        Err(_) => Outcome::Fail {
+            error: format!("handler timed out after {:.3}s", timeout.as_secs_f64()),
+            retryable: true,
+        },
+    }
+}
+
+impl Actor for ExecutorPool {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+        self.state.actor_started(Self::NAME);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.state.actor_stopped(Self::NAME);
+    }
+}
+
+impl Supervised for ExecutorPool {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Running handler tasks live on their own runtime and report to this same
+        // address, so they survive the restart; nothing to reset.
+    }
+}
+
+impl SupervisedActor for ExecutorPool {
+    const NAME: &'static str = "executor";
+    fn pod_state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+}
+
+crate::impl_inject_fault!(ExecutorPool);
+
+/// Tells the executor whom to wake when a slot frees.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetClaimer(pub Recipient<Wake>);
+
+impl Handler<SetClaimer> for ExecutorPool {
+    type Result = ();
+    fn handle(&mut self, msg: SetClaimer, _: &mut Context<Self>) {
+        self.claimer = Some(msg.0);
+    }
+}
+
+/// Run these claimed steps (their slots are already reserved).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunSteps(pub Vec<Step>);
+
+impl Handler<RunSteps> for ExecutorPool {
+    type Result = ();
+    fn handle(&mut self, msg: RunSteps, ctx: &mut Context<Self>) {
+        let mut steps = msg.0.into_iter();
+        let started = guarded(self, ctx, |act, ctx| {
+            for step in steps.by_ref() {
+                act.start_step(step, ctx);
+            }
+        });
+        if started.is_none() {
+            // The steps not started stay claimed by this pod; their slots are freed
+            // and recovery requeues them if this pod dies. Release them now instead.
+            let leases: Vec<Lease> = steps.filter_map(|s| Lease::of(&s)).collect();
+            self.state.release_slots(leases.len() as u32);
+            if !leases.is_empty() {
+                self.storage.do_send(super::storage::ReleaseSteps(leases));
+            }
+        }
+    }
+}
+
+/// A step's handler finished (sent from the handler runtime).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StepDone {
+    lease: Lease,
+    outcome: Outcome,
+}
+
+impl Handler<StepDone> for ExecutorPool {
+    type Result = ();
+    fn handle(&mut self, msg: StepDone, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.done(msg.lease, msg.outcome));
+    }
+}
+
+/// Waits up to `grace` for running steps to finish, then cancels the rest and
+/// returns their leases (to be released without spending a retry).
+#[derive(Message)]
+#[rtype(result = "Vec<Lease>")]
+pub struct Drain {
+    /// How long running steps get.
+    pub grace: Duration,
+}
+
+impl Handler<Drain> for ExecutorPool {
+    type Result = ResponseActFuture<Self, Vec<Lease>>;
+    fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.state.running.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.idle_waiters.push(tx);
+        }
+        let wait = async move {
+            let _ = tokio::time::timeout(msg.grace, rx).await;
+        };
+        Box::pin(wait.into_actor(self).map(|_, act, _| {
+            let mut leases = Vec::new();
+            let ids: Vec<StepId> = act.state.running.iter().map(|e| *e.key()).collect();
+            for id in ids {
+                if let Some((_, f)) = act.state.running.remove(&id) {
+                    if let Some(t) = act.tasks.remove(&id) {
+                        t.abort();
+                    }
+                    act.state.release_slots(1);
+                    leases.push(f.lease);
+                }
+            }
+            leases
+        }))
+    }
+}

@@ -1,0 +1,227 @@
+//! HeartbeatActor: owns this pod's POD_HEALTH row.
+//!
+//! Every heartbeat interval it upserts the row with the capacity in use. Its health
+//! (last beat succeeded and is younger than half the dead-pod threshold) gates
+//! claiming and leadership: a pod whose heartbeat fails or goes stale may soon be
+//! declared dead by the leader, so it must stop taking work before that happens.
+//! If the store answers that this pod is `down` (it was presumed dead, e.g. after a
+//! long pause), the pod takes a new identity and beats again under it: work done
+//! under the old identity is rejected by fencing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::jittered;
+use super::storage::{SendHeartbeat, StorageActor};
+use crate::messages::HeartbeatHealth;
+use crate::pod::PodStatus;
+use crate::state::PodState;
+use crate::store::{HeartbeatParams, StoreError};
+use crate::supervision::{guarded, SupervisedActor};
+
+/// HeartbeatActor settings.
+#[derive(Clone, Debug)]
+pub struct HeartbeatConfig {
+    /// Period (default 30 s, `FLEET_Q_HEARTBEAT_INTERVAL_SECONDS`).
+    pub interval: Duration,
+    /// A pod is dead after this long without a heartbeat (default 180 s). This pod
+    /// counts itself unhealthy after half of it.
+    pub dead_threshold: Duration,
+    /// Free-form JSON written with each beat (version, host, API address).
+    pub meta: serde_json::Value,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: Duration::from_secs(30),
+            dead_threshold: Duration::from_secs(180),
+            meta: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Retry period while the heartbeat is unhealthy.
+const UNHEALTHY_RETRY: Duration = Duration::from_secs(1);
+
+/// The actor.
+pub struct HeartbeatActor {
+    cfg: HeartbeatConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    subscribers: Vec<Recipient<HeartbeatHealth>>,
+    last_ok: Option<Instant>,
+    beating: bool,
+    timer: Option<SpawnHandle>,
+}
+
+impl HeartbeatActor {
+    /// A heartbeat actor telling `subscribers` about health changes.
+    pub fn new(
+        cfg: HeartbeatConfig,
+        state: Arc<PodState>,
+        storage: Addr<StorageActor>,
+        subscribers: Vec<Recipient<HeartbeatHealth>>,
+    ) -> Self {
+        HeartbeatActor {
+            cfg,
+            state,
+            storage,
+            subscribers,
+            last_ok: None,
+            beating: false,
+            timer: None,
+        }
+    }
+
+    fn set_health(&mut self, healthy: bool) {
+        if self.state.heartbeat_healthy() != healthy {
+            self.state.set_heartbeat_healthy(healthy);
+            tracing::info!(healthy, pod_id = %self.state.pod_id(), "own heartbeat health changed");
+            for s in &self.subscribers {
+                s.do_send(HeartbeatHealth { healthy });
+            }
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.timer = Some(ctx.notify_later(Beat, after));
+    }
+
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        if self.beating {
+            return;
+        }
+        // Stale: no successful beat for half the dead threshold.
+        if let Some(t) = self.last_ok {
+            if t.elapsed() > self.cfg.dead_threshold / 2 {
+                self.set_health(false);
+            }
+        }
+        self.beating = true;
+        let params = HeartbeatParams {
+            pod_id: self.state.pod_id(),
+            status: PodStatus::Up,
+            capacity_in_use: self.state.in_flight(),
+            max_capacity: self.state.max_capacity(),
+            meta: self.cfg.meta.clone(),
+        };
+        let asked_for = params.pod_id.clone();
+        self.storage
+            .send(SendHeartbeat(params))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.beating = false;
+                    let res = res.unwrap_or_else(|e| {
+                        Err(StoreError::transient("pod_heartbeat", e.to_string()))
+                    });
+                    match res {
+                        Ok(rec) if rec.status == PodStatus::Down && rec.pod_id == asked_for => {
+                            let new_id = act.state.rejoin();
+                            tracing::warn!(
+                                old_pod_id = %asked_for, new_pod_id = %new_id,
+                                "this pod was marked down (presumed dead); rejoining under a new identity"
+                            );
+                            act.last_ok = None;
+                            act.set_health(false);
+                            act.schedule(ctx, Duration::ZERO);
+                        }
+                        Ok(_) => {
+                            act.last_ok = Some(Instant::now());
+                            act.set_health(true);
+                            let next = jittered(act.cfg.interval, 0.1);
+                            act.schedule(ctx, next);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                            act.set_health(false);
+                            let next = act.cfg.interval.min(UNHEALTHY_RETRY);
+                            act.schedule(ctx, next);
+                        }
+                    }
+                });
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for HeartbeatActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.state.actor_started(Self::NAME);
+        self.beating = false;
+        self.timer = None;
+        self.beat(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.state.actor_stopped(Self::NAME);
+    }
+}
+
+impl Supervised for HeartbeatActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.beating = false;
+        self.timer = None;
+    }
+}
+
+impl SupervisedActor for HeartbeatActor {
+    const NAME: &'static str = "heartbeat";
+    fn pod_state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+}
+
+crate::impl_inject_fault!(HeartbeatActor);
+
+/// The periodic tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Beat;
+
+impl Handler<Beat> for HeartbeatActor {
+    type Result = ();
+    fn handle(&mut self, _: Beat, ctx: &mut Context<Self>) {
+        self.timer = None;
+        guarded(self, ctx, |act, ctx| act.beat(ctx));
+    }
+}
+
+/// The last heartbeat of a graceful shutdown: the row is marked `down` so the
+/// leader does not wait for the dead-pod threshold.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct FinalHeartbeat;
+
+impl Handler<FinalHeartbeat> for HeartbeatActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+    fn handle(&mut self, _: FinalHeartbeat, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.set_health(false);
+        let params = HeartbeatParams {
+            pod_id: self.state.pod_id(),
+            status: PodStatus::Down,
+            capacity_in_use: 0,
+            max_capacity: self.state.max_capacity(),
+            meta: self.cfg.meta.clone(),
+        };
+        let storage = self.storage.clone();
+        Box::pin(async move {
+            storage
+                .send(SendHeartbeat(params))
+                .await
+                .map_err(|e| StoreError::transient("pod_heartbeat", e.to_string()))?
+                .map(|_| ())
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! LeaderElector: the eldest live pod leads.
+//!
+//! Every leader-check interval (and whenever this pod's heartbeat health changes) it
+//! reads POD_HEALTH and computes the leader as the live pod with the earliest
+//! `birth_ts` (ties by id), liveness judged by the store's clock. This pod acts as
+//! leader only while it is that pod *and* its own heartbeat is healthy. Two pods
+//! may briefly both believe they lead (each reads at a different moment); that is
+//! harmless because every recovery write is fenced and idempotent.
+//!
+//! Failover: once a leader's heartbeat is older than the dead-pod threshold, the next
+//! check of any other pod (within one leader-check interval) elects the next eldest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::jittered;
+use super::storage::{ListPods, StorageActor};
+use crate::messages::{HeartbeatHealth, LeadershipChanged};
+use crate::pod::eldest_live_pod;
+use crate::state::{PodState, Term};
+use crate::supervision::{guarded, SupervisedActor};
+
+/// LeaderElector settings.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    /// Period (default 60 s, `FLEET_Q_LEADER_CHECK_INTERVAL_SECONDS`).
+    pub check_interval: Duration,
+    /// Liveness threshold (default 180 s).
+    pub dead_threshold: Duration,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            check_interval: Duration::from_secs(60),
+            dead_threshold: Duration::from_secs(180),
+        }
+    }
+}
+
+/// The actor.
+pub struct LeaderElector {
+    cfg: LeaderConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    subscribers: Vec<Recipient<LeadershipChanged>>,
+    checking: bool,
+    again: bool,
+    last: Option<(bool, Option<Term>)>,
+    timer: Option<SpawnHandle>,
+}
+
+impl LeaderElector {
+    /// An elector publishing changes to `subscribers`.
+    pub fn new(
+        cfg: LeaderConfig,
+        state: Arc<PodState>,
+        storage: Addr<StorageActor>,
+        subscribers: Vec<Recipient<LeadershipChanged>>,
+    ) -> Self {
+        LeaderElector {
+            cfg,
+            state,
+            storage,
+            subscribers,
+            checking: false,
+            again: false,
+            last: None,
+            timer: None,
+        }
+    }
+
+    fn publish(&mut self, is_leader: bool, term: Option<Term>) {
+        self.state.set_leader(is_leader, term.clone());
+        let now = (is_leader, term.clone());
+        if self.last.as_ref() != Some(&now) {
+            let was = self.last.as_ref().map(|(l, _)| *l).unwrap_or(false);
+            if was != is_leader {
+                tracing::info!(is_leader, leader = ?term.as_ref().map(|t| &t.pod_id), "leadership changed");
+            }
+            self.last = Some(now);
+            for s in &self.subscribers {
+                s.do_send(LeadershipChanged {
+                    is_leader,
+                    term: term.clone(),
+                });
+            }
+        }
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.checking {
+            self.again = true;
+            return;
+        }
+        self.checking = true;
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.storage
+            .send(ListPods)
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.checking = false;
+                    match res {
+                        Ok(Ok((pods, now))) => {
+                            act.state.set_election_check(now);
+                            let term =
+                                eldest_live_pod(&pods, act.cfg.dead_threshold).map(|p| Term {
+                                    pod_id: p.pod_id.clone(),
+                                    birth_ts: p.birth_ts,
+                                });
+                            let me = act.state.pod_id();
+                            let is_leader = act.state.heartbeat_healthy()
+                                && term.as_ref().is_some_and(|t| t.pod_id == me);
+                            act.publish(is_leader, term);
+                        }
+                        Ok(Err(e)) => {
+                            // Without a fresh view we cannot know we still lead.
+                            tracing::warn!(error = %e, "leader check failed; not acting as leader");
+                            let term = act.state.leader();
+                            act.publish(false, term);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "leader check: storage unavailable"),
+                    }
+                    if std::mem::take(&mut act.again) {
+                        act.check(ctx);
+                    } else {
+                        let next = jittered(act.cfg.check_interval, 0.1);
+                        act.timer = Some(ctx.notify_later(Check, next));
+                    }
+                });
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for LeaderElector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.state.actor_started(Self::NAME);
+        self.checking = false;
+        self.timer = None;
+        self.check(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.state.actor_stopped(Self::NAME);
+    }
+}
+
+impl Supervised for LeaderElector {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.checking = false;
+        self.timer = None;
+    }
+}
+
+impl SupervisedActor for LeaderElector {
+    const NAME: &'static str = "leader";
+    fn pod_state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+}
+
+crate::impl_inject_fault!(LeaderElector);
+
+/// The periodic tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Check;
+
+impl Handler<Check> for LeaderElector {
+    type Result = ();
+    fn handle(&mut self, _: Check, ctx: &mut Context<Self>) {
+        self.timer = None;
+        guarded(self, ctx, |act, ctx| act.check(ctx));
+    }
+}
+
+impl Handler<HeartbeatHealth> for LeaderElector {
+    type Result = ();
+    fn handle(&mut self, msg: HeartbeatHealth, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| {
+            if !msg.healthy && act.state.is_leader() {
+                // Step down at once; the check confirms who leads now.
+                let term = act.state.leader();
+                act.publish(false, term);
+            }
+            act.check(ctx);
+        });
+    }
+}

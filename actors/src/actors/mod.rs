@@ -1,0 +1,18 @@
+//! The six actors of a pod, one file each: configuration with documented defaults,
+//! the actor, the messages it owns above their handlers, then its tests.
+
+pub mod claimer;
+pub mod executor;
+pub mod heartbeat;
+pub mod leader;
+pub mod recovery;
+pub mod storage;
+
+use std::time::Duration;
+
+/// `d` shortened or lengthened by up to `frac` at random, so that pods started
+/// together do not beat in lockstep.
+pub(crate) fn jittered(d: Duration, frac: f64) -> Duration {
+    let f = 1.0 + frac * (rand::random::<f64>() * 2.0 - 1.0);
+    d.mul_f64(f.max(0.0))
+}

@@ -1,0 +1,370 @@
+//! RecoveryActor: the leader's janitor.
+//!
+//! While this pod leads, every recovery interval (and on demand) it runs a cycle:
+//! 1. pods whose heartbeat is older than the dead threshold (store time) are marked
+//!    `down`, fenced on staleness at write time;
+//! 2. steps `claimed` by any down, dead or unknown pod, including pods marked down
+//!    in earlier cycles, are found and staged in the local ledger (a DLQ table per
+//!    cycle);
+//! 3. they are requeued (retries left) or failed for good (none left) by fenced
+//!    batch updates: a second leader doing the same changes nothing;
+//! 4. finished steps older than the retention are pruned;
+//! 5. the summary is recorded in the ledger and logged.
+//!
+//! A dry run computes and stages without writing to the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::jittered;
+use super::storage::*;
+use crate::ledger::{Ledger, RecoverySummary};
+use crate::messages::LeadershipChanged;
+use crate::pod::PodStatus;
+use crate::state::PodState;
+use crate::step::StepStatus;
+use crate::store::*;
+use crate::supervision::{guarded, SupervisedActor};
+
+/// RecoveryActor settings.
+#[derive(Clone, Debug)]
+pub struct RecoveryConfig {
+    /// Period while leading (default 300 s, `FLEET_Q_RECOVERY_INTERVAL_SECONDS`).
+    pub interval: Duration,
+    /// Liveness threshold (default 180 s).
+    pub dead_threshold: Duration,
+    /// Finished steps older than this are pruned (default 7 days).
+    pub retention: Duration,
+    /// Most orphans handled per cycle (default 10,000; the rest next cycle).
+    pub orphan_batch: u32,
+    /// Most steps pruned per cycle (default 10,000).
+    pub prune_batch: u32,
+    /// Backoff for requeued orphans (the step retry backoff).
+    pub backoff: Backoff,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            interval: Duration::from_secs(300),
+            dead_threshold: Duration::from_secs(180),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            orphan_batch: 10_000,
+            prune_batch: 10_000,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Why a requested cycle did not run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecoveryError {
+    /// Only the leader recovers.
+    #[error("this pod is not the leader; recovery runs on the leader")]
+    NotLeader,
+    /// A cycle is running now.
+    #[error("a recovery cycle is already running")]
+    AlreadyRunning,
+    /// The cycle failed part-way (store or ledger).
+    #[error("recovery cycle failed: {0}")]
+    Failed(String),
+}
+
+/// The actor.
+pub struct RecoveryActor {
+    cfg: RecoveryConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    ledger: Ledger,
+    is_leader: bool,
+    running: bool,
+    timer: Option<SpawnHandle>,
+}
+
+impl RecoveryActor {
+    /// A recovery actor writing its ledger to `ledger`.
+    pub fn new(
+        cfg: RecoveryConfig,
+        state: Arc<PodState>,
+        storage: Addr<StorageActor>,
+        ledger: Ledger,
+    ) -> Self {
+        RecoveryActor {
+            cfg,
+            state,
+            storage,
+            ledger,
+            is_leader: false,
+            running: false,
+            timer: None,
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.timer = Some(ctx.notify_later(Cycle, after));
+    }
+
+    fn start_cycle(
+        &mut self,
+        ctx: &mut Context<Self>,
+        dry_run: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<RecoverySummary, RecoveryError>>, RecoveryError>
+    {
+        if !self.is_leader {
+            return Err(RecoveryError::NotLeader);
+        }
+        if self.running {
+            return Err(RecoveryError::AlreadyRunning);
+        }
+        self.running = true;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let fut = run_cycle(
+            self.cfg.clone(),
+            self.state.pod_id(),
+            self.storage.clone(),
+            self.ledger.clone(),
+            dry_run,
+        );
+        fut.into_actor(self)
+            .map(move |res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.running = false;
+                    let _ = tx.send(res);
+                    if act.is_leader {
+                        let next = jittered(act.cfg.interval, 0.1);
+                        act.schedule(ctx, next);
+                    }
+                });
+            })
+            .spawn(ctx);
+        Ok(rx)
+    }
+}
+
+async fn run_cycle(
+    cfg: RecoveryConfig,
+    me: String,
+    storage: Addr<StorageActor>,
+    ledger: Ledger,
+    dry_run: bool,
+) -> Result<RecoverySummary, RecoveryError> {
+    let t0 = Instant::now();
+    let fail = |e: String| RecoveryError::Failed(e);
+    let mailbox = |e: MailboxError| RecoveryError::Failed(format!("storage unavailable: {e}"));
+    let (pods, now) = storage
+        .send(ListPods)
+        .await
+        .map_err(mailbox)?
+        .map_err(|e| fail(e.to_string()))?;
+    let cycle_id = format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%S%.3fZ"),
+        uuid::Uuid::now_v7().simple()
+    );
+    let mut summary = RecoverySummary {
+        cycle_id: cycle_id.clone(),
+        leader_pod: me.clone(),
+        started_at: Some(now),
+        dry_run,
+        ..Default::default()
+    };
+    let dead: Vec<String> = pods
+        .iter()
+        .filter(|p| p.status == PodStatus::Up && p.pod_id != me && !p.is_alive(cfg.dead_threshold))
+        .map(|p| p.pod_id.clone())
+        .collect();
+    summary.dead_pods = dead.clone();
+    summary.dead_pods_found = dead.len();
+    if !dry_run && !dead.is_empty() {
+        let marked = storage
+            .send(MarkPodsDown(MarkDownParams {
+                pod_ids: dead,
+                dead_threshold: cfg.dead_threshold,
+            }))
+            .await
+            .map_err(mailbox)?
+            .map_err(|e| fail(e.to_string()))?;
+        if !marked.is_empty() {
+            tracing::warn!(pods = ?marked, "marked dead pods down");
+        }
+    }
+    let orphans = storage
+        .send(FindOrphans(OrphanParams {
+            dead_threshold: cfg.dead_threshold,
+            limit: cfg.orphan_batch,
+        }))
+        .await
+        .map_err(mailbox)?
+        .map_err(|e| fail(e.to_string()))?;
+    // A live pod's own claims are never orphans (ours included: we are live).
+    let orphans: Vec<_> = orphans
+        .into_iter()
+        .filter(|s| s.claimed_by.as_deref() != Some(me.as_str()))
+        .collect();
+    summary.orphaned_steps_found = orphans.len();
+    ledger
+        .stage(cycle_id.clone(), orphans.clone())
+        .await
+        .map_err(fail)?;
+    if !dry_run && !orphans.is_empty() {
+        let holders: std::collections::BTreeSet<String> = orphans
+            .iter()
+            .filter_map(|s| s.claimed_by.clone())
+            .collect();
+        let report = storage
+            .send(RequeueOrphans(RequeueParams {
+                leases: orphans.iter().filter_map(Lease::of).collect(),
+                reason: format!(
+                    "requeued by recovery: holder {} presumed dead",
+                    holders.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+                backoff: cfg.backoff,
+            }))
+            .await
+            .map_err(mailbox)?
+            .map_err(|e| fail(e.to_string()))?;
+        for (id, status) in report.applied {
+            match status {
+                StepStatus::Pending => summary.requeued_steps.push(id),
+                _ => summary.terminal_steps.push(id),
+            }
+        }
+        summary.steps_skipped = report.rejected.len();
+    } else if dry_run {
+        for s in &orphans {
+            if s.retry_count < s.max_retries {
+                summary.requeued_steps.push(s.step_id);
+            } else {
+                summary.terminal_steps.push(s.step_id);
+            }
+        }
+    }
+    summary.steps_requeued = summary.requeued_steps.len();
+    summary.steps_marked_terminal = summary.terminal_steps.len();
+    if !dry_run {
+        summary.steps_pruned = storage
+            .send(PruneSteps(PruneParams {
+                retention: cfg.retention,
+                limit: cfg.prune_batch,
+            }))
+            .await
+            .map_err(mailbox)?
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    summary.duration_ms = t0.elapsed().as_millis() as u64;
+    ledger.record(summary.clone()).await.map_err(fail)?;
+    if summary.orphaned_steps_found > 0 || summary.dead_pods_found > 0 {
+        tracing::warn!(
+            cycle_id = %summary.cycle_id, dry_run, dead_pods = ?summary.dead_pods,
+            orphaned = summary.orphaned_steps_found, requeued = summary.steps_requeued,
+            terminal = summary.steps_marked_terminal, skipped = summary.steps_skipped,
+            pruned = summary.steps_pruned, duration_ms = summary.duration_ms,
+            "recovery cycle"
+        );
+    } else {
+        tracing::info!(
+            cycle_id = %summary.cycle_id, dry_run, pruned = summary.steps_pruned,
+            duration_ms = summary.duration_ms, "recovery cycle: nothing to recover"
+        );
+    }
+    Ok(summary)
+}
+
+impl Actor for RecoveryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.state.actor_started(Self::NAME);
+        self.running = false;
+        self.timer = None;
+        // After a restart, pick leadership up again from the shared state.
+        self.is_leader = self.state.is_leader();
+        if self.is_leader {
+            self.schedule(ctx, Duration::ZERO);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.state.actor_stopped(Self::NAME);
+    }
+}
+
+impl Supervised for RecoveryActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.running = false;
+        self.timer = None;
+    }
+}
+
+impl SupervisedActor for RecoveryActor {
+    const NAME: &'static str = "recovery";
+    fn pod_state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+}
+
+crate::impl_inject_fault!(RecoveryActor);
+
+/// The periodic tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Cycle;
+
+impl Handler<Cycle> for RecoveryActor {
+    type Result = ();
+    fn handle(&mut self, _: Cycle, ctx: &mut Context<Self>) {
+        self.timer = None;
+        guarded(self, ctx, |act, ctx| {
+            if let Err(e) = act.start_cycle(ctx, false) {
+                tracing::debug!(error = %e, "scheduled recovery cycle skipped");
+            }
+        });
+    }
+}
+
+impl Handler<LeadershipChanged> for RecoveryActor {
+    type Result = ();
+    fn handle(&mut self, msg: LeadershipChanged, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| {
+            let became = msg.is_leader && !act.is_leader;
+            act.is_leader = msg.is_leader;
+            if became {
+                // A new leader recovers at once: the old one may have died with work.
+                act.schedule(ctx, Duration::ZERO);
+            } else if !msg.is_leader {
+                if let Some(t) = act.timer.take() {
+                    ctx.cancel_future(t);
+                }
+            }
+        });
+    }
+}
+
+/// Run a cycle now (the admin API). `dry_run` computes and stages only.
+#[derive(Message)]
+#[rtype(result = "Result<RecoverySummary, RecoveryError>")]
+pub struct RunRecovery {
+    /// Compute and report without writing to the store.
+    pub dry_run: bool,
+}
+
+impl Handler<RunRecovery> for RecoveryActor {
+    type Result = ResponseFuture<Result<RecoverySummary, RecoveryError>>;
+    fn handle(&mut self, msg: RunRecovery, ctx: &mut Context<Self>) -> Self::Result {
+        let started = guarded(self, ctx, |act, ctx| act.start_cycle(ctx, msg.dry_run));
+        Box::pin(async move {
+            match started {
+                Some(Ok(rx)) => rx.await.unwrap_or_else(|_| {
+                    Err(RecoveryError::Failed("the cycle was interrupted".into()))
+                }),
+                Some(Err(e)) => Err(e),
+                None => Err(RecoveryError::Failed("the recovery actor faulted".into())),
+            }
+        })
+    }
+}

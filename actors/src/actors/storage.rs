@@ -1,0 +1,455 @@
+//! StorageActor: the one door to the database.
+//!
+//! Every store call of the pod goes through it, so retries, readiness bookkeeping
+//! and fencing accounting live in one place. Calls run as futures off the actor's
+//! thread (the store itself keeps blocking work off async threads); transient
+//! errors are retried with capped exponential backoff. Step outcomes arrive as
+//! fire-and-forget [`FinishStep`] events and are written in groups: whatever
+//! accumulated while the previous group was being written goes out in the next
+//! `steps_finish` call. Outcomes are kept (and retried) until the store accepts
+//! them, across actor restarts, so none is lost while the pod lives.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::pod::{PodRecord, QueueStats};
+use crate::state::PodState;
+use crate::step::{NewStep, Step, StepId};
+use crate::store::*;
+use crate::supervision::{guarded, SupervisedActor};
+
+/// StorageActor settings.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// Attempts per call on transient errors (default 5, `FLEET_Q_DEFAULT_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// First retry delay (default 100 ms).
+    pub base_delay: Duration,
+    /// Cap on retry delays (default 30 s).
+    pub max_delay: Duration,
+    /// Step retry backoff applied by the store to retryable failures.
+    pub step_backoff: Backoff,
+    /// Most outcomes written in one call (default 512).
+    pub finish_batch: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            step_backoff: Backoff::default(),
+            finish_batch: 512,
+        }
+    }
+}
+
+/// The actor.
+pub struct StorageActor {
+    store: Arc<dyn Store>,
+    cfg: StorageConfig,
+    state: Arc<PodState>,
+    pending: Vec<Finish>,
+    /// The group being written; put back if the actor restarts mid-write.
+    writing: Option<Vec<Finish>>,
+    flushing: bool,
+    failures: u32,
+    flushed_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl StorageActor {
+    /// A storage actor over `store`.
+    pub fn new(store: Arc<dyn Store>, cfg: StorageConfig, state: Arc<PodState>) -> Self {
+        StorageActor {
+            store,
+            cfg,
+            state,
+            pending: Vec::new(),
+            writing: None,
+            flushing: false,
+            failures: 0,
+            flushed_waiters: Vec::new(),
+        }
+    }
+
+    /// Runs `f` against the store with retries on transient errors.
+    fn call<T, F, Fut>(&self, op: &'static str, f: F) -> ResponseFuture<Result<T, StoreError>>
+    where
+        T: 'static,
+        F: Fn(Arc<dyn Store>) -> Fut + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + 'static,
+    {
+        let store = self.store.clone();
+        let state = self.state.clone();
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match f(store.clone()).await {
+                    Ok(v) => {
+                        state.store_result(Ok(()));
+                        return Ok(v);
+                    }
+                    Err(e) => {
+                        state.store_result(Err(e.to_string()));
+                        if !e.is_transient() || attempt >= cfg.max_attempts {
+                            tracing::warn!(op, attempt, error = %e, "store call failed");
+                            return Err(e);
+                        }
+                        let delay = backoff_delay(&cfg, attempt);
+                        tracing::debug!(op, attempt, ?delay, error = %e, "transient store error; retrying");
+                        actix_rt::time::sleep(delay).await;
+                    }
+                }
+            }
+        })
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing {
+            return;
+        }
+        if self.pending.is_empty() {
+            for w in self.flushed_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            return;
+        }
+        let n = self.pending.len().min(self.cfg.finish_batch.max(1));
+        let batch: Vec<Finish> = self.pending.drain(..n).collect();
+        self.flushing = true;
+        self.writing = Some(batch.clone());
+        let store = self.store.clone();
+        let backoff = self.cfg.step_backoff;
+        let fut = async move {
+            store
+                .steps_finish(FinishParams {
+                    finishes: batch,
+                    backoff,
+                })
+                .await
+        };
+        ctx.spawn(
+            std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    guarded(act, ctx, move |act, ctx| {
+                        act.flushing = false;
+                        let retry = act.writing.take().unwrap_or_default();
+                        match res {
+                            Ok(Ok(report)) => {
+                                act.failures = 0;
+                                act.state.store_result(Ok(()));
+                                if !report.rejected.is_empty() {
+                                    act.state.add_fenced(report.rejected.len() as u64);
+                                    for l in &report.rejected {
+                                        tracing::warn!(
+                                            step_id = %l.step_id, attempt = l.attempt, pod_id = %l.pod_id,
+                                            "result rejected by fencing: the step moved on (this pod was presumed dead or lost the lease)"
+                                        );
+                                    }
+                                }
+                                act.flush(ctx);
+                            }
+                            Ok(Err(e)) => {
+                                act.state.store_result(Err(e.to_string()));
+                                // Keep the outcomes and try again later: they are the
+                                // only record of work done.
+                                act.pending.splice(0..0, retry);
+                                act.failures += 1;
+                                let delay = backoff_delay(&act.cfg, act.failures);
+                                tracing::warn!(error = %e, ?delay, "writing step outcomes failed; will retry");
+                                ctx.run_later(delay, |act, ctx| act.flush(ctx));
+                            }
+                            Err(p) => {
+                                act.pending.splice(0..0, retry);
+                                let why = format!(
+                                    "panic while writing outcomes: {}",
+                                    crate::supervision::panic_message(p.as_ref())
+                                );
+                                act.fault(ctx, why);
+                            }
+                        }
+                    });
+                }),
+        );
+    }
+}
+
+fn backoff_delay(cfg: &StorageConfig, attempt: u32) -> Duration {
+    let b = Backoff {
+        base: cfg.base_delay,
+        max: cfg.max_delay,
+        jitter: 0.5,
+    };
+    b.jittered(attempt.saturating_sub(1), rand::random())
+}
+
+impl Actor for StorageActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+        self.state.actor_started(Self::NAME);
+        self.flushing = false;
+        // Outcomes kept across a restart are written now.
+        self.flush(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.state.actor_stopped(Self::NAME);
+    }
+}
+
+impl Supervised for StorageActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // `pending` survives on purpose. A group that was being written when the
+        // actor faulted is put back and written again: fencing makes that safe (a
+        // second completion of the same lease is rejected, never applied twice).
+        if let Some(batch) = self.writing.take() {
+            self.pending.splice(0..0, batch);
+        }
+        self.flushing = false;
+    }
+}
+
+impl SupervisedActor for StorageActor {
+    const NAME: &'static str = "storage";
+    fn pod_state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+}
+
+crate::impl_inject_fault!(StorageActor);
+
+/// Insert steps (client submits).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Inserted>, StoreError>")]
+pub struct Submit(pub Vec<NewStep>);
+
+impl Handler<Submit> for StorageActor {
+    type Result = ResponseFuture<Result<Vec<Inserted>, StoreError>>;
+    fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
+        let steps = Arc::new(msg.0);
+        self.call("steps_insert", move |s| {
+            let steps = steps.clone();
+            async move { s.steps_insert(steps.as_ref().clone()).await }
+        })
+    }
+}
+
+/// Claim up to `limit` steps for `pod_id` and hand them to `deliver_to`; answers
+/// how many were claimed. Delivery happens here, not in the claimer, so a claimer
+/// restarting mid-claim cannot strand claimed steps.
+#[derive(Message)]
+#[rtype(result = "Result<u32, StoreError>")]
+pub struct ClaimSteps {
+    /// Claiming pod.
+    pub pod_id: String,
+    /// At most this many.
+    pub limit: u32,
+    /// Where claimed steps go (the executor); their slots are reserved first.
+    pub deliver_to: Recipient<super::executor::RunSteps>,
+}
+
+impl Handler<ClaimSteps> for StorageActor {
+    type Result = ResponseFuture<Result<u32, StoreError>>;
+    fn handle(&mut self, msg: ClaimSteps, _: &mut Context<Self>) -> Self::Result {
+        // No retry loop for claims: the claimer tries again at its next tick.
+        let store = self.store.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let r = store
+                .steps_claim(ClaimParams {
+                    pod_id: msg.pod_id,
+                    limit: msg.limit,
+                })
+                .await;
+            state.store_result(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let steps = r?;
+            let n = steps.len() as u32;
+            if n > 0 {
+                state.reserve(n);
+                msg.deliver_to.do_send(super::executor::RunSteps(steps));
+            }
+            Ok(n)
+        })
+    }
+}
+
+/// A step's outcome, written with the next group.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FinishStep(pub Finish);
+
+impl Handler<FinishStep> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: FinishStep, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| {
+            act.pending.push(msg.0);
+            act.flush(ctx);
+        });
+    }
+}
+
+/// Resolves once every outcome received so far has been written.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for StorageActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.flushed_waiters.push(tx);
+        self.flush(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Return claimed steps to pending without spending a retry.
+#[derive(Message)]
+#[rtype(result = "Result<FencedReport, StoreError>")]
+pub struct ReleaseSteps(pub Vec<Lease>);
+
+impl Handler<ReleaseSteps> for StorageActor {
+    type Result = ResponseFuture<Result<FencedReport, StoreError>>;
+    fn handle(&mut self, msg: ReleaseSteps, _: &mut Context<Self>) -> Self::Result {
+        let leases = Arc::new(msg.0);
+        self.call("steps_release", move |s| {
+            let leases = leases.clone();
+            async move { s.steps_release(leases.as_ref().clone()).await }
+        })
+    }
+}
+
+/// Upsert this pod's heartbeat row.
+#[derive(Message)]
+#[rtype(result = "Result<PodRecord, StoreError>")]
+pub struct SendHeartbeat(pub HeartbeatParams);
+
+impl Handler<SendHeartbeat> for StorageActor {
+    type Result = ResponseFuture<Result<PodRecord, StoreError>>;
+    fn handle(&mut self, msg: SendHeartbeat, _: &mut Context<Self>) -> Self::Result {
+        let p = Arc::new(msg.0);
+        self.call("pod_heartbeat", move |s| {
+            let p = p.clone();
+            async move { s.pod_heartbeat(p.as_ref().clone()).await }
+        })
+    }
+}
+
+/// Every pod row, with the store's time of reading.
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<PodRecord>, DateTime<Utc>), StoreError>")]
+pub struct ListPods;
+
+impl Handler<ListPods> for StorageActor {
+    type Result = ResponseFuture<Result<(Vec<PodRecord>, DateTime<Utc>), StoreError>>;
+    fn handle(&mut self, _: ListPods, _: &mut Context<Self>) -> Self::Result {
+        self.call("pods_list", |s| async move {
+            let pods = s.pods_list().await?;
+            let now = s.now().await?;
+            Ok((pods, now))
+        })
+    }
+}
+
+/// One step.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Step>, StoreError>")]
+pub struct GetStep(pub StepId);
+
+impl Handler<GetStep> for StorageActor {
+    type Result = ResponseFuture<Result<Option<Step>, StoreError>>;
+    fn handle(&mut self, msg: GetStep, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        self.call("step_get", move |s| async move { s.step_get(id).await })
+    }
+}
+
+/// Queue statistics.
+#[derive(Message)]
+#[rtype(result = "Result<QueueStats, StoreError>")]
+pub struct GetQueueStats;
+
+impl Handler<GetQueueStats> for StorageActor {
+    type Result = ResponseFuture<Result<QueueStats, StoreError>>;
+    fn handle(&mut self, _: GetQueueStats, _: &mut Context<Self>) -> Self::Result {
+        self.call("queue_stats", |s| async move { s.queue_stats().await })
+    }
+}
+
+/// Mark stale pods down (recovery).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, StoreError>")]
+pub struct MarkPodsDown(pub MarkDownParams);
+
+impl Handler<MarkPodsDown> for StorageActor {
+    type Result = ResponseFuture<Result<Vec<String>, StoreError>>;
+    fn handle(&mut self, msg: MarkPodsDown, _: &mut Context<Self>) -> Self::Result {
+        let p = Arc::new(msg.0);
+        self.call("pods_mark_down", move |s| {
+            let p = p.clone();
+            async move { s.pods_mark_down(p.as_ref().clone()).await }
+        })
+    }
+}
+
+/// Steps claimed by down, dead or unknown pods (recovery).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Step>, StoreError>")]
+pub struct FindOrphans(pub OrphanParams);
+
+impl Handler<FindOrphans> for StorageActor {
+    type Result = ResponseFuture<Result<Vec<Step>, StoreError>>;
+    fn handle(&mut self, msg: FindOrphans, _: &mut Context<Self>) -> Self::Result {
+        let p = msg.0;
+        self.call("steps_orphaned", move |s| async move {
+            s.steps_orphaned(p).await
+        })
+    }
+}
+
+/// Requeue or fail orphans, fenced (recovery).
+#[derive(Message)]
+#[rtype(result = "Result<FencedReport, StoreError>")]
+pub struct RequeueOrphans(pub RequeueParams);
+
+impl Handler<RequeueOrphans> for StorageActor {
+    type Result = ResponseFuture<Result<FencedReport, StoreError>>;
+    fn handle(&mut self, msg: RequeueOrphans, _: &mut Context<Self>) -> Self::Result {
+        let p = Arc::new(msg.0);
+        self.call("steps_requeue_orphaned", move |s| {
+            let p = p.clone();
+            async move { s.steps_requeue_orphaned(p.as_ref().clone()).await }
+        })
+    }
+}
+
+/// Delete finished steps past retention (recovery).
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct PruneSteps(pub PruneParams);
+
+impl Handler<PruneSteps> for StorageActor {
+    type Result = ResponseFuture<Result<u64, StoreError>>;
+    fn handle(&mut self, msg: PruneSteps, _: &mut Context<Self>) -> Self::Result {
+        let p = msg.0;
+        self.call(
+            "steps_prune",
+            move |s| async move { s.steps_prune(p).await },
+        )
+    }
+}

@@ -1,0 +1,40 @@
+//! Events shared by several actors. Commands an actor owns are defined beside it.
+
+use actix::Message;
+
+use crate::state::Term;
+
+/// Leadership of this pod changed (from the [`crate::actors::leader::LeaderElector`]).
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct LeadershipChanged {
+    /// Whether this pod now leads.
+    pub is_leader: bool,
+    /// The term now in force, if any pod leads.
+    pub term: Option<Term>,
+}
+
+/// This pod's own heartbeat became healthy or unhealthy (failing, stale, or the
+/// pod was marked down and is rejoining).
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct HeartbeatHealth {
+    /// Healthy: the last heartbeat succeeded and is recent.
+    pub healthy: bool,
+}
+
+/// Why the claimer should look for work now rather than at its next tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeReason {
+    /// A step was submitted through this pod.
+    Submitted,
+    /// A slot freed up.
+    SlotFreed,
+    /// The heartbeat recovered.
+    Healthy,
+}
+
+/// Look for work now.
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Wake(pub WakeReason);

@@ -1,0 +1,409 @@
+//! A running pod: the six supervised actors wired together.
+//!
+//! [`Pod::start`] must be called inside a running actix system (e.g. from
+//! `#[actix::main]` or `actix_web::main`). Step handlers run on a runtime of their
+//! own (a dedicated thread pool), so a slow or CPU-bound handler never stalls the
+//! actors. [`Pod::shutdown`] is the graceful path: stop claiming, let running steps
+//! finish within the grace period, release the rest without spending a retry, write
+//! the remaining outcomes, and send a final `down` heartbeat.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::actors::claimer::{ClaimerActor, ClaimerConfig};
+use crate::actors::executor::{Drain, ExecutorConfig, ExecutorPool, SetClaimer};
+use crate::actors::heartbeat::{FinalHeartbeat, HeartbeatActor, HeartbeatConfig};
+use crate::actors::leader::{LeaderConfig, LeaderElector};
+use crate::actors::recovery::{RecoveryActor, RecoveryConfig, RecoveryError, RunRecovery};
+use crate::actors::storage::*;
+use crate::handler::HandlerRegistry;
+use crate::ledger::{Ledger, RecoverySummary};
+use crate::messages::{Wake, WakeReason};
+use crate::pod::{PodRecord, QueueStats};
+use crate::state::PodState;
+use crate::step::{NewStep, Step, StepId};
+use crate::store::{Backoff, Inserted, Store, StoreError};
+use crate::supervision::RestartBudget;
+
+/// Everything a pod needs to know. Defaults match the documented settings.
+#[derive(Clone, Debug)]
+pub struct PodConfig {
+    /// This process's id (unique per process).
+    pub pod_id: String,
+    /// Steps run at once: `floor(max_parallelism × capacity_threshold)`, ≥ 1.
+    pub max_capacity: u32,
+    /// Most steps per claim.
+    pub claim_batch: u32,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Idle claim period.
+    pub claim_interval: Duration,
+    /// Leader check period.
+    pub leader_check_interval: Duration,
+    /// Recovery period (leader only).
+    pub recovery_interval: Duration,
+    /// Liveness threshold.
+    pub dead_pod_threshold: Duration,
+    /// Default handler timeout.
+    pub step_timeout: Duration,
+    /// Time running steps get on shutdown.
+    pub shutdown_grace: Duration,
+    /// Finished steps are pruned after this.
+    pub retention: Duration,
+    /// Step retry backoff.
+    pub step_backoff: Backoff,
+    /// Store call attempts on transient errors.
+    pub store_max_attempts: u32,
+    /// First store retry delay.
+    pub store_base_delay: Duration,
+    /// Cap on store retry delays.
+    pub store_max_delay: Duration,
+    /// Recovery ledger file (`None`: in memory).
+    pub ledger_path: Option<PathBuf>,
+    /// Recovery cycles kept in the ledger.
+    pub recovery_cycles_kept: usize,
+    /// Actor restart budget.
+    pub restart_budget: RestartBudget,
+    /// Threads of the handler runtime.
+    pub handler_threads: usize,
+    /// JSON written with each heartbeat.
+    pub meta: serde_json::Value,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig {
+            pod_id: format!("pod-{}", uuid::Uuid::now_v7().simple()),
+            max_capacity: 8,
+            claim_batch: 100,
+            heartbeat_interval: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            leader_check_interval: Duration::from_secs(60),
+            recovery_interval: Duration::from_secs(300),
+            dead_pod_threshold: Duration::from_secs(180),
+            step_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(20),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            step_backoff: Backoff::default(),
+            store_max_attempts: 5,
+            store_base_delay: Duration::from_millis(100),
+            store_max_delay: Duration::from_secs(30),
+            ledger_path: None,
+            recovery_cycles_kept: 20,
+            restart_budget: RestartBudget::default(),
+            handler_threads: 2,
+            meta: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Why a pod could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The recovery ledger could not be opened.
+    #[error("{0}")]
+    Ledger(String),
+    /// The handler runtime could not be started.
+    #[error("cannot start the handler runtime: {0}")]
+    Runtime(String),
+}
+
+/// What a graceful shutdown did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Steps still running at the end of the grace period, released to pending.
+    pub released: usize,
+    /// Whether the final `down` heartbeat was written.
+    pub final_heartbeat: bool,
+}
+
+struct HandlerRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HandlerRuntime {
+    fn start(threads: usize) -> Result<HandlerRuntime, PodError> {
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("fleet-q-handlers".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.max(1))
+                    .thread_name("fleet-q-handler")
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = htx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stop_rx.await;
+                        });
+                        // Running handlers are abandoned here (their leases were
+                        // released by the shutdown that stopped us).
+                        rt.shutdown_background();
+                    }
+                    Err(e) => {
+                        let _ = htx.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| PodError::Runtime(e.to_string()))?;
+        let handle = hrx
+            .recv()
+            .map_err(|e| PodError::Runtime(e.to_string()))?
+            .map_err(PodError::Runtime)?;
+        Ok(HandlerRuntime {
+            handle,
+            stop: Some(stop_tx),
+        })
+    }
+}
+
+impl Drop for HandlerRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A running pod.
+pub struct Pod {
+    cfg: PodConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    heartbeat: Addr<HeartbeatActor>,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    leader: Addr<LeaderElector>,
+    claimer: Addr<ClaimerActor>,
+    executor: Addr<ExecutorPool>,
+    recovery: Addr<RecoveryActor>,
+    ledger: Ledger,
+    store: Arc<dyn Store>,
+    _handlers_rt: Arc<HandlerRuntime>,
+}
+
+impl Pod {
+    /// Starts a pod on `store` (schema already initialised) running `handlers`.
+    pub fn start(
+        cfg: PodConfig,
+        store: Arc<dyn Store>,
+        handlers: HandlerRegistry,
+    ) -> Result<Pod, PodError> {
+        let state = Arc::new(PodState::new(
+            cfg.pod_id.clone(),
+            cfg.max_capacity,
+            cfg.restart_budget,
+        ));
+        let ledger = Ledger::open(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept)
+            .map_err(PodError::Ledger)?;
+        let rt = Arc::new(HandlerRuntime::start(cfg.handler_threads)?);
+
+        let storage_cfg = StorageConfig {
+            max_attempts: cfg.store_max_attempts,
+            base_delay: cfg.store_base_delay,
+            max_delay: cfg.store_max_delay,
+            step_backoff: cfg.step_backoff,
+            ..Default::default()
+        };
+        let (s, st) = (store.clone(), state.clone());
+        let storage = Supervisor::start(move |_| StorageActor::new(s, storage_cfg, st));
+
+        let (st, sa, h, handle) = (
+            state.clone(),
+            storage.clone(),
+            handlers.clone(),
+            rt.handle.clone(),
+        );
+        let exec_cfg = ExecutorConfig {
+            default_timeout: cfg.step_timeout,
+        };
+        let executor = Supervisor::start(move |_| ExecutorPool::new(exec_cfg, st, sa, h, handle));
+
+        let (st, sa, ex) = (state.clone(), storage.clone(), executor.clone());
+        let claimer_cfg = ClaimerConfig {
+            interval: cfg.claim_interval,
+            batch: cfg.claim_batch,
+        };
+        let claimer = Supervisor::start(move |_| ClaimerActor::new(claimer_cfg, st, sa, ex));
+        executor.do_send(SetClaimer(claimer.clone().recipient()));
+
+        let (st, sa, lg) = (state.clone(), storage.clone(), ledger.clone());
+        let recovery_cfg = RecoveryConfig {
+            interval: cfg.recovery_interval,
+            dead_threshold: cfg.dead_pod_threshold,
+            retention: cfg.retention,
+            backoff: cfg.step_backoff,
+            ..Default::default()
+        };
+        let recovery = Supervisor::start(move |_| RecoveryActor::new(recovery_cfg, st, sa, lg));
+
+        let (st, sa, rec) = (state.clone(), storage.clone(), recovery.clone());
+        let leader_cfg = LeaderConfig {
+            check_interval: cfg.leader_check_interval,
+            dead_threshold: cfg.dead_pod_threshold,
+        };
+        let leader = Supervisor::start(move |_| {
+            LeaderElector::new(leader_cfg, st, sa, vec![rec.recipient()])
+        });
+
+        let (st, sa) = (state.clone(), storage.clone());
+        let subs = vec![claimer.clone().recipient(), leader.clone().recipient()];
+        let hb_cfg = HeartbeatConfig {
+            interval: cfg.heartbeat_interval,
+            dead_threshold: cfg.dead_pod_threshold,
+            meta: cfg.meta.clone(),
+        };
+        let heartbeat = Supervisor::start(move |_| HeartbeatActor::new(hb_cfg, st, sa, subs));
+
+        tracing::info!(pod_id = %cfg.pod_id, max_capacity = cfg.max_capacity, handlers = ?handlers.types(), "pod started");
+        Ok(Pod {
+            cfg,
+            state,
+            storage,
+            heartbeat,
+            leader,
+            claimer,
+            executor,
+            recovery,
+            ledger,
+            store,
+            _handlers_rt: rt,
+        })
+    }
+
+    /// Shared state (health, leadership, capacity).
+    pub fn state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+
+    /// The settings the pod runs with.
+    pub fn config(&self) -> &PodConfig {
+        &self.cfg
+    }
+
+    /// The store (for read-only queries that need no actor, e.g. statistics).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn storage_down(e: MailboxError) -> StoreError {
+        StoreError::transient("storage", format!("storage actor unavailable: {e}"))
+    }
+
+    /// Submits steps; wakes this pod's claimer so an idle pod starts them at once.
+    pub async fn submit(&self, steps: Vec<NewStep>) -> Result<Vec<Inserted>, StoreError> {
+        let r = self
+            .storage
+            .send(Submit(steps))
+            .await
+            .map_err(Self::storage_down)??;
+        if r.iter().any(|i| i.created) {
+            self.claimer.do_send(Wake(WakeReason::Submitted));
+        }
+        Ok(r)
+    }
+
+    /// One step.
+    pub async fn step(&self, id: StepId) -> Result<Option<Step>, StoreError> {
+        self.storage
+            .send(GetStep(id))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Queue statistics.
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.storage
+            .send(GetQueueStats)
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Every pod row with the store's time of reading.
+    pub async fn pods(
+        &self,
+    ) -> Result<(Vec<PodRecord>, chrono::DateTime<chrono::Utc>), StoreError> {
+        self.storage
+            .send(ListPods)
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Runs a recovery cycle now (leader only).
+    pub async fn run_recovery(&self, dry_run: bool) -> Result<RecoverySummary, RecoveryError> {
+        self.recovery
+            .send(RunRecovery { dry_run })
+            .await
+            .map_err(|e| RecoveryError::Failed(e.to_string()))?
+    }
+
+    /// Recent recovery cycles from the ledger, newest first.
+    pub async fn recovery_history(&self, limit: usize) -> Result<Vec<RecoverySummary>, String> {
+        self.ledger.recent(limit).await
+    }
+
+    /// Graceful shutdown; see the module docs.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.state.begin_shutdown();
+        tracing::info!(running = self.state.running.len(), grace = ?self.cfg.shutdown_grace, "shutting down: claiming stopped, draining");
+        let leftover = self
+            .executor
+            .send(Drain {
+                grace: self.cfg.shutdown_grace,
+            })
+            .await
+            .unwrap_or_default();
+        // Outcomes of the steps that did finish are written before anything else.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.storage.send(Flush)).await;
+        let mut report = ShutdownReport {
+            released: leftover.len(),
+            ..Default::default()
+        };
+        if !leftover.is_empty() {
+            match self.storage.send(ReleaseSteps(leftover)).await {
+                Ok(Ok(r)) => tracing::info!(
+                    released = r.applied.len(),
+                    fenced = r.rejected.len(),
+                    "released unfinished steps"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not release unfinished steps; recovery will requeue them")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not release unfinished steps; recovery will requeue them")
+                }
+            }
+        }
+        report.final_heartbeat = matches!(self.heartbeat.send(FinalHeartbeat).await, Ok(Ok(())));
+        tracing::info!(
+            released = report.released,
+            final_heartbeat = report.final_heartbeat,
+            "shutdown complete"
+        );
+        report
+    }
+
+    /// Injects a fault into the named actor (feature `failpoints`, tests only).
+    /// Returns false for an unknown actor name.
+    #[cfg(feature = "failpoints")]
+    pub fn inject_fault(&self, actor: &str, kind: crate::supervision::FaultKind) -> bool {
+        use crate::supervision::InjectFault;
+        let m = InjectFault(kind);
+        match actor {
+            "storage" => self.storage.do_send(m),
+            "heartbeat" => self.heartbeat.do_send(m),
+            "leader" => self.leader.do_send(m),
+            "claimer" => self.claimer.do_send(m),
+            "executor" => self.executor.do_send(m),
+            "recovery" => self.recovery.do_send(m),
+            _ => return false,
+        }
+        true
+    }
+}

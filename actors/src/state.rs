@@ -1,0 +1,279 @@
+//! State shared between a pod's actors and its HTTP side, read without a message
+//! round trip (liveness must answer even when an actor is busy or restarting).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::step::StepId;
+use crate::store::Lease;
+use crate::supervision::{ActorState, ActorStatus, RestartBudget, RestartLedger};
+
+/// The current leadership term as this pod last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Term {
+    /// The leader.
+    pub pod_id: String,
+    /// Its birth time (terms are `(pod_id, birth_ts)`).
+    pub birth_ts: DateTime<Utc>,
+}
+
+/// A step running on this pod.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    /// Its lease.
+    pub lease: Lease,
+    /// Step type.
+    pub step_type: String,
+    /// When the handler started.
+    pub started: Instant,
+}
+
+/// What a pod knows about itself.
+#[derive(Debug)]
+pub struct PodState {
+    base_pod_id: String,
+    pod_id: RwLock<String>,
+    generation: AtomicU32,
+    max_capacity: u32,
+    /// Slots taken: reserved by the claimer when steps are claimed, released by the
+    /// executor when their outcome is handed to storage.
+    in_flight: AtomicU32,
+    /// Steps running now, by id.
+    pub running: DashMap<StepId, InFlight>,
+    is_leader: AtomicBool,
+    leader: RwLock<Option<Term>>,
+    last_election_check: RwLock<Option<DateTime<Utc>>>,
+    heartbeat_healthy: AtomicBool,
+    shutting_down: AtomicBool,
+    store_last_ok: Mutex<Option<Instant>>,
+    store_last_error: Mutex<Option<String>>,
+    started: Instant,
+    actors: DashMap<&'static str, ActorStatus>,
+    restarts: Mutex<RestartLedger>,
+    budget_exhausted: AtomicBool,
+    fenced_results: AtomicU64,
+}
+
+impl PodState {
+    /// State for a pod called `pod_id` that runs up to `max_capacity` steps at once.
+    pub fn new(pod_id: impl Into<String>, max_capacity: u32, budget: RestartBudget) -> Self {
+        let pod_id = pod_id.into();
+        PodState {
+            base_pod_id: pod_id.clone(),
+            pod_id: RwLock::new(pod_id),
+            generation: AtomicU32::new(0),
+            max_capacity: max_capacity.max(1),
+            in_flight: AtomicU32::new(0),
+            running: DashMap::new(),
+            is_leader: AtomicBool::new(false),
+            leader: RwLock::new(None),
+            last_election_check: RwLock::new(None),
+            heartbeat_healthy: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            store_last_ok: Mutex::new(None),
+            store_last_error: Mutex::new(None),
+            started: Instant::now(),
+            actors: DashMap::new(),
+            restarts: Mutex::new(RestartLedger::new(budget)),
+            budget_exhausted: AtomicBool::new(false),
+            fenced_results: AtomicU64::new(0),
+        }
+    }
+
+    /// The pod's current identity.
+    pub fn pod_id(&self) -> String {
+        self.pod_id.read().expect("pod id lock").clone()
+    }
+
+    /// Takes a new identity after being presumed dead: the configured id with a
+    /// generation suffix. Returns the new id.
+    pub fn rejoin(&self) -> String {
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = format!("{}-r{g}", self.base_pod_id);
+        *self.pod_id.write().expect("pod id lock") = id.clone();
+        self.heartbeat_healthy.store(false, Ordering::SeqCst);
+        self.set_leader(false, None);
+        id
+    }
+
+    /// How many times this process rejoined under a new identity.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Steps this pod runs at once.
+    pub fn max_capacity(&self) -> u32 {
+        self.max_capacity
+    }
+
+    /// Slots in use.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Free slots.
+    pub fn free_slots(&self) -> u32 {
+        self.max_capacity.saturating_sub(self.in_flight())
+    }
+
+    pub(crate) fn reserve(&self, n: u32) {
+        self.in_flight.fetch_add(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn release_slots(&self, n: u32) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    /// Whether this pod currently acts as leader.
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::SeqCst)
+    }
+
+    /// The leader this pod last saw.
+    pub fn leader(&self) -> Option<Term> {
+        self.leader.read().expect("leader lock").clone()
+    }
+
+    /// Store time of the last election check.
+    pub fn last_election_check(&self) -> Option<DateTime<Utc>> {
+        *self.last_election_check.read().expect("election lock")
+    }
+
+    pub(crate) fn set_leader(&self, is_leader: bool, leader: Option<Term>) {
+        self.is_leader.store(is_leader, Ordering::SeqCst);
+        *self.leader.write().expect("leader lock") = leader;
+    }
+
+    pub(crate) fn set_election_check(&self, at: DateTime<Utc>) {
+        *self.last_election_check.write().expect("election lock") = Some(at);
+    }
+
+    /// Whether this pod's own heartbeat is current.
+    pub fn heartbeat_healthy(&self) -> bool {
+        self.heartbeat_healthy.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_heartbeat_healthy(&self, healthy: bool) {
+        self.heartbeat_healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// True once graceful shutdown began.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Records a store call's outcome (for readiness).
+    pub fn store_result(&self, ok: Result<(), String>) {
+        match ok {
+            Ok(()) => {
+                *self.store_last_ok.lock().expect("store lock") = Some(Instant::now());
+                *self.store_last_error.lock().expect("store lock") = None;
+            }
+            Err(e) => *self.store_last_error.lock().expect("store lock") = Some(e),
+        }
+    }
+
+    /// Time since the store last answered, if it ever did.
+    pub fn store_ok_age(&self) -> Option<Duration> {
+        self.store_last_ok
+            .lock()
+            .expect("store lock")
+            .map(|t| t.elapsed())
+    }
+
+    /// The last store error since the last success.
+    pub fn store_last_error(&self) -> Option<String> {
+        self.store_last_error.lock().expect("store lock").clone()
+    }
+
+    /// Time since the pod started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Results rejected by fencing since start.
+    pub fn fenced_results(&self) -> u64 {
+        self.fenced_results.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_fenced(&self, n: u64) {
+        self.fenced_results.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Each actor's state and restart count, by name.
+    pub fn actors(&self) -> Vec<(&'static str, ActorStatus)> {
+        let mut v: Vec<_> = self
+            .actors
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    pub(crate) fn actor_started(&self, name: &'static str) {
+        self.actors
+            .entry(name)
+            .and_modify(|s| s.state = ActorState::Running)
+            .or_insert(ActorStatus {
+                state: ActorState::Running,
+                restarts: 0,
+                last_fault: None,
+            });
+    }
+
+    pub(crate) fn actor_stopped(&self, name: &'static str) {
+        if let Some(mut s) = self.actors.get_mut(name) {
+            if s.state != ActorState::Restarting {
+                s.state = ActorState::Stopped;
+            }
+        }
+    }
+
+    /// Records a fault of actor `name`; when the pod-wide restart budget is
+    /// exceeded, stops the actix system with [`crate::supervision::EXIT_RESTART_BUDGET`].
+    pub fn record_fault(&self, name: &'static str, why: String) {
+        {
+            let mut s = self.actors.entry(name).or_insert(ActorStatus {
+                state: ActorState::Running,
+                restarts: 0,
+                last_fault: None,
+            });
+            s.state = ActorState::Restarting;
+            s.restarts += 1;
+            s.last_fault = Some(why);
+        }
+        let within = self
+            .restarts
+            .lock()
+            .expect("restart ledger lock")
+            .record(Instant::now());
+        if !within && !self.budget_exhausted.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                actor = name,
+                "restart budget exhausted; stopping the pod so the orchestrator replaces it"
+            );
+            if let Some(sys) = actix::System::try_current() {
+                sys.stop_with_code(crate::supervision::EXIT_RESTART_BUDGET);
+            }
+        }
+    }
+
+    /// True once the restart budget was exhausted.
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget_exhausted.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,102 @@
+//! The composition root of `fleet-q serve`: settings → store → pod → HTTP server,
+//! then wait for a shutdown signal and shut down gracefully.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use fleet_q_actors::{Backoff, Pod, PodConfig};
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::{handlers, storage};
+
+/// The pod settings derived from the validated settings.
+pub fn pod_config(s: &Settings) -> PodConfig {
+    PodConfig {
+        pod_id: s.pod_id.clone(),
+        max_capacity: s.max_capacity(),
+        claim_batch: s.claim_batch_size,
+        heartbeat_interval: s.heartbeat_interval,
+        claim_interval: s.claim_interval,
+        leader_check_interval: s.leader_check_interval,
+        recovery_interval: s.recovery_interval,
+        dead_pod_threshold: s.dead_pod_threshold,
+        step_timeout: s.step_timeout,
+        shutdown_grace: s.shutdown_grace,
+        retention: s.retention,
+        step_backoff: Backoff {
+            base: s.default_base_delay,
+            max: s.default_max_delay,
+            jitter: 0.5,
+        },
+        store_max_attempts: s.default_max_attempts,
+        store_base_delay: s.default_base_delay,
+        store_max_delay: s.default_max_delay,
+        ledger_path: s.ledger_path.clone(),
+        meta: serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "api_port": s.api_port,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs a pod until `shutdown` resolves, then shuts it down gracefully. Must run
+/// inside an actix system. Returns when the pod has stopped.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = storage::open(&settings)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the {:?} store: {e}", settings.storage_mode))?;
+    let handlers = handlers::builtin(&settings.http_handlers);
+    let pod = Arc::new(Pod::start(pod_config(&settings), store, handlers)?);
+    let addr = listener.local_addr()?;
+    let max_payload = settings.max_payload_bytes;
+    let state = web::Data::new(AppState {
+        pod: pod.clone(),
+        max_payload_bytes: max_payload,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(|c| api::routes(c, max_payload))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    tracing::info!(pod_id = %settings.pod_id, %addr, store = ?settings.storage_mode, "serving");
+
+    shutdown.await;
+    tracing::info!("shutdown signal received");
+    let report = pod.shutdown().await;
+    handle.stop(true).await;
+    tracing::info!(released = report.released, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,31 @@
+//! Logging: `tracing` to stdout as JSON lines (the seed's default) or console text,
+//! at `FLEET_Q_LOG_LEVEL`. `RUST_LOG`, when set, overrides the level with a full
+//! filter (e.g. `fleet_q=debug,actix_web=info`).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, Settings};
+
+/// Installs the global subscriber once; later calls are ignored.
+pub fn init(settings: &Settings) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            let lvl = settings.log_level.to_ascii_lowercase();
+            EnvFilter::new(format!(
+                "{lvl},actix_server=warn,actix_web=warn,h2=warn,hyper=warn,reqwest=warn"
+            ))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Console => builder.try_init(),
+    };
+}
