@@ -1,0 +1,339 @@
+//! Execution semantics of one pod, in process, on a real SQLite file: a panicking
+//! handler, a handler timeout, an unknown type, retries with backoff to exactly
+//! `max_retries`, the `http` handler against a live service (2xx / 4xx / 5xx), and a
+//! pod started from user code with user handlers.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fleet_q::storage::sqlite::{SqliteOptions, SqliteStore};
+use fleet_q_actors::*;
+use serde_json::{json, Value};
+use support::Recorder;
+
+struct Panics;
+#[async_trait]
+impl StepHandler for Panics {
+    async fn run(&self, _: StepContext) -> Result<Value, HandlerError> {
+        panic!("handler bug")
+    }
+}
+
+struct Slow;
+#[async_trait]
+impl StepHandler for Slow {
+    async fn run(&self, _: StepContext) -> Result<Value, HandlerError> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(Value::Null)
+    }
+}
+
+#[derive(Default, Clone)]
+struct AlwaysFails {
+    runs: Arc<Mutex<Vec<(Instant, u32, String)>>>,
+}
+#[async_trait]
+impl StepHandler for AlwaysFails {
+    async fn run(&self, ctx: StepContext) -> Result<Value, HandlerError> {
+        self.runs
+            .lock()
+            .unwrap()
+            .push((Instant::now(), ctx.attempt, ctx.idempotency_key.clone()));
+        Err(HandlerError::retryable(format!(
+            "attempt {} failed",
+            ctx.attempt
+        )))
+    }
+}
+
+struct Counts(Arc<AtomicU32>);
+#[async_trait]
+impl StepHandler for Counts {
+    async fn run(&self, ctx: StepContext) -> Result<Value, HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(json!({ "attempt": ctx.attempt, "key": ctx.idempotency_key }))
+    }
+}
+
+fn config(dir: &std::path::Path) -> PodConfig {
+    PodConfig {
+        pod_id: "test-pod".into(),
+        max_capacity: 4,
+        heartbeat_interval: Duration::from_secs(1),
+        claim_interval: Duration::from_millis(100),
+        leader_check_interval: Duration::from_secs(1),
+        recovery_interval: Duration::from_secs(1),
+        dead_pod_threshold: Duration::from_secs(3),
+        step_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(1),
+        step_backoff: Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+            jitter: 0.5,
+        },
+        ledger_path: Some(dir.join("ledger.db")),
+        ..Default::default()
+    }
+}
+
+fn spec(t: &str, f: impl FnOnce(&mut StepSpec)) -> NewStep {
+    let mut s = StepSpec {
+        step_type: t.into(),
+        ..Default::default()
+    };
+    f(&mut s);
+    NewStep::new(s).unwrap()
+}
+
+/// Runs `body` against a fresh pod inside an actix system.
+fn with_pod<F, Fut>(handlers: HandlerRegistry, body: F)
+where
+    F: FnOnce(Arc<Pod>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_pod_cfg(|_| {}, handlers, body)
+}
+
+/// [`with_pod`] with the configuration adjusted by `tune`.
+fn with_pod_cfg<F, Fut>(tune: impl FnOnce(&mut PodConfig), handlers: HandlerRegistry, body: F)
+where
+    F: FnOnce(Arc<Pod>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    tune(&mut cfg);
+    actix_rt::System::new().block_on(async move {
+        let store = SqliteStore::open(dir.path().join("pod.db"), SqliteOptions::default()).unwrap();
+        store.schema_init().await.unwrap();
+        let pod = Arc::new(Pod::start(cfg, Arc::new(store), handlers).unwrap());
+        body(pod.clone()).await;
+        pod.shutdown().await;
+    });
+}
+
+async fn wait_step(pod: &Pod, id: StepId, what: &str, done: impl Fn(&Step) -> bool) -> Step {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = pod.step(id).await.unwrap() {
+            if done(&s) {
+                return s;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await; // poll interval
+    }
+}
+
+async fn submit_one(pod: &Pod, s: NewStep) -> StepId {
+    pod.submit(vec![s]).await.unwrap()[0].step_id
+}
+
+#[test]
+fn a_panicking_handler_fails_its_step_only() {
+    let count = Arc::new(AtomicU32::new(0));
+    let mut h = HandlerRegistry::new();
+    h.register("panics", Panics)
+        .register("ok", Counts(count.clone()));
+    with_pod(h, |pod| async move {
+        let bad = submit_one(&pod, spec("panics", |s| s.max_retries = Some(1))).await;
+        let good = submit_one(&pod, spec("ok", |_| {})).await;
+        let s = wait_step(&pod, bad, "the panicking step to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(
+            s.retry_count, 1,
+            "a panic is retried like any retryable error"
+        );
+        assert!(s
+            .last_error
+            .unwrap()
+            .contains("handler panicked: handler bug"));
+        wait_step(&pod, good, "the good step", |s| {
+            s.status == StepStatus::Completed
+        })
+        .await;
+        // The executor actor itself never faulted.
+        let actors = pod.state().actors();
+        let exec = actors.iter().find(|(n, _)| *n == "executor").unwrap();
+        assert_eq!(exec.1.restarts, 0);
+    });
+}
+
+#[test]
+fn a_handler_past_its_timeout_is_cancelled_and_retried_or_failed() {
+    let mut h = HandlerRegistry::new();
+    h.register("slow", Slow);
+    with_pod(h, |pod| async move {
+        let t0 = Instant::now();
+        let id = submit_one(
+            &pod,
+            spec("slow", |s| {
+                s.timeout = Some(Duration::from_millis(200));
+                s.max_retries = Some(1);
+            }),
+        )
+        .await;
+        let s = wait_step(&pod, id, "the slow step to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 1);
+        assert!(s.last_error.unwrap().contains("timed out after 0.200s"));
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the 30 s handler was cancelled"
+        );
+        assert_eq!(pod.state().in_flight(), 0, "slots freed");
+    });
+}
+
+#[test]
+fn an_unknown_type_fails_terminally_with_a_clear_error() {
+    with_pod(HandlerRegistry::new(), |pod| async move {
+        let id = submit_one(&pod, spec("no-such-type", |s| s.max_retries = Some(5))).await;
+        let s = wait_step(&pod, id, "the step to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 0, "terminal: no retries spent");
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("no handler is registered for step type \"no-such-type\" (registered: )")
+        );
+    });
+}
+
+#[test]
+fn retries_back_off_and_stop_after_exactly_max_retries() {
+    let fails = AlwaysFails::default();
+    let runs = fails.runs.clone();
+    let mut h = HandlerRegistry::new();
+    h.register("fails", fails);
+    with_pod(h, |pod| async move {
+        let id = submit_one(&pod, spec("fails", |s| s.max_retries = Some(3))).await;
+        let s = wait_step(&pod, id, "the step to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 3);
+        assert_eq!(s.last_error.as_deref(), Some("attempt 4 failed"));
+        let runs = runs.lock().unwrap().clone();
+        assert_eq!(runs.len(), 4, "one run plus exactly three retries");
+        assert_eq!(runs.iter().map(|r| r.1).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // The key handlers get is the same on every attempt.
+        assert!(runs.iter().all(|r| r.2 == runs[0].2));
+        // Backoff base 100 ms doubling, capped at 400 ms, minus up to half of
+        // jitter: gaps of at least 50, 100, 200 ms.
+        for (n, w) in runs.windows(2).enumerate() {
+            let gap = w[1].0 - w[0].0;
+            let min = Duration::from_millis(100 * (1 << n)).min(Duration::from_millis(400)) / 2;
+            assert!(
+                gap >= min,
+                "retry {n}: gap {gap:?} shorter than the backoff {min:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn the_http_handler_maps_2xx_4xx_and_5xx() {
+    let rec = Recorder::start();
+    let h = fleet_q::handlers::builtin(&BTreeMap::from([("remote".to_string(), rec.url.clone())]));
+    with_pod(h, |pod| async move {
+        let ok = submit_one(
+            &pod,
+            spec("remote", |s| {
+                s.args = Some(json!({"n": 1}));
+                s.idempotency_key = Some("order-7".into());
+            }),
+        )
+        .await;
+        let bad = submit_one(
+            &pod,
+            spec("remote", |s| {
+                s.args = Some(json!({"status": 422}));
+                s.max_retries = Some(3);
+            }),
+        )
+        .await;
+        let down = submit_one(
+            &pod,
+            spec("remote", |s| {
+                s.args = Some(json!({"status": 503}));
+                s.max_retries = Some(2);
+            }),
+        )
+        .await;
+        let s = wait_step(&pod, ok, "2xx to complete", |s| {
+            s.status == StepStatus::Completed
+        })
+        .await;
+        let result = s.result.unwrap();
+        assert_eq!(result["pod"], json!("test-pod"));
+        assert_eq!(result["echo"], json!({"n": 1}));
+        let s = wait_step(&pod, bad, "4xx to fail", |s| s.status == StepStatus::Failed).await;
+        assert_eq!(s.retry_count, 0, "4xx is terminal");
+        assert!(s.last_error.unwrap().contains("422"));
+        let s = wait_step(&pod, down, "5xx to fail after retries", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 2, "5xx is retried");
+        assert!(s.last_error.unwrap().contains("503"));
+        let execs = rec.executions();
+        assert_eq!(execs[&ok.to_string()].len(), 1);
+        assert_eq!(execs[&bad.to_string()].len(), 1);
+        let attempts: Vec<u32> = execs[&down.to_string()].iter().map(|c| c.attempt).collect();
+        assert_eq!(attempts, [1, 2, 3]);
+    });
+}
+
+#[test]
+fn an_unreachable_http_service_is_retried() {
+    let port = support::free_port(); // nothing listens here
+    let h = fleet_q::handlers::builtin(&BTreeMap::from([(
+        "remote".to_string(),
+        format!("http://127.0.0.1:{port}/run"),
+    )]));
+    with_pod(h, |pod| async move {
+        let id = submit_one(&pod, spec("remote", |s| s.max_retries = Some(1))).await;
+        let s = wait_step(&pod, id, "the step to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 1);
+        assert!(s.last_error.unwrap().contains("could not connect"));
+    });
+}
+
+#[test]
+fn a_local_submit_wakes_an_idle_pod() {
+    let count = Arc::new(AtomicU32::new(0));
+    let mut h = HandlerRegistry::new();
+    h.register("ok", Counts(count.clone()));
+    // With an hour between idle claims, only the wake-up on submit can start the
+    // steps below.
+    let tune = |c: &mut PodConfig| c.claim_interval = Duration::from_secs(3600);
+    with_pod_cfg(tune, h, |pod| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pod.state().heartbeat_healthy() {
+            assert!(Instant::now() < deadline, "no first heartbeat");
+            actix_rt::time::sleep(Duration::from_millis(10)).await; // poll interval
+        }
+        for _ in 0..5 {
+            let id = submit_one(&pod, spec("ok", |_| {})).await;
+            wait_step(&pod, id, "completion", |s| {
+                s.status == StepStatus::Completed
+            })
+            .await;
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 5);
+    });
+}

@@ -1,0 +1,389 @@
+//! Shared test support: real pod processes, a recording step service, and waits
+//! on observable state with deadlines (never fixed sleeps).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet_q::storage::sqlite::{SqliteOptions, SqliteStore};
+use serde_json::{json, Value};
+
+/// Polls `check` every few milliseconds until it returns `Some`, or panics with
+/// `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A blocking HTTP client for tests.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Fast timings so cluster behaviour shows within seconds.
+pub fn fast_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("FLEET_Q_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
+        ("FLEET_Q_DEAD_POD_THRESHOLD_SECONDS", "3".into()),
+        ("FLEET_Q_LEADER_CHECK_INTERVAL_SECONDS", "1".into()),
+        ("FLEET_Q_RECOVERY_INTERVAL_SECONDS", "1".into()),
+        ("FLEET_Q_CLAIM_INTERVAL_SECONDS", "1".into()),
+        ("FLEET_Q_DEFAULT_BASE_DELAY_MS", "50".into()),
+        ("FLEET_Q_DEFAULT_MAX_DELAY_MS", "500".into()),
+        ("FLEET_Q_LOG_FORMAT", "json".into()),
+        ("FLEET_Q_LOG_LEVEL", "INFO".into()),
+    ]
+}
+
+/// One `fleet-q serve` process.
+pub struct PodProc {
+    pub name: String,
+    pub port: u16,
+    pub child: Child,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl PodProc {
+    /// Starts `fleet-q serve` on the database `db`, with `env` on top of the fast
+    /// timings.
+    pub fn start(dir: &Path, db: &Path, name: &str, env: &[(&str, String)]) -> PodProc {
+        let port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-q"));
+        cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FLEET_Q_SQLITE_DB_PATH", db)
+            .env("FLEET_Q_POD_ID", name)
+            .env("FLEET_Q_LEDGER_PATH", dir.join(format!("{name}-ledger.db")))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        for (k, v) in fast_env() {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn fleet-q serve");
+        let p = PodProc {
+            name: name.to_string(),
+            port,
+            child,
+            log,
+            exited: None,
+        };
+        p.wait_healthy();
+        p
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `/health` once the pod answers and its heartbeat is healthy.
+    pub fn wait_healthy(&self) -> Value {
+        let c = client();
+        wait_for(
+            &format!("{} to be healthy", self.name),
+            Duration::from_secs(30),
+            || {
+                let h: Value = c.get(self.url("/health")).send().ok()?.json().ok()?;
+                (h["heartbeat_healthy"] == json!(true)).then_some(h)
+            },
+        )
+    }
+
+    pub fn health(&self) -> Option<Value> {
+        client().get(self.url("/health")).send().ok()?.json().ok()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.health().is_some_and(|h| h["is_leader"] == json!(true))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {}", self.pid());
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+        self.exited = Some(self.child.wait().unwrap());
+    }
+
+    pub fn term(&self) {
+        self.signal("-TERM");
+    }
+
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn cont(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let child = &mut self.child;
+        let s = wait_for("the pod to exit", limit, || child.try_wait().unwrap());
+        self.exited = Some(s);
+        s
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PodProc {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Submits one step through the HTTP API, returning its id.
+pub fn submit(c: &reqwest::blocking::Client, pod: &PodProc, body: Value) -> String {
+    let r = c.post(pod.url("/submit")).json(&body).send().unwrap();
+    assert!(r.status().is_success(), "submit failed: {}", r.status());
+    let v: Value = r.json().unwrap();
+    v["step_id"].as_str().unwrap().to_string()
+}
+
+/// Submits `bodies` from several threads, returning ids in submission order.
+pub fn submit_many(pod: &PodProc, bodies: Vec<Value>, threads: usize) -> Vec<String> {
+    let url = pod.url("/submit");
+    let chunks: Vec<Vec<(usize, Value)>> = {
+        let mut c: Vec<Vec<(usize, Value)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, b) in bodies.into_iter().enumerate() {
+            c[i % threads].push((i, b));
+        }
+        c
+    };
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let c = client();
+                chunk
+                    .into_iter()
+                    .map(|(i, b)| {
+                        let r = c.post(&url).json(&b).send().unwrap();
+                        assert!(r.status().is_success(), "submit failed: {}", r.status());
+                        let v: Value = r.json().unwrap();
+                        (i, v["step_id"].as_str().unwrap().to_string())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<(usize, String)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort();
+    all.into_iter().map(|(_, id)| id).collect()
+}
+
+/// A second handle on a pod fleet's database, for observing state.
+pub struct Observer {
+    pub store: SqliteStore,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Observer {
+    pub fn open(db: &Path) -> Observer {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = SqliteStore::open(db, SqliteOptions::default()).unwrap();
+        Observer { store, rt }
+    }
+
+    pub fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn stats(&self) -> fleet_q_actors::QueueStats {
+        use fleet_q_actors::Store;
+        self.block(self.store.queue_stats()).unwrap()
+    }
+
+    pub fn step(&self, id: &str) -> fleet_q_actors::Step {
+        use fleet_q_actors::Store;
+        self.block(self.store.step_get(id.parse().unwrap()))
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Waits until every step is in a terminal status; returns the stats.
+    pub fn wait_all_terminal(&self, total: u64, limit: Duration) -> fleet_q_actors::QueueStats {
+        wait_for("every step to reach a terminal status", limit, || {
+            let s = self.stats();
+            let done = s.counts.completed + s.counts.failed + s.counts.cancelled;
+            (done == total && s.counts.pending == 0 && s.counts.claimed == 0).then_some(s)
+        })
+    }
+}
+
+/// One call the recorder received.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub step_id: String,
+    pub attempt: u32,
+    pub pod_id: String,
+    pub at: Instant,
+}
+
+/// A step service the pods call through their `http` handler. It records every
+/// execution, then behaves as the step's `args` say:
+/// `{"sleep_ms": n}` waits first; `{"status": 400}` answers that status.
+pub struct Recorder {
+    pub url: String,
+    calls: Arc<Mutex<Vec<Call>>>,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/run", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c2 = calls.clone();
+        let thread = std::thread::spawn(move || {
+            let sys = actix_rt::System::new();
+            sys.block_on(async move {
+                let calls = c2;
+                let server = HttpServer::new(move || {
+                    let calls = calls.clone();
+                    App::new().route(
+                        "/run",
+                        web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
+                            let calls = calls.clone();
+                            async move {
+                                let h = |n: &str| {
+                                    req.headers()
+                                        .get(n)
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("")
+                                        .to_string()
+                                };
+                                let call = Call {
+                                    step_id: h("x-fleet-q-step-id"),
+                                    attempt: h("x-fleet-q-attempt").parse().unwrap_or(0),
+                                    pod_id: h("x-fleet-q-pod-id"),
+                                    at: Instant::now(),
+                                };
+                                calls.lock().unwrap().push(call.clone());
+                                let args = &body["args"];
+                                if let Some(ms) = args["sleep_ms"].as_u64() {
+                                    actix_rt::time::sleep(Duration::from_millis(ms)).await;
+                                }
+                                let status = args["status"].as_u64().unwrap_or(200) as u16;
+                                HttpResponse::build(
+                                    actix_web::http::StatusCode::from_u16(status).unwrap(),
+                                )
+                                .json(json!({
+                                    "pod": call.pod_id,
+                                    "attempt": call.attempt,
+                                    "echo": args,
+                                }))
+                            }
+                        }),
+                    )
+                })
+                .workers(2)
+                .disable_signals()
+                .listen(listener)
+                .unwrap()
+                .run();
+                tx.send(server.handle()).unwrap();
+                server.await.unwrap();
+            });
+        });
+        let handle = rx.recv().unwrap();
+        Recorder {
+            url,
+            calls,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Executions per step id.
+    pub fn executions(&self) -> HashMap<String, Vec<Call>> {
+        let mut m: HashMap<String, Vec<Call>> = HashMap::new();
+        for c in self.calls() {
+            m.entry(c.step_id.clone()).or_default().push(c);
+        }
+        m
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let h = self.handle.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(h.stop(false));
+        })
+        .join()
+        .ok();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
