@@ -310,7 +310,8 @@ async fn health(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-#[cfg(feature = "failpoints")]
+/// `POST /debug/fault/{actor}/{panic|fatal}`: registered only in builds with fault
+/// injection compiled in (tests).
 async fn inject_fault(
     req: HttpRequest,
     st: web::Data<AppState>,
@@ -330,8 +331,7 @@ async fn inject_fault(
         }
     };
     if st.pod.inject_fault(&actor, kind) {
-        Ok(HttpResponse::Accepted()
-            .json(json!({ "actor": actor, "injected": kind == FaultKind::Panic })))
+        Ok(HttpResponse::Accepted().json(json!({ "actor": actor, "injected": true })))
     } else {
         Err(ApiError::new(
             ErrorType::NotFound,
@@ -385,7 +385,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_payload_bytes: usize) {
     .route("/health", web::get().to(health))
     .route("/submit", web::post().to(submit))
     .route("/status/{step_id}", web::get().to(status));
-    #[cfg(feature = "failpoints")]
-    cfg.route("/debug/fault/{actor}/{kind}", web::post().to(inject_fault));
+    if fleet_q_actors::supervision::FAILPOINTS_ENABLED {
+        cfg.route("/debug/fault/{actor}/{kind}", web::post().to(inject_fault));
+    }
     cfg.default_service(web::to(not_found));
 }

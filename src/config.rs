@@ -62,6 +62,8 @@ keys! {
     "recovery_interval_seconds", "300", false, "leader's recovery period, at least 1";
     "dead_pod_threshold_seconds", "180", false, "a pod is dead after this long without a heartbeat; more than 2 x heartbeat interval";
     "leader_check_interval_seconds", "60", false, "leader election period, at least 1";
+    "actor_restart_limit", "5", false, "actor restarts allowed per window across the pod; past it the pod exits (code 70) for the orchestrator to replace";
+    "actor_restart_window_seconds", "30", false, "the restart budget's window, 1 to 3600";
     "log_level", "INFO", false, "TRACE, DEBUG, INFO, WARN or ERROR";
     "log_format", "json", false, "`json` or `console`";
     "default_max_attempts", "5", false, "attempts of a store call on transient errors, at least 1";
@@ -205,6 +207,10 @@ pub struct Settings {
     pub dead_pod_threshold: Duration,
     /// Leader check period.
     pub leader_check_interval: Duration,
+    /// Actor restarts allowed per window.
+    pub actor_restart_limit: u32,
+    /// The restart budget's window.
+    pub actor_restart_window: Duration,
     /// Log level (upper case).
     pub log_level: String,
     /// Log format.
@@ -273,6 +279,8 @@ impl Settings {
             "recovery_interval_seconds" => secs(self.recovery_interval),
             "dead_pod_threshold_seconds" => secs(self.dead_pod_threshold),
             "leader_check_interval_seconds" => secs(self.leader_check_interval),
+            "actor_restart_limit" => self.actor_restart_limit.to_string(),
+            "actor_restart_window_seconds" => secs(self.actor_restart_window),
             "log_level" => self.log_level.clone(),
             "log_format" => format!("{:?}", self.log_format).to_ascii_lowercase(),
             "default_max_attempts" => self.default_max_attempts.to_string(),
@@ -532,6 +540,8 @@ fn build(p: &mut Parser<'_>) -> Settings {
         );
     }
     let leader_check_interval = p.secs("leader_check_interval_seconds", 1, 86_400);
+    let actor_restart_limit = p.num::<u32>("actor_restart_limit", 0, 10_000);
+    let actor_restart_window = p.secs("actor_restart_window_seconds", 1, 3600);
     let log_level = p
         .choice(
             "log_level",
@@ -677,6 +687,8 @@ fn build(p: &mut Parser<'_>) -> Settings {
         recovery_interval,
         dead_pod_threshold,
         leader_check_interval,
+        actor_restart_limit,
+        actor_restart_window,
         log_level,
         log_format,
         default_max_attempts,

@@ -35,6 +35,10 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         store_base_delay: s.default_base_delay,
         store_max_delay: s.default_max_delay,
         ledger_path: s.ledger_path.clone(),
+        restart_budget: fleet_q_actors::supervision::RestartBudget {
+            max_restarts: s.actor_restart_limit,
+            window: s.actor_restart_window,
+        },
         meta: serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "api_port": s.api_port,

@@ -225,7 +225,11 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
         Duration::from_secs(30),
         || {
             let h = zombie.health()?;
-            (h["fenced_results"].as_u64()? >= 1 && h["pod_id"] == json!("zombie-r1")).then_some(h)
+            // Healthy again means the new identity's first heartbeat was written.
+            (h["fenced_results"].as_u64()? >= 1
+                && h["pod_id"] == json!("zombie-r1")
+                && h["heartbeat_healthy"] == json!(true))
+            .then_some(h)
         },
     );
     assert_eq!(h["generation"], json!(1));

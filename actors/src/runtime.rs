@@ -389,8 +389,15 @@ impl Pod {
         report
     }
 
-    /// Injects a fault into the named actor (feature `failpoints`, tests only).
-    /// Returns false for an unknown actor name.
+    /// Injects a fault into the named actor. Only with feature `failpoints` (test
+    /// builds); otherwise, and for an unknown actor name, returns false.
+    #[cfg(not(feature = "failpoints"))]
+    pub fn inject_fault(&self, _actor: &str, _kind: crate::supervision::FaultKind) -> bool {
+        false
+    }
+
+    /// Injects a fault into the named actor. Only with feature `failpoints` (test
+    /// builds); otherwise, and for an unknown actor name, returns false.
     #[cfg(feature = "failpoints")]
     pub fn inject_fault(&self, actor: &str, kind: crate::supervision::FaultKind) -> bool {
         use crate::supervision::InjectFault;

@@ -144,8 +144,10 @@ where
     }
 }
 
-/// A fault to inject into an actor (feature `failpoints`, tests only).
-#[cfg(feature = "failpoints")]
+/// Whether fault injection is compiled in (feature `failpoints`: test builds only).
+pub const FAILPOINTS_ENABLED: bool = cfg!(feature = "failpoints");
+
+/// A fault to inject into an actor (only effective with feature `failpoints`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FaultKind {
