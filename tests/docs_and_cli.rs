@@ -117,3 +117,60 @@ fn config_file_flag_is_read_and_validated() {
     let out = fleet_q(&[], &["--config", file.to_str().unwrap(), "config"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("FLEET_Q_MAX_PARALLELISM=7\n"));
 }
+
+#[test]
+fn serve_with_zero_configuration_uses_the_embedded_default_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // No FLEET_Q_* variables at all; only the port is chosen (8000 may be taken).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-q"))
+        .args(["serve", "--port", &port.to_string()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let c = reqwest::blocking::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health: serde_json::Value = loop {
+        if let Ok(r) = c.get(&url).send() {
+            break r.json().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll interval
+    };
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["max_capacity"], 8, "10 x 0.8");
+    assert!(
+        dir.path().join("fleet-q.db").exists(),
+        "./fleet-q.db is the default store"
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll interval
+    };
+    assert_eq!(status.code(), Some(0));
+}

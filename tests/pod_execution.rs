@@ -216,7 +216,10 @@ fn retries_back_off_and_stop_after_exactly_max_retries() {
     let runs = fails.runs.clone();
     let mut h = HandlerRegistry::new();
     h.register("fails", fails);
-    with_pod(h, |pod| async move {
+    // An hour between idle claims: each retry can only start because the
+    // executor wakes the claimer when its backoff has passed.
+    let tune = |c: &mut PodConfig| c.claim_interval = Duration::from_secs(3600);
+    with_pod_cfg(tune, h, |pod| async move {
         let id = submit_one(&pod, spec("fails", |s| s.max_retries = Some(3))).await;
         let s = wait_step(&pod, id, "the step to fail", |s| {
             s.status == StepStatus::Failed
@@ -335,5 +338,133 @@ fn a_local_submit_wakes_an_idle_pod() {
             .await;
         }
         assert_eq!(count.load(Ordering::SeqCst), 5);
+    });
+}
+
+#[test]
+fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
+    let count = Arc::new(AtomicU32::new(0));
+    let mut h = HandlerRegistry::new();
+    h.register("ok", Counts(count.clone()));
+    // Long intervals: only the recovery cycles this test asks for run (after the
+    // one a new leader runs at once), and the pod claims only when a local submit
+    // wakes it, so the ghost below surely claims both steps.
+    let tune = |c: &mut PodConfig| {
+        c.recovery_interval = Duration::from_secs(3600);
+        c.claim_interval = Duration::from_secs(3600);
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dead.db");
+    let db2 = db.clone();
+    with_pod_cfg_on(tune, h, db, move |pod| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !pod.state().is_leader() {
+            assert!(Instant::now() < deadline, "the pod never led");
+            actix_rt::time::sleep(Duration::from_millis(10)).await; // poll interval
+        }
+        // Another "pod" (a second handle on the file) claims two steps, then dies:
+        // its row says down, so its claims are orphans.
+        let other = SqliteStore::open(&db2, SqliteOptions::default()).unwrap();
+        other
+            .steps_insert(vec![
+                spec("ok", |_| {}),
+                spec("ok", |s| s.max_retries = Some(0)),
+            ])
+            .await
+            .unwrap();
+        let held: Vec<StepId> = other
+            .steps_claim(ClaimParams {
+                pod_id: "ghost".into(),
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.step_id)
+            .collect();
+        assert_eq!(held.len(), 2);
+        other
+            .pod_heartbeat(HeartbeatParams {
+                pod_id: "ghost".into(),
+                status: PodStatus::Down,
+                capacity_in_use: 0,
+                max_capacity: 1,
+                meta: Value::Null,
+            })
+            .await
+            .unwrap();
+        let dry = pod.run_recovery(true).await.unwrap();
+        assert!(dry.dry_run);
+        assert_eq!(dry.orphaned_steps_found, held.len());
+        for id in &held {
+            let s = pod.step(*id).await.unwrap().unwrap();
+            assert_eq!(s.status, StepStatus::Claimed, "a dry run writes nothing");
+            assert_eq!(s.claimed_by.as_deref(), Some("ghost"));
+        }
+        let real = pod.run_recovery(false).await.unwrap();
+        assert!(!real.dry_run);
+        assert_eq!(real.orphaned_steps_found, held.len());
+        assert_eq!((real.steps_requeued, real.steps_marked_terminal), (1, 1));
+        // The requeued step is due after its backoff; this pod's claimer only
+        // runs when woken here, so wake it (local submits) until the step ran.
+        let requeued = real.requeued_steps[0];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !pod
+            .step(requeued)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_terminal()
+        {
+            assert!(Instant::now() < deadline, "the requeued step never ran");
+            submit_one(&pod, spec("ok", |_| {})).await;
+            actix_rt::time::sleep(Duration::from_millis(50)).await; // poll interval
+        }
+        for id in &held {
+            let s = wait_step(&pod, *id, "the recovered step to finish", |s| {
+                s.status.is_terminal()
+            })
+            .await;
+            if s.max_retries == 0 {
+                assert_eq!(
+                    s.status,
+                    StepStatus::Failed,
+                    "no retries left: failed for good"
+                );
+                assert!(s.last_error.unwrap().contains("ghost presumed dead"));
+            } else {
+                assert_eq!(
+                    s.status,
+                    StepStatus::Completed,
+                    "requeued and run by the live pod"
+                );
+            }
+        }
+        let history = pod.recovery_history(10).await.unwrap();
+        assert_eq!(history[0].cycle_id, real.cycle_id);
+        assert_eq!(history[1].cycle_id, dry.cycle_id);
+    });
+}
+
+/// [`with_pod_cfg`] on a given database file.
+fn with_pod_cfg_on<F, Fut>(
+    tune: impl FnOnce(&mut PodConfig),
+    handlers: HandlerRegistry,
+    db: std::path::PathBuf,
+    body: F,
+) where
+    F: FnOnce(Arc<Pod>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    tune(&mut cfg);
+    actix_rt::System::new().block_on(async move {
+        let store = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
+        store.schema_init().await.unwrap();
+        let pod = Arc::new(Pod::start(cfg, Arc::new(store), handlers).unwrap());
+        body(pod.clone()).await;
+        pod.shutdown().await;
     });
 }

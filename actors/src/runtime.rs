@@ -222,6 +222,7 @@ impl Pod {
         );
         let exec_cfg = ExecutorConfig {
             default_timeout: cfg.step_timeout,
+            backoff: cfg.step_backoff,
         };
         let executor = Supervisor::start(move |_| ExecutorPool::new(exec_cfg, st, sa, h, handle));
 

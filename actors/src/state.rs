@@ -31,6 +31,10 @@ pub struct InFlight {
     pub step_type: String,
     /// When the handler started.
     pub started: Instant,
+    /// Retries this step has left.
+    pub retries_left: u32,
+    /// Retries spent before this run.
+    pub retry_count: u32,
 }
 
 /// What a pod knows about itself.

@@ -88,13 +88,11 @@ impl ClaimerActor {
             self.schedule(ctx, idle);
             return;
         }
-        let free = self.state.free_slots();
-        if free == 0 {
-            // Woken by SlotFreed; the tick is a safety net.
+        let Some(limit) = claim_limit(self.state.free_slots(), self.cfg.batch) else {
+            // No free slot: woken by SlotFreed; the tick is a safety net.
             self.schedule(ctx, idle);
             return;
-        }
-        let limit = free.min(self.cfg.batch.max(1));
+        };
         let pod_id = self.state.pod_id();
         self.claiming = true;
         self.storage
@@ -134,6 +132,11 @@ impl ClaimerActor {
             })
             .spawn(ctx);
     }
+}
+
+/// How many steps to ask for: `min(free slots, batch)`, or `None` with no slot free.
+fn claim_limit(free: u32, batch: u32) -> Option<u32> {
+    (free > 0).then(|| free.min(batch.max(1)))
 }
 
 impl Actor for ClaimerActor {
@@ -196,5 +199,18 @@ impl Handler<HeartbeatHealth> for ClaimerActor {
         if msg.healthy {
             guarded(self, ctx, |act, ctx| act.try_claim(ctx));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_limit;
+
+    #[test]
+    fn claims_the_smaller_of_free_slots_and_batch() {
+        assert_eq!(claim_limit(0, 100), None);
+        assert_eq!(claim_limit(8, 100), Some(8));
+        assert_eq!(claim_limit(800, 100), Some(100));
+        assert_eq!(claim_limit(5, 0), Some(1), "a zero batch still claims one");
     }
 }

@@ -29,12 +29,17 @@ use crate::supervision::{guarded, panic_message, SupervisedActor};
 pub struct ExecutorConfig {
     /// Timeout for steps that set none (default 300 s, `FLEET_Q_STEP_TIMEOUT_SECONDS`).
     pub default_timeout: Duration,
+    /// The step retry backoff (as the store applies it): after a retryable failure
+    /// the claimer is woken when the retry becomes due, instead of at its next idle
+    /// tick.
+    pub backoff: crate::store::Backoff,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
             default_timeout: Duration::from_secs(300),
+            backoff: crate::store::Backoff::default(),
         }
     }
 }
@@ -95,6 +100,8 @@ impl ExecutorPool {
                 lease: lease.clone(),
                 step_type: step_type.clone(),
                 started: Instant::now(),
+                retries_left: sctx.step.max_retries.saturating_sub(sctx.step.retry_count),
+                retry_count: sctx.step.retry_count,
             },
         );
         let handler = self.handlers.get(&step_type);
@@ -108,7 +115,7 @@ impl ExecutorPool {
         self.tasks.insert(step_id, task.abort_handle());
     }
 
-    fn done(&mut self, lease: Lease, outcome: Outcome) {
+    fn done(&mut self, lease: Lease, outcome: Outcome, ctx: &mut Context<Self>) {
         self.tasks.remove(&lease.step_id);
         let removed = self.state.running.remove(&lease.step_id);
         if let Some((_, f)) = &removed {
@@ -118,7 +125,18 @@ impl ExecutorPool {
                     tracing::debug!(step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, "step completed")
                 }
                 Outcome::Fail { error, retryable } => {
-                    tracing::info!(step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, retryable, %error, "step failed")
+                    tracing::info!(step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, retryable, %error, "step failed");
+                    if *retryable && f.retries_left > 0 {
+                        // Wake the claimer when the retry is due (jitter only makes
+                        // it due earlier), so a short backoff is not stretched to the
+                        // idle claim interval.
+                        let due = self.cfg.backoff.delay(f.retry_count) + Duration::from_millis(5);
+                        ctx.run_later(due, |act, _| {
+                            if let Some(c) = &act.claimer {
+                                c.do_send(Wake(WakeReason::SlotFreed));
+                            }
+                        });
+                    }
                 }
             }
         }
@@ -252,7 +270,7 @@ struct StepDone {
 impl Handler<StepDone> for ExecutorPool {
     type Result = ();
     fn handle(&mut self, msg: StepDone, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.done(msg.lease, msg.outcome));
+        guarded(self, ctx, |act, ctx| act.done(msg.lease, msg.outcome, ctx));
     }
 }
 
@@ -291,5 +309,121 @@ impl Handler<Drain> for ExecutorPool {
             }
             leases
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::HandlerError;
+    use crate::step::{NewStep, StepSpec, StepStatus};
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+
+    fn ctx(timeout: Duration) -> StepContext {
+        let ns = NewStep::new(StepSpec {
+            step_type: "t".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let now = chrono::Utc::now();
+        let step = Step {
+            step_id: ns.step_id(),
+            status: StepStatus::Claimed,
+            claimed_by: Some("p".into()),
+            last_update_ts: now,
+            payload: ns.payload().clone(),
+            retry_count: 0,
+            priority: 0,
+            created_ts: now,
+            max_retries: 3,
+            attempt: 1,
+            run_at: now,
+            idempotency_key: None,
+            last_error: None,
+            result: None,
+            timeout_ms: None,
+        };
+        StepContext {
+            attempt: 1,
+            idempotency_key: step.handler_idempotency_key(),
+            pod_id: "p".into(),
+            timeout,
+            step,
+        }
+    }
+
+    struct Fixed(Result<Value, HandlerError>);
+    #[async_trait]
+    impl StepHandler for Fixed {
+        async fn run(&self, _: StepContext) -> Result<Value, HandlerError> {
+            self.0.clone()
+        }
+    }
+
+    struct Panics;
+    #[async_trait]
+    impl StepHandler for Panics {
+        async fn run(&self, _: StepContext) -> Result<Value, HandlerError> {
+            panic!("oops")
+        }
+    }
+
+    struct Hangs;
+    #[async_trait]
+    impl StepHandler for Hangs {
+        async fn run(&self, _: StepContext) -> Result<Value, HandlerError> {
+            std::future::pending().await
+        }
+    }
+
+    async fn run(h: impl StepHandler) -> Outcome {
+        let h: Arc<dyn StepHandler> = Arc::new(h);
+        run_handler(Some(h), ctx(Duration::from_millis(50)), &[]).await
+    }
+
+    #[tokio::test]
+    async fn every_ending_of_a_handler_becomes_an_outcome() {
+        assert_eq!(
+            run(Fixed(Ok(json!(1)))).await,
+            Outcome::Complete { result: json!(1) }
+        );
+        assert_eq!(
+            run(Fixed(Err(HandlerError::terminal("bad")))).await,
+            Outcome::Fail {
+                error: "bad".into(),
+                retryable: false
+            }
+        );
+        assert_eq!(
+            run(Fixed(Err(HandlerError::retryable("later")))).await,
+            Outcome::Fail {
+                error: "later".into(),
+                retryable: true
+            }
+        );
+        assert_eq!(
+            run(Panics).await,
+            Outcome::Fail {
+                error: "handler panicked: oops".into(),
+                retryable: true
+            }
+        );
+        assert_eq!(
+            run(Hangs).await,
+            Outcome::Fail {
+                error: "handler timed out after 0.050s".into(),
+                retryable: true
+            }
+        );
+        let unknown =
+            run_handler(None, ctx(Duration::from_secs(1)), &["a".into(), "b".into()]).await;
+        assert_eq!(
+            unknown,
+            Outcome::Fail {
+                error: "no handler is registered for step type \"t\" (registered: a, b)".into(),
+                retryable: false
+            }
+        );
     }
 }

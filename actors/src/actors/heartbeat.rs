@@ -97,11 +97,8 @@ impl HeartbeatActor {
         if self.beating {
             return;
         }
-        // Stale: no successful beat for half the dead threshold.
-        if let Some(t) = self.last_ok {
-            if t.elapsed() > self.cfg.dead_threshold / 2 {
-                self.set_health(false);
-            }
+        if is_stale(self.last_ok, Instant::now(), self.cfg.dead_threshold) {
+            self.set_health(false);
         }
         self.beating = true;
         let params = HeartbeatParams {
@@ -149,6 +146,13 @@ impl HeartbeatActor {
             })
             .spawn(ctx);
     }
+}
+
+/// Stale: the last successful beat is older than half the dead threshold, so the
+/// leader may soon presume this pod dead. (No beat yet is "not healthy yet", which
+/// the actor starts as, not stale.)
+fn is_stale(last_ok: Option<Instant>, now: Instant, dead_threshold: Duration) -> bool {
+    last_ok.is_some_and(|t| now.saturating_duration_since(t) > dead_threshold / 2)
 }
 
 impl Actor for HeartbeatActor {
@@ -223,5 +227,19 @@ impl Handler<FinalHeartbeat> for HeartbeatActor {
                 .map_err(|e| StoreError::transient("pod_heartbeat", e.to_string()))?
                 .map(|_| ())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_after_half_the_dead_threshold() {
+        let t = Instant::now();
+        let dead = Duration::from_secs(180);
+        assert!(!is_stale(None, t, dead));
+        assert!(!is_stale(Some(t), t + Duration::from_secs(90), dead));
+        assert!(is_stale(Some(t), t + Duration::from_secs(91), dead));
     }
 }

@@ -108,14 +108,12 @@ impl LeaderElector {
                     match res {
                         Ok(Ok((pods, now))) => {
                             act.state.set_election_check(now);
-                            let term =
-                                eldest_live_pod(&pods, act.cfg.dead_threshold).map(|p| Term {
-                                    pod_id: p.pod_id.clone(),
-                                    birth_ts: p.birth_ts,
-                                });
-                            let me = act.state.pod_id();
-                            let is_leader = act.state.heartbeat_healthy()
-                                && term.as_ref().is_some_and(|t| t.pod_id == me);
+                            let (is_leader, term) = decide(
+                                &pods,
+                                &act.state.pod_id(),
+                                act.state.heartbeat_healthy(),
+                                act.cfg.dead_threshold,
+                            );
                             act.publish(is_leader, term);
                         }
                         Ok(Err(e)) => {
@@ -136,6 +134,22 @@ impl LeaderElector {
             })
             .spawn(ctx);
     }
+}
+
+/// Who leads, and whether that is `me`: the eldest live pod leads, and `me` acts
+/// as leader only while its own heartbeat is healthy.
+fn decide(
+    pods: &[crate::pod::PodRecord],
+    me: &str,
+    my_heartbeat_healthy: bool,
+    dead_threshold: Duration,
+) -> (bool, Option<Term>) {
+    let term = eldest_live_pod(pods, dead_threshold).map(|p| Term {
+        pod_id: p.pod_id.clone(),
+        birth_ts: p.birth_ts,
+    });
+    let is_leader = my_heartbeat_healthy && term.as_ref().is_some_and(|t| t.pod_id == me);
+    (is_leader, term)
 }
 
 impl Actor for LeaderElector {
@@ -193,5 +207,44 @@ impl Handler<HeartbeatHealth> for LeaderElector {
             }
             act.check(ctx);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::{PodRecord, PodStatus};
+    use chrono::DateTime;
+
+    fn pod(id: &str, birth: i64, age_s: u64) -> PodRecord {
+        PodRecord {
+            pod_id: id.into(),
+            birth_ts: DateTime::from_timestamp(birth, 0).unwrap(),
+            last_heartbeat_ts: DateTime::from_timestamp(birth, 0).unwrap(),
+            status: PodStatus::Up,
+            capacity_in_use: 0,
+            max_capacity: 1,
+            meta: serde_json::Value::Null,
+            heartbeat_age: Duration::from_secs(age_s),
+        }
+    }
+
+    #[test]
+    fn the_eldest_live_pod_leads_only_with_a_healthy_heartbeat() {
+        let t = Duration::from_secs(180);
+        let pods = vec![pod("old-dead", 1, 500), pod("me", 5, 1), pod("young", 9, 1)];
+        let (lead, term) = decide(&pods, "me", true, t);
+        assert!(lead);
+        assert_eq!(term.unwrap().pod_id, "me");
+        let (lead, term) = decide(&pods, "me", false, t);
+        assert!(!lead, "an unhealthy heartbeat never leads");
+        assert_eq!(
+            term.unwrap().pod_id,
+            "me",
+            "but others still see it as the term"
+        );
+        let (lead, _) = decide(&pods, "young", true, t);
+        assert!(!lead);
+        assert_eq!(decide(&[], "me", true, t), (false, None));
     }
 }

@@ -16,3 +16,21 @@ pub(crate) fn jittered(d: Duration, frac: f64) -> Duration {
     let f = 1.0 + frac * (rand::random::<f64>() * 2.0 - 1.0);
     d.mul_f64(f.max(0.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+    use std::time::Duration;
+
+    #[test]
+    fn jitter_stays_within_its_fraction() {
+        let d = Duration::from_secs(10);
+        for _ in 0..1000 {
+            let j = jittered(d, 0.1);
+            assert!(
+                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
+                "{j:?}"
+            );
+        }
+    }
+}

@@ -146,6 +146,14 @@ impl RecoveryActor {
     }
 }
 
+/// Pods still marked up whose heartbeat is older than the threshold (never `me`).
+fn dead_pods(pods: &[crate::pod::PodRecord], me: &str, dead_threshold: Duration) -> Vec<String> {
+    pods.iter()
+        .filter(|p| p.status == PodStatus::Up && p.pod_id != me && !p.is_alive(dead_threshold))
+        .map(|p| p.pod_id.clone())
+        .collect()
+}
+
 async fn run_cycle(
     cfg: RecoveryConfig,
     me: String,
@@ -173,11 +181,7 @@ async fn run_cycle(
         dry_run,
         ..Default::default()
     };
-    let dead: Vec<String> = pods
-        .iter()
-        .filter(|p| p.status == PodStatus::Up && p.pod_id != me && !p.is_alive(cfg.dead_threshold))
-        .map(|p| p.pod_id.clone())
-        .collect();
+    let dead = dead_pods(&pods, &me, cfg.dead_threshold);
     summary.dead_pods = dead.clone();
     summary.dead_pods_found = dead.len();
     if !dry_run && !dead.is_empty() {
@@ -366,5 +370,47 @@ impl Handler<RunRecovery> for RecoveryActor {
                 None => Err(RecoveryError::Failed("the recovery actor faulted".into())),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::PodRecord;
+    use chrono::DateTime;
+
+    fn pod(id: &str, age_s: u64, status: PodStatus) -> PodRecord {
+        PodRecord {
+            pod_id: id.into(),
+            birth_ts: DateTime::from_timestamp(1, 0).unwrap(),
+            last_heartbeat_ts: DateTime::from_timestamp(1, 0).unwrap(),
+            status,
+            capacity_in_use: 0,
+            max_capacity: 1,
+            meta: serde_json::Value::Null,
+            heartbeat_age: Duration::from_secs(age_s),
+        }
+    }
+
+    #[test]
+    fn dead_pods_are_stale_up_pods_other_than_me() {
+        let t = Duration::from_secs(10);
+        let pods = vec![
+            pod("stale", 11, PodStatus::Up),
+            pod("fresh", 1, PodStatus::Up),
+            pod("already-down", 50, PodStatus::Down),
+            pod("me", 60, PodStatus::Up),
+        ];
+        assert_eq!(dead_pods(&pods, "me", t), vec!["stale".to_string()]);
+    }
+
+    #[test]
+    fn errors_say_what_happened() {
+        assert!(RecoveryError::NotLeader
+            .to_string()
+            .contains("not the leader"));
+        assert!(RecoveryError::AlreadyRunning
+            .to_string()
+            .contains("already running"));
     }
 }

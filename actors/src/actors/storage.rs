@@ -453,3 +453,25 @@ impl Handler<PruneSteps> for StorageActor {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_retries_back_off_exponentially_within_the_cap() {
+        let cfg = StorageConfig {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            ..Default::default()
+        };
+        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
+            let d = backoff_delay(&cfg, attempt);
+            let full = Duration::from_millis(full);
+            assert!(
+                d <= full && d >= full / 2,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+}
