@@ -61,14 +61,25 @@ pub async fn run(
     let pod = Arc::new(Pod::start(pod_config(&settings), store, handlers)?);
     let addr = listener.local_addr()?;
     let max_payload = settings.max_payload_bytes;
-    let state = web::Data::new(AppState {
-        pod: pod.clone(),
-        max_payload_bytes: max_payload,
-    });
+    let state = web::Data::new(AppState::new(
+        pod.clone(),
+        settings.admin_token.clone(),
+        settings.dead_pod_threshold,
+        // Heartbeats reach the store every interval, so a healthy pod has always
+        // heard from it within two intervals.
+        settings.heartbeat_interval * 2 + std::time::Duration::from_secs(5),
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .configure(|c| api::routes(c, max_payload))
+            .wrap_fn(|req, srv| {
+                use actix_web::dev::Service;
+                let meta = api::RequestMeta::of(&req);
+                let call = srv.call(req);
+                api::observe(meta, call)
+            })
+            .wrap(tracing_actix_web::TracingLogger::default())
     })
     .workers(2)
     .disable_signals()

@@ -1,6 +1,7 @@
 //! Logging: `tracing` to stdout as JSON lines (the seed's default) or console text,
 //! at `FLEET_Q_LOG_LEVEL`. `RUST_LOG`, when set, overrides the level with a full
-//! filter (e.g. `fleet_q=debug,actix_web=info`).
+//! filter (e.g. `fleet_q=debug,actix_web=info`). Every HTTP request is logged once,
+//! when it ends, with a `request_id` (tracing-actix-web).
 
 use tracing_subscriber::EnvFilter;
 
@@ -17,8 +18,11 @@ pub fn init(settings: &Settings) {
                 "{lvl},actix_server=warn,actix_web=warn,h2=warn,hyper=warn,reqwest=warn"
             ))
         });
+    // Span-close events give one log line per HTTP request (tracing-actix-web's
+    // request span, with its request id, route, status and duration).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stdout);
     let _ = match settings.log_format {
         LogFormat::Json => builder

@@ -30,6 +30,7 @@ pub mod actors;
 pub mod handler;
 pub mod ledger;
 pub mod messages;
+pub mod metrics;
 pub mod pod;
 pub mod runtime;
 pub mod state;

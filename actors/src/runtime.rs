@@ -195,6 +195,7 @@ impl Pod {
         store: Arc<dyn Store>,
         handlers: HandlerRegistry,
     ) -> Result<Pod, PodError> {
+        crate::metrics::register_all();
         let state = Arc::new(PodState::new(
             cfg.pod_id.clone(),
             cfg.max_capacity,

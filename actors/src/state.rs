@@ -250,6 +250,9 @@ impl PodState {
     /// Records a fault of actor `name`; when the pod-wide restart budget is
     /// exceeded, stops the actix system with [`crate::supervision::EXIT_RESTART_BUDGET`].
     pub fn record_fault(&self, name: &'static str, why: String) {
+        crate::supervision::RESTARTS
+            .with_label_values(&[name])
+            .inc();
         {
             let mut s = self.actors.entry(name).or_insert(ActorStatus {
                 state: ActorState::Running,

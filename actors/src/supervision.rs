@@ -24,6 +24,16 @@ use serde::Serialize;
 
 use crate::state::PodState;
 
+/// Actor restarts, by actor.
+pub(crate) static RESTARTS: std::sync::LazyLock<prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        crate::metrics::counter_vec(
+            "fleet_q_actor_restarts_total",
+            "Actor restarts after a panic or fatal error, by actor.",
+            &["actor"],
+        )
+    });
+
 /// Process exit code when the restart budget is exhausted.
 pub const EXIT_RESTART_BUDGET: i32 = 70;
 

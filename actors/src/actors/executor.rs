@@ -24,6 +24,59 @@ use crate::step::{Step, StepId};
 use crate::store::{Finish, Lease, Outcome};
 use crate::supervision::{guarded, panic_message, SupervisedActor};
 
+use std::sync::LazyLock;
+
+use prometheus::{HistogramVec, IntCounterVec, IntGauge};
+
+use crate::metrics;
+
+static OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
+        "fleet_q_steps_finished_total",
+        "Step runs finished on this process by type and outcome: completed, failed (terminal) or retried.",
+        &["type", "outcome"],
+    )
+});
+static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    metrics::histogram_vec(
+        "fleet_q_step_duration_seconds",
+        "Handler run time by type.",
+        &["type"],
+        metrics::latency_buckets(),
+    )
+});
+static WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    metrics::histogram_vec(
+        "fleet_q_step_start_latency_seconds",
+        "From when a step became due (its submit time, unless delayed or backing off) to its start, by type.",
+        &["type"],
+        metrics::latency_buckets(),
+    )
+});
+static IN_USE: LazyLock<IntGauge> = LazyLock::new(|| {
+    metrics::gauge(
+        "fleet_q_capacity_in_use",
+        "Steps running now on this process.",
+    )
+});
+static MAX: LazyLock<IntGauge> = LazyLock::new(|| {
+    metrics::gauge(
+        "fleet_q_capacity_max",
+        "Steps this process may run at once.",
+    )
+});
+
+/// Forces registration of this module's metrics (so `/metrics` lists them at 0).
+pub fn register_metrics() {
+    for t in ["completed", "failed", "retried"] {
+        let _ = OUTCOMES.get_metric_with_label_values(&["noop", t]);
+    }
+    LazyLock::force(&DURATION);
+    LazyLock::force(&WAIT);
+    LazyLock::force(&IN_USE);
+    LazyLock::force(&MAX);
+}
+
 /// ExecutorPool settings.
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -94,6 +147,10 @@ impl ExecutorPool {
             step,
         };
         let step_type = sctx.step.step_type().to_string();
+        let due = sctx.step.run_at.max(sctx.step.created_ts);
+        let waited = (chrono::Utc::now() - due).to_std().unwrap_or_default();
+        WAIT.with_label_values(&[step_type.as_str()])
+            .observe(waited.as_secs_f64());
         self.state.running.insert(
             lease.step_id,
             InFlight {
@@ -113,6 +170,7 @@ impl ExecutorPool {
             addr.do_send(StepDone { lease, outcome });
         });
         self.tasks.insert(step_id, task.abort_handle());
+        IN_USE.set(i64::from(self.state.in_flight()));
     }
 
     fn done(&mut self, lease: Lease, outcome: Outcome, ctx: &mut Context<Self>) {
@@ -120,6 +178,19 @@ impl ExecutorPool {
         let removed = self.state.running.remove(&lease.step_id);
         if let Some((_, f)) = &removed {
             let took = f.started.elapsed();
+            DURATION
+                .with_label_values(&[f.step_type.as_str()])
+                .observe(took.as_secs_f64());
+            let kind = match &outcome {
+                Outcome::Complete { .. } => "completed",
+                Outcome::Fail {
+                    retryable: true, ..
+                } if f.retries_left > 0 => "retried",
+                Outcome::Fail { .. } => "failed",
+            };
+            OUTCOMES
+                .with_label_values(&[f.step_type.as_str(), kind])
+                .inc();
             match &outcome {
                 Outcome::Complete { .. } => {
                     tracing::debug!(step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, "step completed")
@@ -149,6 +220,7 @@ impl ExecutorPool {
                 c.do_send(Wake(WakeReason::SlotFreed));
             }
         }
+        IN_USE.set(i64::from(self.state.in_flight()));
         if self.state.running.is_empty() {
             for w in self.idle_waiters.drain(..) {
                 let _ = w.send(());
@@ -198,6 +270,7 @@ impl Actor for ExecutorPool {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
         self.state.actor_started(Self::NAME);
+        MAX.set(i64::from(self.state.max_capacity()));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

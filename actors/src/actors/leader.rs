@@ -22,6 +22,29 @@ use crate::pod::eldest_live_pod;
 use crate::state::{PodState, Term};
 use crate::supervision::{guarded, SupervisedActor};
 
+use std::sync::LazyLock;
+
+use prometheus::{IntCounter, IntGauge};
+
+static IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    crate::metrics::gauge(
+        "fleet_q_is_leader",
+        "1 while this process acts as the fleet's leader.",
+    )
+});
+static CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    crate::metrics::counter(
+        "fleet_q_leadership_changes_total",
+        "Times this process became or stopped being the leader.",
+    )
+});
+
+/// Forces registration of this module's metrics (so `/metrics` lists them at 0).
+pub fn register_metrics() {
+    LazyLock::force(&IS_LEADER);
+    LazyLock::force(&CHANGES);
+}
+
 /// LeaderElector settings.
 #[derive(Clone, Debug)]
 pub struct LeaderConfig {
@@ -77,7 +100,9 @@ impl LeaderElector {
         let now = (is_leader, term.clone());
         if self.last.as_ref() != Some(&now) {
             let was = self.last.as_ref().map(|(l, _)| *l).unwrap_or(false);
+            IS_LEADER.set(i64::from(is_leader));
             if was != is_leader {
+                CHANGES.inc();
                 tracing::info!(is_leader, leader = ?term.as_ref().map(|t| &t.pod_id), "leadership changed");
             }
             self.last = Some(now);

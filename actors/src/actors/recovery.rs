@@ -28,6 +28,62 @@ use crate::step::StepStatus;
 use crate::store::*;
 use crate::supervision::{guarded, SupervisedActor};
 
+use std::sync::LazyLock;
+
+use prometheus::IntCounterVec;
+
+static CYCLES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "fleet_q_recovery_cycles_total",
+        "Recovery cycles run by this process, by outcome (ok, dry_run, failed).",
+        &["outcome"],
+    )
+});
+static RECOVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "fleet_q_recovery_steps_total",
+        "Orphaned steps handled by recovery: requeued, terminal (no retries left) or skipped (already moved on).",
+        &["action"],
+    )
+});
+static DEAD: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    crate::metrics::counter(
+        "fleet_q_recovery_dead_pods_total",
+        "Pods found dead by recovery.",
+    )
+});
+
+/// Forces registration of this module's metrics (so `/metrics` lists them at 0).
+pub fn register_metrics() {
+    for o in ["ok", "dry_run", "failed"] {
+        let _ = CYCLES.get_metric_with_label_values(&[o]);
+    }
+    for a in ["requeued", "terminal", "skipped"] {
+        let _ = RECOVERED.get_metric_with_label_values(&[a]);
+    }
+    LazyLock::force(&DEAD);
+}
+
+fn count_cycle(r: &Result<RecoverySummary, RecoveryError>) {
+    match r {
+        Ok(s) if s.dry_run => CYCLES.with_label_values(&["dry_run"]).inc(),
+        Ok(s) => {
+            CYCLES.with_label_values(&["ok"]).inc();
+            RECOVERED
+                .with_label_values(&["requeued"])
+                .inc_by(s.steps_requeued as u64);
+            RECOVERED
+                .with_label_values(&["terminal"])
+                .inc_by(s.steps_marked_terminal as u64);
+            RECOVERED
+                .with_label_values(&["skipped"])
+                .inc_by(s.steps_skipped as u64);
+            DEAD.inc_by(s.dead_pods_found as u64);
+        }
+        Err(_) => CYCLES.with_label_values(&["failed"]).inc(),
+    }
+}
+
 /// RecoveryActor settings.
 #[derive(Clone, Debug)]
 pub struct RecoveryConfig {
@@ -134,6 +190,10 @@ impl RecoveryActor {
             .map(move |res, act, ctx| {
                 guarded(act, ctx, move |act, ctx| {
                     act.running = false;
+                    count_cycle(&res);
+                    if let Err(e) = &res {
+                        tracing::warn!(error = %e, "recovery cycle failed");
+                    }
                     let _ = tx.send(res);
                     if act.is_leader {
                         let next = jittered(act.cfg.interval, 0.1);

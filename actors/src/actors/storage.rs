@@ -24,6 +24,80 @@ use crate::step::{NewStep, Step, StepId};
 use crate::store::*;
 use crate::supervision::{guarded, SupervisedActor};
 
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
+
+use crate::metrics;
+
+static SUBMITTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
+        "fleet_q_steps_submitted_total",
+        "Steps accepted (new, not deduplicated), by type.",
+        &["type"],
+    )
+});
+static CLAIMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
+        "fleet_q_steps_claimed_total",
+        "Steps claimed by this process, by type.",
+        &["type"],
+    )
+});
+static CLAIM_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    metrics::histogram(
+        "fleet_q_claim_batch_size",
+        "Steps returned per claim.",
+        vec![
+            0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+        ],
+    )
+});
+static STORE_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
+        "fleet_q_store_calls_total",
+        "Store calls by operation and outcome (ok, transient, fatal).",
+        &["op", "outcome"],
+    )
+});
+static STORE_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    metrics::histogram_vec(
+        "fleet_q_store_latency_seconds",
+        "Store call latency by operation (one attempt).",
+        &["op"],
+        metrics::latency_buckets(),
+    )
+});
+static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
+    metrics::counter(
+        "fleet_q_fenced_results_total",
+        "Step results rejected by fencing: the step had moved on (this pod was presumed dead or lost the lease).",
+    )
+});
+
+/// Records one store call's latency and outcome.
+fn observe<T>(op: &'static str, started: std::time::Instant, r: &Result<T, StoreError>) {
+    STORE_LATENCY
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(e) if e.is_transient() => "transient",
+        Err(_) => "fatal",
+    };
+    STORE_CALLS.with_label_values(&[op, outcome]).inc();
+}
+
+/// Forces registration of this module's metrics (so `/metrics` lists them at 0).
+pub fn register_metrics() {
+    LazyLock::force(&SUBMITTED);
+    LazyLock::force(&CLAIMED);
+    LazyLock::force(&CLAIM_BATCH);
+    LazyLock::force(&STORE_CALLS);
+    LazyLock::force(&STORE_LATENCY);
+    LazyLock::force(&FENCED);
+}
+
 /// StorageActor settings.
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -93,7 +167,10 @@ impl StorageActor {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match f(store.clone()).await {
+                let t0 = std::time::Instant::now();
+                let r = f(store.clone()).await;
+                observe(op, t0, &r);
+                match r {
                     Ok(v) => {
                         state.store_result(Ok(()));
                         return Ok(v);
@@ -130,12 +207,15 @@ impl StorageActor {
         let store = self.store.clone();
         let backoff = self.cfg.step_backoff;
         let fut = async move {
-            store
+            let t0 = std::time::Instant::now();
+            let r = store
                 .steps_finish(FinishParams {
                     finishes: batch,
                     backoff,
                 })
-                .await
+                .await;
+            observe("steps_finish", t0, &r);
+            r
         };
         ctx.spawn(
             std::panic::AssertUnwindSafe(fut)
@@ -151,6 +231,7 @@ impl StorageActor {
                                 act.state.store_result(Ok(()));
                                 if !report.rejected.is_empty() {
                                     act.state.add_fenced(report.rejected.len() as u64);
+                                    FENCED.inc_by(report.rejected.len() as u64);
                                     for l in &report.rejected {
                                         tracing::warn!(
                                             step_id = %l.step_id, attempt = l.attempt, pod_id = %l.pod_id,
@@ -239,10 +320,24 @@ pub struct Submit(pub Vec<NewStep>);
 impl Handler<Submit> for StorageActor {
     type Result = ResponseFuture<Result<Vec<Inserted>, StoreError>>;
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
+        let types: Vec<String> = msg
+            .0
+            .iter()
+            .map(|s| s.payload().step_type.clone())
+            .collect();
         let steps = Arc::new(msg.0);
-        self.call("steps_insert", move |s| {
+        let call = self.call("steps_insert", move |s| {
             let steps = steps.clone();
             async move { s.steps_insert(steps.as_ref().clone()).await }
+        });
+        Box::pin(async move {
+            let r = call.await?;
+            for (ins, t) in r.iter().zip(&types) {
+                if ins.created {
+                    SUBMITTED.with_label_values(&[t.as_str()]).inc();
+                }
+            }
+            Ok(r)
         })
     }
 }
@@ -268,15 +363,21 @@ impl Handler<ClaimSteps> for StorageActor {
         let store = self.store.clone();
         let state = self.state.clone();
         Box::pin(async move {
+            let t0 = std::time::Instant::now();
             let r = store
                 .steps_claim(ClaimParams {
                     pod_id: msg.pod_id,
                     limit: msg.limit,
                 })
                 .await;
+            observe("steps_claim", t0, &r);
             state.store_result(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let steps = r?;
             let n = steps.len() as u32;
+            CLAIM_BATCH.observe(f64::from(n));
+            for s in &steps {
+                CLAIMED.with_label_values(&[s.step_type()]).inc();
+            }
             if n > 0 {
                 state.reserve(n);
                 msg.deliver_to.do_send(super::executor::RunSteps(steps));
