@@ -16,9 +16,12 @@
 //! - [`handlers`]: the built-in step handlers (`noop`, `sleep`, `http`).
 //! - [`api`]: the HTTP API; [`serve`]: the composition root of `fleet-q serve`;
 //!   [`telemetry`]: logging.
+//! - [`cli`]: the client commands (`fleet-q submit`, `status`, `queue`, `leader`,
+//!   `recover`) that talk to a running pod.
 //! - `main.rs`: the thin `fleet-q` binary.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod serve;

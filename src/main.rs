@@ -32,6 +32,54 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Submit a step to a running pod.
+    Submit {
+        /// Step type.
+        #[arg(long = "type")]
+        step_type: String,
+        /// Handler arguments as a JSON object.
+        #[arg(long)]
+        args: Option<String>,
+        /// Priority (-1000 to 1000).
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i64>,
+        /// Retries allowed (0 to 10).
+        #[arg(long)]
+        max_retries: Option<i64>,
+        /// Client dedupe key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Seconds before it may run.
+        #[arg(long)]
+        delay_seconds: Option<f64>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show a step.
+    Status {
+        /// Step id.
+        step_id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Queue depth and fleet capacity (admin).
+    Queue {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Who leads the fleet (admin).
+    Leader {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Run a recovery cycle on the leader (admin).
+    Recover {
+        /// Report what would be recovered without writing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Print the effective settings (secrets redacted) after validating them.
     Config {
         /// Print JSON instead of FLEET_Q_NAME=value lines.
@@ -41,6 +89,24 @@ enum Command {
         #[arg(long)]
         describe: bool,
     },
+}
+
+/// Options of the client commands.
+#[derive(clap::Args, Clone)]
+struct ClientOpts {
+    /// The pod to talk to.
+    #[arg(long, default_value = "http://localhost:8000")]
+    url: String,
+    /// Print the API's JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn client(o: ClientOpts, cmd: fleet_q::cli::ClientCommand) -> ExitCode {
+    match fleet_q::cli::run(&o.url, o.json, cmd) {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
 }
 
 fn load(cli_config: Option<&std::path::Path>) -> Result<config::Settings, ExitCode> {
@@ -94,6 +160,33 @@ fn serve(mut settings: config::Settings, port: Option<u16>, host: Option<String>
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Submit {
+            step_type,
+            args,
+            priority,
+            max_retries,
+            idempotency_key,
+            delay_seconds,
+            client: o,
+        } => client(
+            o,
+            fleet_q::cli::ClientCommand::Submit {
+                step_type,
+                args,
+                priority,
+                max_retries,
+                idempotency_key,
+                delay_seconds,
+            },
+        ),
+        Command::Status { step_id, client: o } => {
+            client(o, fleet_q::cli::ClientCommand::Status { step_id })
+        }
+        Command::Queue { client: o } => client(o, fleet_q::cli::ClientCommand::Queue),
+        Command::Leader { client: o } => client(o, fleet_q::cli::ClientCommand::Leader),
+        Command::Recover { dry_run, client: o } => {
+            client(o, fleet_q::cli::ClientCommand::Recover { dry_run })
+        }
         Command::Serve { port, host } => match load(cli.config.as_deref()) {
             Ok(s) => serve(s, port, host),
             Err(code) => code,

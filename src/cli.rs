@@ -1,0 +1,240 @@
+//! The command-line client: talks to a running pod over its HTTP API.
+//!
+//! `--url` picks the pod (default `http://localhost:8000`); the admin token comes
+//! from `FLEET_Q_ADMIN_TOKEN`. Output is for people by default, JSON with `--json`.
+//! Errors print the API's `detail` and exit non-zero.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A request to run against a pod.
+#[derive(Debug, Clone)]
+pub enum ClientCommand {
+    /// Submit one step.
+    Submit {
+        /// Step type.
+        step_type: String,
+        /// Arguments (JSON object text).
+        args: Option<String>,
+        /// Priority.
+        priority: Option<i64>,
+        /// Retries allowed.
+        max_retries: Option<i64>,
+        /// Client dedupe key.
+        idempotency_key: Option<String>,
+        /// Delay before it may run.
+        delay_seconds: Option<f64>,
+    },
+    /// Show a step.
+    Status {
+        /// Step id.
+        step_id: String,
+    },
+    /// Queue statistics.
+    Queue,
+    /// Leadership.
+    Leader,
+    /// Run a recovery cycle on the leader.
+    Recover {
+        /// Compute without writing.
+        dry_run: bool,
+    },
+}
+
+/// Runs `cmd` against `url`; returns the process exit code.
+pub fn run(url: &str, json_out: bool, cmd: ClientCommand) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-q: {e}");
+            return 1;
+        }
+    };
+    let token = std::env::var("FLEET_Q_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    match rt.block_on(call(url.trim_end_matches('/'), token.as_deref(), &cmd)) {
+        Ok(v) => {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", human(&cmd, &v));
+            }
+            0
+        }
+        Err(msg) => {
+            eprintln!("fleet-q: {msg}");
+            1
+        }
+    }
+}
+
+async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Value, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let req = match cmd {
+        ClientCommand::Submit {
+            step_type,
+            args,
+            priority,
+            max_retries,
+            idempotency_key,
+            delay_seconds,
+        } => {
+            let args: Option<Value> = args
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| format!("--args is not JSON: {e}"))?;
+            let mut body = json!({ "type": step_type });
+            let put = |b: &mut Value, k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    b[k] = v;
+                }
+            };
+            put(&mut body, "args", args);
+            put(&mut body, "priority", priority.map(Value::from));
+            put(&mut body, "max_retries", max_retries.map(Value::from));
+            put(
+                &mut body,
+                "idempotency_key",
+                idempotency_key.clone().map(Value::from),
+            );
+            put(&mut body, "delay_seconds", delay_seconds.map(Value::from));
+            client.post(format!("{url}/submit")).json(&body)
+        }
+        ClientCommand::Status { step_id } => client.get(format!("{url}/status/{step_id}")),
+        ClientCommand::Queue => client.get(format!("{url}/admin/queue")),
+        ClientCommand::Leader => client.get(format!("{url}/admin/leader")),
+        ClientCommand::Recover { dry_run } => client
+            .post(format!("{url}/admin/recovery/run"))
+            .json(&json!({ "dry_run": dry_run })),
+    };
+    let req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("{url} answered {status} without JSON: {e}"))?;
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{status}: {} ({})",
+            v["detail"].as_str().unwrap_or("request failed"),
+            v["error_type"].as_str().unwrap_or("unknown")
+        ))
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn human(cmd: &ClientCommand, v: &Value) -> String {
+    match cmd {
+        ClientCommand::Submit { .. } => format!("{}\t{}\n", s(&v["step_id"]), s(&v["message"])),
+        ClientCommand::Status { .. } => {
+            let mut out = String::new();
+            for k in [
+                "step_id",
+                "status",
+                "claimed_by",
+                "attempt",
+                "retry_count",
+                "max_retries",
+                "priority",
+                "created_ts",
+                "run_at",
+                "last_update_ts",
+                "last_error",
+                "result",
+            ] {
+                out.push_str(&format!("{k:<15} {}\n", s(&v[k])));
+            }
+            out.push_str(&format!("{:<15} {}\n", "type", s(&v["payload"]["type"])));
+            out
+        }
+        ClientCommand::Queue => {
+            let mut out = format!(
+                "pending {}  claimed {}  completed {}  failed {}  cancelled {}\n",
+                s(&v["pending_steps"]),
+                s(&v["claimed_steps"]),
+                s(&v["completed_steps"]),
+                s(&v["failed_steps"]),
+                s(&v["cancelled_steps"])
+            );
+            out.push_str(&format!(
+                "active pods {}  leader {}  oldest pending {}s\n",
+                s(&v["active_pods"]),
+                s(&v["current_leader"]),
+                s(&v["oldest_pending_age_seconds"])
+            ));
+            if let Some(m) = v["pod_capacity"].as_object() {
+                for (pod, c) in m {
+                    out.push_str(&format!(
+                        "  {pod:<40} {}/{}\n",
+                        s(&c["current"]),
+                        s(&c["max"])
+                    ));
+                }
+            }
+            out
+        }
+        ClientCommand::Leader => {
+            let mut out = format!(
+                "leader {} (born {})  active pods {}\n",
+                s(&v["current_leader"]),
+                s(&v["leader_birth_ts"]),
+                s(&v["active_pods"])
+            );
+            if let Some(pods) = v["election_details"]["eligible_pods"].as_array() {
+                for p in pods {
+                    let mark = if p["is_leader"] == json!(true) {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    out.push_str(&format!(
+                        "{mark} {:<40} born {}  last heartbeat {}\n",
+                        s(&p["pod_id"]),
+                        s(&p["birth_ts"]),
+                        s(&p["last_heartbeat_ts"])
+                    ));
+                }
+            }
+            out
+        }
+        ClientCommand::Recover { .. } => {
+            let r = &v["recovery_summary"];
+            format!(
+                "{}\ncycle {}: dead pods {} {}, orphaned {}, requeued {}, failed {}, {} ms\n",
+                s(&v["message"]),
+                s(&r["cycle_id"]),
+                s(&r["dead_pods_found"]),
+                s(&r["dead_pods"]),
+                s(&r["orphaned_steps_found"]),
+                s(&r["steps_requeued"]),
+                s(&r["steps_marked_terminal"]),
+                s(&r["duration_ms"])
+            )
+        }
+    }
+}

@@ -1,0 +1,937 @@
+//! The HTTP API over real HTTP against a real pod process: every endpoint, every
+//! error path, admin authentication, metrics after real traffic, the OpenAPI
+//! document, the CLI client, and a property test of random requests.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use fleet_q::api::ROUTES;
+use proptest::prelude::*;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use support::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn start(dir: &std::path::Path, extra: &[(&str, String)]) -> PodProc {
+    let mut env = vec![
+        ("FLEET_Q_ADMIN_TOKEN", TOKEN.to_string()),
+        ("FLEET_Q_MAX_PAYLOAD_BYTES", "65536".to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    PodProc::start(dir, &dir.join("api.db"), "api-pod", &env)
+}
+
+fn admin(c: &Client, method: reqwest::Method, url: String) -> reqwest::blocking::RequestBuilder {
+    c.request(method, url).bearer_auth(TOKEN)
+}
+
+fn assert_error_body(v: &Value, error_type: &str, path: &str) {
+    assert_eq!(v["error_type"], json!(error_type), "{v}");
+    assert_eq!(v["path"], json!(path), "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    assert!(
+        v["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.parse::<chrono::DateTime<chrono::Utc>>().is_ok()),
+        "{v}"
+    );
+}
+
+fn expect(r: reqwest::blocking::Response, status: u16) -> Value {
+    let got = r.status().as_u16();
+    let v: Value = r.json().unwrap_or(Value::Null);
+    assert_eq!(got, status, "body: {v}");
+    v
+}
+
+#[test]
+fn every_endpoint_answers_in_the_seed_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let u = |p: &str| pod.url(p);
+
+    // Submit and dedupe.
+    let v = expect(
+        c.post(u("/submit"))
+            .json(&json!({"type": "noop", "args": {"a": 1}, "metadata": {"m": "x"}, "priority": 7, "max_retries": 2, "idempotency_key": "k-1"}))
+            .send()
+            .unwrap(),
+        201,
+    );
+    assert_eq!(v["status"], json!("submitted"));
+    let id = v["step_id"].as_str().unwrap().to_string();
+    let again = expect(
+        c.post(u("/submit"))
+            .json(&json!({"type": "noop", "idempotency_key": "k-1"}))
+            .send()
+            .unwrap(),
+        200,
+    );
+    assert_eq!(again["step_id"], json!(id));
+
+    // Batch: ids in order.
+    let batch: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "noop", "args": {"i": i}}))
+        .collect();
+    let v = expect(
+        c.post(u("/submit/batch"))
+            .json(&json!({"steps": batch}))
+            .send()
+            .unwrap(),
+        201,
+    );
+    let ids = v["step_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(v["created"], json!([true, true, true, true, true]));
+    for (i, sid) in ids.iter().enumerate() {
+        let s = expect(
+            c.get(u(&format!("/status/{}", sid.as_str().unwrap())))
+                .send()
+                .unwrap(),
+            200,
+        );
+        assert_eq!(s["payload"]["args"]["i"], json!(i));
+    }
+
+    // Status has every seed field and the design's.
+    let s = wait_for("the step to complete", Duration::from_secs(20), || {
+        let s: Value = c
+            .get(u(&format!("/status/{id}")))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (s["status"] == json!("completed")).then_some(s)
+    });
+    for f in [
+        "step_id",
+        "status",
+        "claimed_by",
+        "last_update_ts",
+        "retry_count",
+        "priority",
+        "created_ts",
+        "max_retries",
+        "payload",
+        "attempt",
+        "run_at",
+        "last_error",
+        "result",
+    ] {
+        assert!(s.get(f).is_some(), "status lacks {f}: {s}");
+    }
+    assert_eq!(
+        s["payload"],
+        json!({"type": "noop", "args": {"a": 1}, "metadata": {"m": "x"}})
+    );
+    assert_eq!(
+        (
+            s["priority"].as_i64(),
+            s["max_retries"].as_i64(),
+            s["attempt"].as_i64()
+        ),
+        (Some(7), Some(2), Some(1))
+    );
+
+    // Idempotency key handlers get.
+    let k = expect(c.get(u(&format!("/idempotency/{id}"))).send().unwrap(), 200);
+    assert_eq!(k, json!({"step_id": id, "idempotency_key": "k-1"}));
+    let other = ids[0].as_str().unwrap();
+    let k = expect(
+        c.get(u(&format!("/idempotency/{other}"))).send().unwrap(),
+        200,
+    );
+    assert_eq!(k["idempotency_key"], json!(format!("fleet-q:{other}")));
+
+    // Cancel: pending (delayed) only.
+    let delayed = expect(
+        c.post(u("/submit"))
+            .json(&json!({"type": "noop", "delay_seconds": 3600}))
+            .send()
+            .unwrap(),
+        201,
+    )["step_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = expect(
+        admin(&c, reqwest::Method::DELETE, u(&format!("/steps/{delayed}")))
+            .send()
+            .unwrap(),
+        200,
+    );
+    assert_eq!(v["status"], json!("cancelled"));
+    let v = expect(
+        admin(&c, reqwest::Method::DELETE, u(&format!("/steps/{delayed}")))
+            .send()
+            .unwrap(),
+        409,
+    );
+    assert_error_body(&v, "conflict", &format!("/steps/{delayed}"));
+    let missing = uuid::Uuid::now_v7().to_string();
+    let v = expect(
+        admin(&c, reqwest::Method::DELETE, u(&format!("/steps/{missing}")))
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error_body(&v, "not_found", &format!("/steps/{missing}"));
+
+    // Failed steps, paged, and retried.
+    let failing: Vec<String> = (0..3)
+        .map(|_| {
+            expect(
+                c.post(u("/submit"))
+                    .json(&json!({"type": "no-such-handler"}))
+                    .send()
+                    .unwrap(),
+                201,
+            )["step_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let listed = wait_for("three failed steps", Duration::from_secs(20), || {
+        let v: Value = admin(&c, reqwest::Method::GET, u("/admin/failed?limit=2"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        let first = v["steps"].as_array()?.clone();
+        let after = v["next_after"].as_str()?.to_string();
+        let v2: Value = admin(
+            &c,
+            reqwest::Method::GET,
+            u(&format!("/admin/failed?limit=2&after={after}")),
+        )
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+        let mut all = first;
+        all.extend(v2["steps"].as_array()?.clone());
+        (all.len() == 3).then_some(all)
+    });
+    let mut listed_ids: Vec<String> = listed
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut want = failing.clone();
+    listed_ids.sort();
+    want.sort();
+    assert_eq!(listed_ids, want);
+    let v = expect(
+        admin(
+            &c,
+            reqwest::Method::POST,
+            u(&format!("/admin/steps/{}/retry", failing[0])),
+        )
+        .send()
+        .unwrap(),
+        200,
+    );
+    assert_eq!(v["status"], json!("pending"));
+    let v = expect(
+        admin(
+            &c,
+            reqwest::Method::POST,
+            u(&format!("/admin/steps/{id}/retry")),
+        )
+        .send()
+        .unwrap(),
+        409,
+    );
+    assert_error_body(&v, "conflict", &format!("/admin/steps/{id}/retry"));
+
+    // Leader and queue.
+    let l = expect(
+        admin(&c, reqwest::Method::GET, u("/admin/leader"))
+            .send()
+            .unwrap(),
+        200,
+    );
+    assert_eq!(l["current_leader"], json!("api-pod"));
+    assert_eq!(l["active_pods"], json!(1));
+    assert!(l["leader_birth_ts"].is_string() && l["last_election_check"].is_string());
+    let pods = l["election_details"]["eligible_pods"].as_array().unwrap();
+    assert_eq!(pods[0]["pod_id"], json!("api-pod"));
+    assert_eq!(pods[0]["is_leader"], json!(true));
+    assert!(pods[0]["birth_ts"].is_string() && pods[0]["last_heartbeat_ts"].is_string());
+    let q = wait_for("fresh queue statistics", Duration::from_secs(10), || {
+        let q: Value = admin(&c, reqwest::Method::GET, u("/admin/queue"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (q["cancelled_steps"] == json!(1)).then_some(q)
+    });
+    for f in [
+        "pending_steps",
+        "claimed_steps",
+        "completed_steps",
+        "failed_steps",
+        "active_pods",
+        "current_leader",
+        "queue_depth_by_priority",
+        "steps_by_type",
+        "pod_capacity",
+        "oldest_pending_age_seconds",
+    ] {
+        assert!(q.get(f).is_some(), "queue lacks {f}: {q}");
+    }
+    assert_eq!(q["pod_capacity"]["api-pod"]["max"], json!(8));
+    assert!(q["steps_by_type"]["noop"]["completed"].as_u64().unwrap() >= 6);
+
+    // Recovery on demand (this pod leads), and its history.
+    let v = expect(
+        admin(&c, reqwest::Method::POST, u("/admin/recovery/run"))
+            .json(&json!({"force": true, "dry_run": true}))
+            .send()
+            .unwrap(),
+        200,
+    );
+    let summary = &v["recovery_summary"];
+    for f in [
+        "cycle_id",
+        "dead_pods_found",
+        "orphaned_steps_found",
+        "steps_requeued",
+        "steps_marked_terminal",
+        "duration_ms",
+        "dead_pods",
+        "requeued_steps",
+        "terminal_steps",
+    ] {
+        assert!(summary.get(f).is_some(), "summary lacks {f}: {v}");
+    }
+    assert_eq!(summary["dry_run"], json!(true));
+    let v = expect(
+        admin(&c, reqwest::Method::POST, u("/admin/recovery/run"))
+            .send()
+            .unwrap(),
+        200,
+    );
+    assert_eq!(v["recovery_summary"]["dry_run"], json!(false));
+    let h = expect(
+        admin(&c, reqwest::Method::GET, u("/admin/recovery?limit=5"))
+            .send()
+            .unwrap(),
+        200,
+    );
+    assert!(h["cycles"].as_array().unwrap().len() >= 2);
+
+    // Probes.
+    let v = expect(c.get(u("/ready")).send().unwrap(), 200);
+    assert_eq!(v["status"], json!("ready"));
+    let v = expect(c.get(u("/health")).send().unwrap(), 200);
+    for f in [
+        "pod_id",
+        "status",
+        "uptime_seconds",
+        "current_capacity",
+        "max_capacity",
+        "is_leader",
+        "version",
+        "actors",
+    ] {
+        assert!(v.get(f).is_some(), "health lacks {f}: {v}");
+    }
+    for a in [
+        "storage",
+        "heartbeat",
+        "leader",
+        "claimer",
+        "executor",
+        "recovery",
+    ] {
+        assert_eq!(v["actors"][a]["state"], json!("running"), "{v}");
+        assert_eq!(v["actors"][a]["restarts"], json!(0), "{v}");
+    }
+}
+
+#[test]
+fn metrics_after_real_traffic_and_openapi_covering_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let id = expect(
+        c.post(pod.url("/submit"))
+            .json(&json!({"type": "noop"}))
+            .send()
+            .unwrap(),
+        201,
+    )["step_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect(
+        c.post(pod.url("/submit"))
+            .json(&json!({"type": "missing-type"}))
+            .send()
+            .unwrap(),
+        201,
+    );
+    let later = expect(
+        c.post(pod.url("/submit"))
+            .json(&json!({"type": "noop", "delay_seconds": 600}))
+            .send()
+            .unwrap(),
+        201,
+    );
+    let later = later["step_id"].as_str().unwrap();
+    expect(
+        admin(
+            &c,
+            reqwest::Method::DELETE,
+            pod.url(&format!("/steps/{later}")),
+        )
+        .send()
+        .unwrap(),
+        200,
+    );
+    wait_for("the step to complete", Duration::from_secs(20), || {
+        let s: Value = c
+            .get(pod.url(&format!("/status/{id}")))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (s["status"] == json!("completed")).then_some(())
+    });
+    let text = wait_for(
+        "metrics with the finished steps",
+        Duration::from_secs(10),
+        || {
+            let t = c.get(pod.url("/metrics")).send().ok()?.text().ok()?;
+            t.contains("fleet_q_steps_finished_total{outcome=\"failed\",type=\"missing-type\"} 1")
+                .then_some(t)
+        },
+    );
+    for name in [
+        "fleet_q_pending_steps",
+        "fleet_q_queue_steps",
+        "fleet_q_queue_oldest_pending_age_seconds",
+        "fleet_q_active_pods",
+        "fleet_q_steps_submitted_total",
+        "fleet_q_steps_claimed_total",
+        "fleet_q_steps_finished_total",
+        "fleet_q_steps_cancelled_total",
+        "fleet_q_step_duration_seconds",
+        "fleet_q_step_start_latency_seconds",
+        "fleet_q_claim_batch_size",
+        "fleet_q_capacity_in_use",
+        "fleet_q_capacity_max",
+        "fleet_q_is_leader",
+        "fleet_q_leadership_changes_total",
+        "fleet_q_recovery_cycles_total",
+        "fleet_q_recovery_steps_total",
+        "fleet_q_fenced_results_total",
+        "fleet_q_store_statements_total",
+        "fleet_q_store_calls_total",
+        "fleet_q_store_latency_seconds",
+        "fleet_q_actor_restarts_total",
+        "fleet_q_http_requests_total",
+        "fleet_q_http_request_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "/metrics lacks {name}"
+        );
+    }
+    assert!(text.contains("fleet_q_is_leader 1"));
+    assert!(text.contains("fleet_q_steps_submitted_total{type=\"noop\"} 2"));
+    assert!(text.contains("fleet_q_steps_cancelled_total{type=\"noop\"} 1"));
+    assert!(text.contains(
+        "fleet_q_http_requests_total{method=\"POST\",route=\"/submit\",status=\"201\"} 3"
+    ));
+
+    let doc = expect(c.get(pod.url("/openapi.json")).send().unwrap(), 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (method, path) in ROUTES {
+        let op = &doc["paths"][path][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "/openapi.json lacks {method} {path}");
+    }
+    assert_eq!(
+        doc["paths"].as_object().unwrap().len(),
+        ROUTES
+            .iter()
+            .map(|r| r.1)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_with_the_error_body_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let u = |p: &str| pod.url(p);
+    let cases: Vec<(reqwest::blocking::RequestBuilder, u16, &str, &str)> = vec![
+        (
+            c.post(u("/submit"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit"))
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit"))
+                .json(&json!({"type": "noop", "args": {"blob": "x".repeat(70_000)}})),
+            413,
+            "payload_too_large",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit"))
+                .json(&json!({"type": "noop", "priority": "high"})),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit"))
+                .json(&json!({"type": "noop", "priority": 5000})),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit"))
+                .json(&json!({"type": "noop", "unknown_field": 1})),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit")).json(&json!({"type": "", "args": [1]})),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit")).json(
+                &json!({"type": "noop", "delay_seconds": 1, "run_at": "2030-01-01T00:00:00Z"}),
+            ),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit")).json(&json!([1, 2])),
+            400,
+            "validation_error",
+            "/submit",
+        ),
+        (
+            c.post(u("/submit/batch")).json(&json!({"steps": []})),
+            400,
+            "validation_error",
+            "/submit/batch",
+        ),
+        (
+            c.get(u("/status/not-a-uuid")),
+            400,
+            "validation_error",
+            "/status/not-a-uuid",
+        ),
+        (
+            c.get(u(&format!("/status/{}", uuid::Uuid::now_v7()))),
+            404,
+            "not_found",
+            "",
+        ),
+        (
+            c.get(u("/no/such/route")),
+            404,
+            "not_found",
+            "/no/such/route",
+        ),
+        (c.get(u("/submit")), 405, "not_found", "/submit"),
+        (c.put(u("/health")), 405, "not_found", "/health"),
+        (
+            admin(&c, reqwest::Method::GET, u("/admin/failed?limit=0")),
+            400,
+            "validation_error",
+            "/admin/failed",
+        ),
+        (
+            admin(&c, reqwest::Method::GET, u("/admin/failed?limit=abc")),
+            400,
+            "validation_error",
+            "/admin/failed",
+        ),
+        (
+            admin(&c, reqwest::Method::POST, u("/admin/recovery/run"))
+                .header("content-type", "application/json")
+                .body("{\"dry_run\": 3}"),
+            400,
+            "validation_error",
+            "/admin/recovery/run",
+        ),
+    ];
+    for (req, status, kind, path) in cases {
+        let r = req.send().unwrap();
+        let p = r.url().path().to_string();
+        let v = expect(r, status);
+        assert_error_body(&v, kind, if path.is_empty() { &p } else { path });
+        let text = v.to_string();
+        assert!(
+            !text.contains("STEP_TRACKER")
+                && !text.contains("SELECT")
+                && !text.contains("panicked"),
+            "{text}"
+        );
+    }
+    // A batch with one bad step stores nothing.
+    let steps: Vec<Value> = (0..10)
+        .map(|i| {
+            if i == 7 {
+                json!({"type": "noop", "max_retries": 99})
+            } else {
+                json!({"type": "noop"})
+            }
+        })
+        .collect();
+    let v = expect(
+        c.post(u("/submit/batch"))
+            .json(&json!({"steps": steps}))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("steps[7].max_retries"),
+        "{v}"
+    );
+    let too_many: Vec<Value> = (0..1001).map(|_| json!({"type": "noop"})).collect();
+    expect(
+        c.post(u("/submit/batch"))
+            .json(&json!({"steps": too_many}))
+            .send()
+            .unwrap(),
+        400,
+    );
+    let obs = Observer::open(&dir.path().join("api.db"));
+    assert_eq!(obs.stats().counts.total(), 0, "bad input changed nothing");
+    // Hostile strings are stored and returned verbatim.
+    let evil = "'); DROP TABLE STEP_TRACKER; -- $$ \\ \" 🚀";
+    let id = expect(
+        c.post(u("/submit")).json(&json!({"type": "noop", "args": {"s": evil}, "metadata": {evil: evil}, "idempotency_key": evil})).send().unwrap(),
+        201,
+    )["step_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = expect(c.get(u(&format!("/status/{id}"))).send().unwrap(), 200);
+    assert_eq!(s["payload"]["args"]["s"], json!(evil));
+    assert_eq!(s["payload"]["metadata"][evil], json!(evil));
+    assert_eq!(s["idempotency_key"], json!(evil));
+}
+
+#[test]
+fn admin_routes_require_the_token_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let some_id = uuid::Uuid::now_v7();
+    let admin_routes = [
+        (reqwest::Method::GET, "/admin/leader".to_string()),
+        (reqwest::Method::GET, "/admin/queue".to_string()),
+        (reqwest::Method::POST, "/admin/recovery/run".to_string()),
+        (reqwest::Method::GET, "/admin/recovery".to_string()),
+        (reqwest::Method::GET, "/admin/failed".to_string()),
+        (
+            reqwest::Method::POST,
+            format!("/admin/steps/{some_id}/retry"),
+        ),
+        (reqwest::Method::DELETE, format!("/steps/{some_id}")),
+    ];
+    for (m, p) in &admin_routes {
+        let r = c.request(m.clone(), pod.url(p)).send().unwrap();
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer")
+        );
+        let v = expect(r, 401);
+        assert_error_body(&v, "unauthorized", p);
+        let v = expect(
+            c.request(m.clone(), pod.url(p))
+                .bearer_auth("wrong-token")
+                .send()
+                .unwrap(),
+            403,
+        );
+        assert_error_body(&v, "permission_denied", p);
+        let v = expect(
+            c.request(m.clone(), pod.url(p))
+                .header("authorization", "Basic Zm9vOmJhcg==")
+                .send()
+                .unwrap(),
+            403,
+        );
+        assert_error_body(&v, "permission_denied", p);
+        let r = c
+            .request(m.clone(), pod.url(p))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert!(
+            ![401, 403].contains(&r.status().as_u16()),
+            "{m} {p} refused the right token"
+        );
+    }
+    for p in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        assert_eq!(
+            c.get(pod.url(p)).send().unwrap().status().as_u16(),
+            200,
+            "{p}"
+        );
+    }
+    // The token never appears in anything the pod answers or logs.
+    let health = c.get(pod.url("/health")).send().unwrap().text().unwrap();
+    assert!(!health.contains(TOKEN));
+    assert!(
+        !pod.log_text().contains(TOKEN),
+        "the admin token was logged"
+    );
+}
+
+#[test]
+fn the_cli_client_talks_to_a_running_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let url = pod.url("");
+    let run = |args: &[&str], token: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-q"));
+        cmd.args(args)
+            .args(["--url", &url])
+            .env_remove("FLEET_Q_ADMIN_TOKEN");
+        if token {
+            cmd.env("FLEET_Q_ADMIN_TOKEN", TOKEN);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(
+        &[
+            "submit",
+            "--type",
+            "noop",
+            "--args",
+            "{\"x\": 1}",
+            "--priority",
+            "-3",
+            "--json",
+        ],
+        false,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["step_id"].as_str().unwrap().to_string();
+    wait_for(
+        "completion seen by the CLI",
+        Duration::from_secs(20),
+        || {
+            let out = run(&["status", &id], false);
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .contains("completed")
+                .then_some(())
+        },
+    );
+    let out = run(&["status", &id, "--json"], false);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["priority"], json!(-3));
+    let out = run(&["queue"], true);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && text.contains("completed 1"),
+        "{text}"
+    );
+    let out = run(&["leader"], true);
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("leader api-pod"));
+    let out = run(&["recover", "--dry-run"], true);
+    assert!(String::from_utf8(out.stdout).unwrap().contains("dry run"));
+    // Without the token an admin command fails with the API's reason.
+    let out = run(&["queue"], false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("unauthorized"));
+    let out = run(&["submit", "--type", "noop", "--args", "not json"], false);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        Just(json!("noop")),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("type".to_string()),
+                    Just("args".to_string()),
+                    Just("priority".to_string()),
+                    Just("max_retries".to_string()),
+                    Just("steps".to_string()),
+                    Just("delay_seconds".to_string()),
+                    Just("run_at".to_string()),
+                    Just("dry_run".to_string()),
+                    ".{0,8}",
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+#[test]
+fn random_requests_never_get_a_5xx_and_errors_always_have_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let paths: Vec<String> = ROUTES
+        .iter()
+        .map(|(_, p)| p.replace("{step_id}", &uuid::Uuid::now_v7().to_string()))
+        .chain(
+            [
+                "/",
+                "/status/",
+                "/status/x%00y",
+                "/admin",
+                "/steps/../../etc/passwd",
+                "/submit?x=1",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD"];
+    let cfg = ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(cfg, |(
+        pi in 0..paths.len(),
+        mi in 0..methods.len(),
+        body in prop_oneof![arb_json().prop_map(|v| v.to_string().into_bytes()), prop::collection::vec(any::<u8>(), 0..200)],
+        ctype in prop_oneof![Just("application/json"), Just("text/plain"), Just("application/x-www-form-urlencoded"), Just("")],
+        auth in prop_oneof![Just(None), Just(Some(format!("Bearer {TOKEN}"))), ".{0,30}".prop_map(Some)],
+        junk in "[a-zA-Z0-9%/._-]{0,20}",
+    )| {
+        let mut path = paths[pi].clone();
+        if junk.len() % 3 == 0 {
+            path.push_str(&junk);
+        }
+        let m = reqwest::Method::from_bytes(methods[mi].as_bytes()).unwrap();
+        let mut req = c.request(m.clone(), pod.url(&path)).body(body);
+        if !ctype.is_empty() {
+            req = req.header("content-type", ctype);
+        }
+        if let Some(a) = auth {
+            if let Ok(h) = reqwest::header::HeaderValue::from_str(&a) {
+                req = req.header("authorization", h);
+            }
+        }
+        let r = req.send().expect("the pod answers");
+        let status = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        prop_assert!(status < 500, "{m} {path} -> {status}: {text}");
+        if status >= 400 && m != reqwest::Method::HEAD {
+            let v: Value = serde_json::from_str(&text).map_err(|_| TestCaseError::fail(format!("{m} {path} -> {status} without JSON: {text}")))?;
+            for f in ["detail", "error_type", "timestamp", "path"] {
+                prop_assert!(v.get(f).is_some(), "{m} {path} -> {status}: {text}");
+            }
+        }
+    });
+    // Still alive and well.
+    let h: Value = c.get(pod.url("/health")).send().unwrap().json().unwrap();
+    assert_eq!(h["status"], json!("healthy"));
+}
+
+#[test]
+fn with_the_store_unavailable_requests_get_503_and_the_pod_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[("FLEET_Q_DEFAULT_MAX_ATTEMPTS", "1".into())]);
+    let c = client();
+    // Another connection holds the write lock longer than the busy timeout (5 s).
+    let db = dir.path().join("api.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let r = c
+        .post(pod.url("/submit"))
+        .json(&json!({"type": "noop"}))
+        .send()
+        .unwrap();
+    let v = expect(r, 503);
+    assert_error_body(&v, "database_error", "/submit");
+    assert!(!v["detail"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("select"));
+    // Liveness does not depend on the store; readiness does.
+    assert_eq!(
+        c.get(pod.url("/health")).send().unwrap().status().as_u16(),
+        200
+    );
+    wait_for("readiness to fail", Duration::from_secs(20), || {
+        (c.get(pod.url("/ready")).send().ok()?.status().as_u16() == 503).then_some(())
+    });
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // Work resumes.
+    wait_for("submits to succeed again", Duration::from_secs(20), || {
+        (c.post(pod.url("/submit"))
+            .json(&json!({"type": "noop"}))
+            .send()
+            .ok()?
+            .status()
+            .as_u16()
+            == 201)
+            .then_some(())
+    });
+    wait_for("readiness to return", Duration::from_secs(20), || {
+        (c.get(pod.url("/ready")).send().ok()?.status().as_u16() == 200).then_some(())
+    });
+}
