@@ -1,33 +1,44 @@
-# fleet-q container image (first version; the deployment issue completes it).
-# Multi-stage: dependencies are built in their own layer so source edits do not
-# rebuild them; the runtime image holds only the binary and CA certificates.
+# fleet-q container image.
+#
+# Stage 1 builds dependencies in their own layer (only manifests copied), so editing
+# the source does not rebuild them; stage 2 is a minimal Debian runtime with the
+# binary and CA certificates (for Snowflake over HTTPS), running as uid/gid 1000.
+# Works with readOnlyRootFilesystem: true; everything fleet-q writes (the embedded
+# SQLite store, the recovery ledger) goes under /var/lib/fleet-q, which the
+# Kubernetes manifests back with an emptyDir (see deploy/).
 
-FROM rust:1.89-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependency layer: manifests plus empty targets, built once and cached.
+# Dependency layer: manifests plus stub targets (cargo refuses a manifest whose
+# declared targets are missing), built once and cached.
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
-RUN mkdir -p src actors/src benches \
+RUN mkdir -p src actors/src benches examples \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
- && echo 'fn main() {}' > benches/sqlite_store.rs \
+ && for b in sqlite_store pod_e2e http; do echo 'fn main() {}' > benches/$b.rs; done \
+ && echo 'fn main() {}' > examples/custom_handler.rs \
  && cargo build --release --locked --bin fleet-q \
- && rm -rf src actors/src benches
+ && rm -rf src actors/src benches examples
 COPY . .
+# Make sure cargo sees the real sources as newer than the stubs.
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
- && cargo build --release --locked --bin fleet-q
+ && cargo build --release --locked --bin fleet-q \
+ && strip target/release/fleet-q
 
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="fleet-q" \
-      org.opencontainers.image.description="A brokerless distributed step queue" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="A brokerless distributed step queue: pods share only a database" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://example.invalid/fleet-q"
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --gid 1000 fleetq && useradd --uid 1000 --gid 1000 --no-create-home fleetq \
+ && groupadd --gid 1000 fleetq \
+ && useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin fleetq \
  && mkdir -p /var/lib/fleet-q && chown 1000:1000 /var/lib/fleet-q
 COPY --from=build /src/target/release/fleet-q /usr/local/bin/fleet-q
-# Everything fleet-q writes goes under /var/lib/fleet-q (mount an emptyDir there when
-# the root filesystem is read-only).
-ENV FLEET_Q_SQLITE_DB_PATH=/var/lib/fleet-q/fleet-q.db
+ENV FLEET_Q_SQLITE_DB_PATH=/var/lib/fleet-q/fleet-q.db \
+    FLEET_Q_LEDGER_PATH=/var/lib/fleet-q/ledger.db
 USER 1000:1000
 EXPOSE 8000
 ENTRYPOINT ["fleet-q"]

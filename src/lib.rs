@@ -18,9 +18,11 @@
 //!   [`telemetry`]: logging.
 //! - [`cli`]: the client commands (`fleet-q submit`, `status`, `queue`, `leader`,
 //!   `recover`) that talk to a running pod.
+//! - [`check`]: `fleet-q check` (store connectivity report) and `fleet-q schema`.
 //! - `main.rs`: the thin `fleet-q` binary.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod handlers;

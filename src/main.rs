@@ -80,6 +80,18 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Connect to the configured store and report what works.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the store's DDL (STEP_TRACKER, POD_HEALTH), or apply it.
+    Schema {
+        /// Create missing tables and indexes in the configured store.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Print the effective settings (secrets redacted) after validating them.
     Config {
         /// Print JSON instead of FLEET_Q_NAME=value lines.
@@ -187,6 +199,20 @@ fn main() -> ExitCode {
         Command::Recover { dry_run, client: o } => {
             client(o, fleet_q::cli::ClientCommand::Recover { dry_run })
         }
+        Command::Check { json } => match load(cli.config.as_deref()) {
+            Ok(s) => match fleet_q::check::run(&s, json) {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            },
+            Err(code) => code,
+        },
+        Command::Schema { apply } => match load(cli.config.as_deref()) {
+            Ok(s) => match fleet_q::check::schema(&s, apply) {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            },
+            Err(code) => code,
+        },
         Command::Serve { port, host } => match load(cli.config.as_deref()) {
             Ok(s) => serve(s, port, host),
             Err(code) => code,

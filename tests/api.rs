@@ -898,7 +898,12 @@ fn with_the_store_unavailable_requests_get_503_and_the_pod_stays_up() {
         conn.execute_batch("ROLLBACK").unwrap();
     });
     locked_rx.recv().unwrap();
-    let r = c
+    // Writes queued behind others each wait out the busy timeout: allow for that.
+    let slow = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let r = slow
         .post(pod.url("/submit"))
         .json(&json!({"type": "noop"}))
         .send()

@@ -174,3 +174,45 @@ fn serve_with_zero_configuration_uses_the_embedded_default_and_stops_on_sigterm(
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn check_reports_each_step_and_schema_prints_or_applies_the_ddl() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let out = fleet_q(&[("FLEET_Q_SQLITE_DB_PATH", db)], &["check"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    for check in [
+        "settings",
+        "connect and schema",
+        "store clock",
+        "read STEP_TRACKER",
+        "read POD_HEALTH",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check} missing:\n{text}"
+        );
+    }
+    let out = fleet_q(
+        &[("FLEET_Q_SQLITE_DB_PATH", "/proc/no/such/dir/x.db")],
+        &["check", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["checks"][1]["ok"], false);
+
+    let out = fleet_q(&[], &["schema"]);
+    let ddl = String::from_utf8(out.stdout).unwrap();
+    assert!(ddl.contains("CREATE TABLE IF NOT EXISTS STEP_TRACKER") && ddl.contains("POD_HEALTH"));
+    let fresh = dir.path().join("fresh.db");
+    let out = fleet_q(
+        &[("FLEET_Q_SQLITE_DB_PATH", fresh.to_str().unwrap())],
+        &["schema", "--apply"],
+    );
+    assert!(out.status.success());
+    assert!(fresh.exists());
+}

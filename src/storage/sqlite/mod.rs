@@ -105,6 +105,11 @@ pub(crate) fn map_err(op: &'static str, e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// The DDL `schema_init` runs (idempotent), as `fleet-q schema` prints it.
+pub fn schema_ddl() -> &'static str {
+    SCHEMA
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     step_id         BLOB    NOT NULL PRIMARY KEY, -- UUIDv7 bytes; hex(step_id) to read
