@@ -134,11 +134,12 @@ pub fn schema(settings: &Settings, apply: bool) -> i32 {
             }
         }
         StorageMode::Snowflake => {
-            eprintln!(
-                "fleet-q: the Snowflake backend is not built yet (issue 5); \
-                 `fleet-q schema` prints the SQLite DDL with FLEET_Q_STORAGE_MODE=sqlite"
-            );
-            return 1;
+            if !apply {
+                for ddl in crate::storage::snowflake::DDL {
+                    println!("{ddl};\n");
+                }
+                return 0;
+            }
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -147,7 +148,15 @@ pub fn schema(settings: &Settings, apply: bool) -> i32 {
         .expect("runtime");
     match rt.block_on(crate::storage::open(settings)) {
         Ok(_) => {
-            println!("schema applied to {}", settings.sqlite_db_path.display());
+            match settings.storage_mode {
+                StorageMode::Sqlite => {
+                    println!("schema applied to {}", settings.sqlite_db_path.display())
+                }
+                StorageMode::Snowflake => println!(
+                    "schema applied to {}.{}",
+                    settings.snowflake.database, settings.snowflake.schema
+                ),
+            }
             0
         }
         Err(e) => {

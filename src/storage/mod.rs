@@ -1,6 +1,7 @@
 //! Storage backends implementing the engine's [`Store`] contract. SQL lives here
 //! and nowhere else.
 
+pub mod snowflake;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -16,13 +17,12 @@ pub async fn open(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
             &settings.sqlite_db_path,
             sqlite::SqliteOptions::default(),
         )?),
-        StorageMode::Snowflake => {
-            return Err(StoreError::fatal(
-                "open",
-                "the Snowflake backend is not built yet (tracked as issue 5); \
-                 use FLEET_Q_STORAGE_MODE=sqlite",
-            ))
-        }
+        StorageMode::Snowflake => Arc::new(snowflake::SnowflakeStore::open(
+            &settings.snowflake,
+            settings.default_max_attempts,
+            settings.default_base_delay,
+            settings.default_max_delay,
+        )?),
     };
     store.schema_init().await?;
     Ok(store)

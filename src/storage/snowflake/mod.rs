@@ -1,0 +1,1000 @@
+//! The Snowflake store, on `snowflake-api` 0.14.
+//!
+//! - **Sessions.** A pool of `FLEET_Q_SNOWFLAKE_CONNECTION_POOL_SIZE` sessions, one
+//!   statement at a time each, every call bounded by
+//!   `FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT`. Transient failures (network, HTTP 5xx,
+//!   lock waits, timeouts) are retried with backoff here; fatal ones (auth, missing
+//!   objects, SQL errors) are reported at once. The HTTP client carries no retrying
+//!   middleware, so no error is hidden from this policy.
+//! - **Endpoint override.** `snowflake-api` always builds
+//!   `https://{account}.snowflakecomputing.com/…`; a middleware rewrites scheme,
+//!   host and port when `FLEET_Q_SNOWFLAKE_HOST` / `_PORT` / `_PROTOCOL` are set
+//!   (proxies, PrivateLink, tests).
+//! - **SQL safety.** No bind parameters exist: every value goes through [`sql`].
+//! - **Uniqueness.** Snowflake does not enforce primary keys on standard tables, so
+//!   inserts are `INSERT … SELECT … WHERE NOT EXISTS` (by step id and idempotency
+//!   key) and heartbeats are one `MERGE`; a retried insert is therefore idempotent.
+//! - **Statement economy.** Standard tables lock the whole table per DML statement,
+//!   so work is batched: a claim is one `UPDATE … WHERE step_id IN (SELECT … LIMIT
+//!   n)` tagged with a token plus one `SELECT` by token; a group of finishes is one
+//!   `UPDATE … FROM (VALUES …)` plus one `SELECT` by token; an insert batch is one
+//!   statement. Tokens are reused when a statement is retried, so a retry after a
+//!   lost answer still reports what the first attempt did.
+//! - **Time.** Timestamps are written with `SYSDATE()` (UTC) and read back as epoch
+//!   milliseconds (`DATE_PART(EPOCH_MILLISECOND, …)`), so only integers and text
+//!   cross the Arrow boundary.
+
+pub mod sql;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fleet_q_actors::*;
+use snowflake_api::{
+    AuthArgs, AuthType, CertificateArgs, PasswordArgs, QueryResult, SnowflakeApi,
+    SnowflakeApiBuilder, SnowflakeApiError,
+};
+
+use crate::config::SnowflakeSettings;
+
+/// Tables, as `fleet-q schema` prints them. Column names are the seed's plus the
+/// design's; no primary keys (Snowflake would not enforce them).
+pub const DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS STEP_TRACKER (
+    step_id         VARCHAR(36)   NOT NULL,
+    status          VARCHAR(16)   NOT NULL,
+    claimed_by      VARCHAR,
+    last_update_ts  TIMESTAMP_NTZ NOT NULL,
+    payload         VARCHAR       NOT NULL,
+    retry_count     NUMBER(10,0)  NOT NULL,
+    priority        NUMBER(10,0)  NOT NULL,
+    created_ts      TIMESTAMP_NTZ NOT NULL,
+    max_retries     NUMBER(10,0)  NOT NULL,
+    attempt         NUMBER(10,0)  NOT NULL,
+    run_at          TIMESTAMP_NTZ NOT NULL,
+    idempotency_key VARCHAR,
+    last_error      VARCHAR,
+    result          VARCHAR,
+    timeout_ms      NUMBER(19,0),
+    step_type       VARCHAR       NOT NULL,
+    op_token        VARCHAR
+)",
+    "CREATE TABLE IF NOT EXISTS POD_HEALTH (
+    pod_id            VARCHAR       NOT NULL,
+    birth_ts          TIMESTAMP_NTZ NOT NULL,
+    last_heartbeat_ts TIMESTAMP_NTZ NOT NULL,
+    status            VARCHAR(8)    NOT NULL,
+    capacity_in_use   NUMBER(10,0)  NOT NULL,
+    max_capacity      NUMBER(10,0)  NOT NULL,
+    meta              VARCHAR
+)",
+];
+
+const STEP_COLS: &str = "step_id AS step_id, status AS status, claimed_by AS claimed_by, \
+     DATE_PART(EPOCH_MILLISECOND, last_update_ts) AS last_update_ms, payload AS payload, \
+     retry_count AS retry_count, priority AS priority, \
+     DATE_PART(EPOCH_MILLISECOND, created_ts) AS created_ms, max_retries AS max_retries, \
+     attempt AS attempt, DATE_PART(EPOCH_MILLISECOND, run_at) AS run_at_ms, \
+     idempotency_key AS idempotency_key, last_error AS last_error, result AS result, \
+     timeout_ms AS timeout_ms";
+
+const POD_COLS: &str = "pod_id AS pod_id, DATE_PART(EPOCH_MILLISECOND, birth_ts) AS birth_ms, \
+     DATE_PART(EPOCH_MILLISECOND, last_heartbeat_ts) AS last_ms, status AS status, \
+     capacity_in_use AS capacity_in_use, max_capacity AS max_capacity, meta AS meta, \
+     DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms";
+
+/// Most rows per multi-row statement (keeps statement text well under limits).
+const CHUNK: usize = 500;
+
+/// One decoded cell.
+#[derive(Clone, Debug, PartialEq)]
+enum Cell {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// One row, by upper-cased column name.
+#[derive(Debug, Default)]
+struct Row(HashMap<String, Cell>);
+
+impl Row {
+    fn cell(&self, name: &str) -> &Cell {
+        self.0
+            .get(&name.to_ascii_uppercase())
+            .unwrap_or(&Cell::Null)
+    }
+    fn int(&self, name: &str) -> Option<i64> {
+        match self.cell(name) {
+            Cell::Int(i) => Some(*i),
+            Cell::Float(f) => Some(*f as i64),
+            Cell::Text(t) => t.trim().parse().ok(),
+            Cell::Null => None,
+        }
+    }
+    fn text(&self, name: &str) -> Option<String> {
+        match self.cell(name) {
+            Cell::Text(t) => Some(t.clone()),
+            Cell::Int(i) => Some(i.to_string()),
+            Cell::Float(f) => Some(f.to_string()),
+            Cell::Null => None,
+        }
+    }
+}
+
+fn decode_batch(b: &RecordBatch, out: &mut Vec<Row>) -> Result<(), String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    let schema = b.schema();
+    let mut rows: Vec<Row> = (0..b.num_rows()).map(|_| Row::default()).collect();
+    for (ci, field) in schema.fields().iter().enumerate() {
+        let col = b.column(ci);
+        let name = field.name().to_ascii_uppercase();
+        for (ri, row) in rows.iter_mut().enumerate() {
+            let cell = if col.is_null(ri) {
+                Cell::Null
+            } else {
+                match col.data_type() {
+                    DataType::Int8 => Cell::Int(col.as_primitive::<Int8Type>().value(ri).into()),
+                    DataType::Int16 => Cell::Int(col.as_primitive::<Int16Type>().value(ri).into()),
+                    DataType::Int32 => Cell::Int(col.as_primitive::<Int32Type>().value(ri).into()),
+                    DataType::Int64 => Cell::Int(col.as_primitive::<Int64Type>().value(ri)),
+                    DataType::UInt8 => Cell::Int(col.as_primitive::<UInt8Type>().value(ri).into()),
+                    DataType::UInt16 => {
+                        Cell::Int(col.as_primitive::<UInt16Type>().value(ri).into())
+                    }
+                    DataType::UInt32 => {
+                        Cell::Int(col.as_primitive::<UInt32Type>().value(ri).into())
+                    }
+                    DataType::UInt64 => {
+                        Cell::Int(col.as_primitive::<UInt64Type>().value(ri) as i64)
+                    }
+                    DataType::Float32 => {
+                        Cell::Float(col.as_primitive::<Float32Type>().value(ri).into())
+                    }
+                    DataType::Float64 => Cell::Float(col.as_primitive::<Float64Type>().value(ri)),
+                    DataType::Decimal128(_, scale) => {
+                        let v = col.as_primitive::<Decimal128Type>().value(ri);
+                        if *scale == 0 {
+                            Cell::Int(v as i64)
+                        } else {
+                            Cell::Float(v as f64 / 10f64.powi(i32::from(*scale)))
+                        }
+                    }
+                    DataType::Boolean => Cell::Int(col.as_boolean().value(ri).into()),
+                    DataType::Utf8 => Cell::Text(col.as_string::<i32>().value(ri).to_string()),
+                    DataType::LargeUtf8 => Cell::Text(col.as_string::<i64>().value(ri).to_string()),
+                    other => return Err(format!("column {name}: unsupported Arrow type {other}")),
+                }
+            };
+            row.0.insert(name.clone(), cell);
+        }
+    }
+    out.extend(rows);
+    Ok(())
+}
+
+fn decode(op: &'static str, r: QueryResult) -> Result<Vec<Row>, StoreError> {
+    let mut out = Vec::new();
+    match r {
+        QueryResult::Empty => {}
+        QueryResult::Arrow(batches) => {
+            for b in &batches {
+                decode_batch(b, &mut out).map_err(|e| StoreError::fatal(op, e))?;
+            }
+        }
+        QueryResult::Json(j) => {
+            let names: Vec<String> = j
+                .schema
+                .iter()
+                .map(|f| f.name.to_ascii_uppercase())
+                .collect();
+            for r in j.value.as_array().into_iter().flatten() {
+                let mut row = Row::default();
+                for (i, v) in r.as_array().into_iter().flatten().enumerate() {
+                    let name = names
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| format!("COLUMN{}", i + 1));
+                    let cell = match v {
+                        serde_json::Value::Null => Cell::Null,
+                        serde_json::Value::String(s) => Cell::Text(s.clone()),
+                        other => Cell::Text(other.to_string()),
+                    };
+                    row.0.insert(name, cell);
+                }
+                out.push(row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The number of rows a DML statement reports (first column of its result).
+fn affected(rows: &[Row]) -> u64 {
+    rows.first()
+        .and_then(|r| {
+            r.0.iter()
+                .filter(|(k, _)| k.starts_with("NUMBER OF ROWS") || k.starts_with("COLUMN1"))
+                .chain(r.0.iter())
+                .find_map(|(_, v)| match v {
+                    Cell::Int(i) => Some(*i as u64),
+                    Cell::Text(t) => t.trim().parse().ok(),
+                    _ => None,
+                })
+        })
+        .unwrap_or(0)
+}
+
+fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn bad(op: &'static str, what: &str) -> StoreError {
+    StoreError::fatal(op, format!("stored {what} is invalid"))
+}
+
+fn step_from_row(op: &'static str, r: &Row) -> Result<Step, StoreError> {
+    let int = |n: &str| r.int(n).ok_or_else(|| bad(op, n));
+    let payload: Payload =
+        serde_json::from_str(&r.text("payload").ok_or_else(|| bad(op, "payload"))?)
+            .map_err(|_| bad(op, "payload"))?;
+    Ok(Step {
+        step_id: r
+            .text("step_id")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(op, "step_id"))?,
+        status: r
+            .text("status")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(op, "status"))?,
+        claimed_by: r.text("claimed_by"),
+        last_update_ts: ts(int("last_update_ms")?),
+        payload,
+        retry_count: int("retry_count")? as u32,
+        priority: int("priority")? as i32,
+        created_ts: ts(int("created_ms")?),
+        max_retries: int("max_retries")? as u32,
+        attempt: int("attempt")? as u32,
+        run_at: ts(int("run_at_ms")?),
+        idempotency_key: r.text("idempotency_key"),
+        last_error: r.text("last_error"),
+        result: r
+            .text("result")
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|_| bad(op, "result"))?,
+        timeout_ms: r.int("timeout_ms").map(|t| t.max(0) as u64),
+    })
+}
+
+fn pod_from_row(op: &'static str, r: &Row) -> Result<PodRecord, StoreError> {
+    let now = r.int("now_ms").ok_or_else(|| bad(op, "now"))?;
+    let last = r
+        .int("last_ms")
+        .ok_or_else(|| bad(op, "last_heartbeat_ts"))?;
+    Ok(PodRecord {
+        pod_id: r.text("pod_id").ok_or_else(|| bad(op, "pod_id"))?,
+        birth_ts: ts(r.int("birth_ms").ok_or_else(|| bad(op, "birth_ts"))?),
+        last_heartbeat_ts: ts(last),
+        status: r
+            .text("status")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(op, "pod status"))?,
+        capacity_in_use: r.int("capacity_in_use").unwrap_or(0) as u32,
+        max_capacity: r.int("max_capacity").unwrap_or(0) as u32,
+        meta: r
+            .text("meta")
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or(serde_json::Value::Null),
+        heartbeat_age: Duration::from_millis(now.saturating_sub(last).max(0) as u64),
+    })
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Rewrites `https://{account}.snowflakecomputing.com` to the configured endpoint.
+struct Endpoint {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+#[async_trait]
+impl reqwest_middleware::Middleware for Endpoint {
+    async fn handle(
+        &self,
+        mut req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let url = req.url_mut();
+        let _ = url.set_scheme(&self.scheme);
+        let _ = url.set_host(Some(&self.host));
+        let _ = url.set_port(Some(self.port));
+        next.run(req, extensions).await
+    }
+}
+
+/// Classifies a client error: network, server and lock-wait failures are
+/// transient; authentication and SQL errors are fatal.
+fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
+    use SnowflakeApiError as E;
+    match &e {
+        E::RequestError(_)
+        | E::EmptyResponse
+        | E::BrokenResponse
+        | E::UnexpectedResponse
+        | E::TokioTaskJoinError(_) => {
+            StoreError::transient(op, format!("Snowflake unavailable: {e}"))
+        }
+        // 000625/000630: lock wait; 000604/000605: statement cancelled/timed out;
+        // 390114: session expired (a new one is made on the next call).
+        E::ApiError(code, _)
+            if ["000625", "000630", "000604", "000605", "390114", "261000"]
+                .contains(&code.as_str()) =>
+        {
+            StoreError::transient(op, format!("Snowflake error {code}: {e}"))
+        }
+        E::AuthError(_) => StoreError::fatal(op, format!("Snowflake authentication failed: {e}")),
+        _ => StoreError::fatal(op, e.to_string()),
+    }
+}
+
+/// The Snowflake implementation of [`Store`].
+pub struct SnowflakeStore {
+    sessions: Vec<tokio::sync::Mutex<SnowflakeApi>>,
+    next: AtomicUsize,
+    statements: AtomicU64,
+    timeout: Duration,
+    attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+}
+
+impl SnowflakeStore {
+    /// Builds the session pool (sessions log in on their first statement).
+    pub fn open(
+        s: &SnowflakeSettings,
+        attempts: u32,
+        base_delay: Duration,
+        max_delay: Duration,
+    ) -> Result<SnowflakeStore, StoreError> {
+        let auth_type = match (&s.password, &s.private_key, &s.private_key_path) {
+            (Some(p), _, _) => AuthType::Password(PasswordArgs {
+                password: p.expose().to_string(),
+            }),
+            (None, Some(k), _) => AuthType::Certificate(CertificateArgs {
+                private_key_pem: k.expose().to_string(),
+            }),
+            (None, None, Some(path)) => AuthType::Certificate(CertificateArgs {
+                private_key_pem: std::fs::read_to_string(path).map_err(|e| {
+                    StoreError::fatal(
+                        "open",
+                        format!("cannot read the private key {}: {e}", path.display()),
+                    )
+                })?,
+            }),
+            (None, None, None) => {
+                return Err(StoreError::fatal(
+                    "open",
+                    "no Snowflake password or private key configured",
+                ))
+            }
+        };
+        let mut sessions = Vec::new();
+        for _ in 0..s.pool_size.max(1) {
+            let http = reqwest::Client::builder()
+                .connect_timeout(s.connection_timeout)
+                .user_agent(concat!("fleet-q/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| StoreError::fatal("open", e.to_string()))?;
+            let mut client = reqwest_middleware::ClientBuilder::new(http);
+            if let Some(host) = &s.host {
+                client = client.with(Endpoint {
+                    scheme: s.protocol.clone(),
+                    host: host.clone(),
+                    port: s.port,
+                });
+            }
+            let auth = AuthArgs {
+                account_identifier: s.account.clone(),
+                warehouse: Some(s.warehouse.clone()),
+                database: Some(s.database.clone()),
+                schema: Some(s.schema.clone()),
+                username: s.user.clone(),
+                role: s.role.clone(),
+                auth_type: match &auth_type {
+                    AuthType::Password(p) => AuthType::Password(PasswordArgs {
+                        password: p.password.clone(),
+                    }),
+                    AuthType::Certificate(c) => AuthType::Certificate(CertificateArgs {
+                        private_key_pem: c.private_key_pem.clone(),
+                    }),
+                },
+            };
+            let api = SnowflakeApiBuilder::new(auth)
+                .with_client(client.build())
+                .build()
+                .map_err(|e| StoreError::fatal("open", e.to_string()))?;
+            sessions.push(tokio::sync::Mutex::new(api));
+        }
+        Ok(SnowflakeStore {
+            sessions,
+            next: AtomicUsize::new(0),
+            statements: AtomicU64::new(0),
+            timeout: s.connection_timeout,
+            attempts: attempts.max(1),
+            base_delay,
+            max_delay,
+        })
+    }
+
+    /// Runs one statement on a free session, retrying transient failures.
+    async fn exec(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.exec_once(op, sql).await;
+            match r {
+                Err(e) if e.is_transient() && attempt < self.attempts => {
+                    let b = Backoff {
+                        base: self.base_delay,
+                        max: self.max_delay,
+                        jitter: 0.5,
+                    };
+                    tokio::time::sleep(b.jittered(attempt - 1, rand::random())).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn exec_once(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let guard = match (0..n).find_map(|i| self.sessions[(start + i) % n].try_lock().ok()) {
+            Some(g) => g,
+            None => self.sessions[start].lock().await,
+        };
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let r = tokio::time::timeout(self.timeout, guard.exec(sql))
+            .await
+            .map_err(|_| StoreError::transient(op, format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| classify(op, e))?;
+        decode(op, r)
+    }
+
+    async fn read_steps(&self, op: &'static str, sql: &str) -> Result<Vec<Step>, StoreError> {
+        self.exec(op, sql)
+            .await?
+            .iter()
+            .map(|r| step_from_row(op, r))
+            .collect()
+    }
+
+    /// Applies a fenced `UPDATE … FROM (VALUES …) v` tagged with a token, then
+    /// reads back which leases held.
+    async fn fenced(
+        &self,
+        op: &'static str,
+        set: &str,
+        cols: &str,
+        rows: Vec<(Lease, String)>,
+    ) -> Result<FencedReport, StoreError> {
+        let mut report = FencedReport::default();
+        for chunk in rows.chunks(CHUNK) {
+            let token = uuid::Uuid::now_v7();
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(l, extra)| {
+                    format!(
+                        "({}, {}, {}{})",
+                        sql::id(l.step_id),
+                        sql::b64_lit(&l.pod_id),
+                        sql::int(l.attempt.into()),
+                        extra
+                    )
+                })
+                .collect();
+            let stmt = format!(
+                "UPDATE STEP_TRACKER SET {set}, last_update_ts = SYSDATE(), op_token = {tok} \
+                 FROM (SELECT column1 AS sid, column2 AS pod, column3 AS att{cols} FROM VALUES {v}) v \
+                 WHERE STEP_TRACKER.step_id = v.sid AND STEP_TRACKER.claimed_by = BASE64_DECODE_STRING(v.pod) \
+                 AND STEP_TRACKER.attempt = v.att AND STEP_TRACKER.status = 'claimed'",
+                tok = sql::token(&token),
+                v = values.join(", ")
+            );
+            // The token makes a retried UPDATE report what an earlier attempt did.
+            let first = self.exec(op, &stmt).await;
+            let applied = self
+                .exec(
+                    op,
+                    &format!(
+                        "SELECT step_id AS step_id, status AS status FROM STEP_TRACKER WHERE op_token = {}",
+                        sql::token(&token)
+                    ),
+                )
+                .await?;
+            if applied.is_empty() {
+                first?;
+            }
+            let mut got: HashMap<String, StepStatus> = HashMap::new();
+            for r in &applied {
+                if let (Some(id), Some(st)) = (
+                    r.text("step_id"),
+                    r.text("status").and_then(|s| s.parse().ok()),
+                ) {
+                    got.insert(id, st);
+                }
+            }
+            for (l, _) in chunk {
+                match got.get(&l.step_id.to_string()) {
+                    Some(st) => report.applied.push((l.step_id, *st)),
+                    None => report.rejected.push(l.clone()),
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl Store for SnowflakeStore {
+    fn backend(&self) -> &'static str {
+        "snowflake"
+    }
+
+    async fn schema_init(&self) -> Result<(), StoreError> {
+        for ddl in DDL {
+            self.exec("schema_init", ddl).await?;
+        }
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
+        let rows = self
+            .exec(
+                "now",
+                "SELECT DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms",
+            )
+            .await?;
+        rows.first()
+            .and_then(|r| r.int("now_ms"))
+            .map(ts)
+            .ok_or_else(|| bad("now", "store time"))
+    }
+
+    async fn steps_insert(&self, steps: Vec<NewStep>) -> Result<Vec<Inserted>, StoreError> {
+        let op = "steps_insert";
+        if steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Within one call, a repeated key goes to its first step.
+        let mut first_of_key: HashMap<&str, usize> = HashMap::new();
+        let mut unique = Vec::new();
+        for (i, s) in steps.iter().enumerate() {
+            match s.idempotency_key() {
+                Some(k) if first_of_key.contains_key(k) => {}
+                Some(k) => {
+                    first_of_key.insert(k, i);
+                    unique.push(i);
+                }
+                None => unique.push(i),
+            }
+        }
+        for chunk in unique.chunks(CHUNK) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|&i| {
+                    let s = &steps[i];
+                    let (delay, at) = match s.run_at() {
+                        RunAt::Now => (0, "CAST(NULL AS NUMBER)".to_string()),
+                        RunAt::After(d) => (ms(d), "CAST(NULL AS NUMBER)".to_string()),
+                        RunAt::At(t) => (0, sql::int(t.timestamp_millis())),
+                    };
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, {}, {})",
+                        sql::id(s.step_id()),
+                        sql::b64_lit(s.payload_json()),
+                        sql::int(s.priority().into()),
+                        sql::int(s.max_retries().into()),
+                        sql::int(delay),
+                        at,
+                        sql::b64_opt(s.idempotency_key()),
+                        s.timeout()
+                            .map_or("CAST(NULL AS NUMBER)".to_string(), |t| sql::int(ms(t))),
+                        sql::b64_lit(&s.payload().step_type),
+                    )
+                })
+                .collect();
+            let stmt = format!(
+                "INSERT INTO STEP_TRACKER (step_id, status, last_update_ts, payload, retry_count, priority, \
+                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type) \
+                 SELECT v.sid, 'pending', SYSDATE(), BASE64_DECODE_STRING(v.p), 0, v.prio, SYSDATE(), v.mr, 0, \
+                 CASE WHEN v.at_ms IS NULL THEN DATEADD(millisecond, v.delay_ms, SYSDATE()) \
+                      ELSE DATEADD(millisecond, v.at_ms, CAST('1970-01-01 00:00:00' AS TIMESTAMP_NTZ)) END, \
+                 BASE64_DECODE_STRING(v.k), v.t, BASE64_DECODE_STRING(v.ty) \
+                 FROM (SELECT column1 AS sid, column2 AS p, column3 AS prio, column4 AS mr, column5 AS delay_ms, \
+                 column6 AS at_ms, column7 AS k, column8 AS t, column9 AS ty FROM VALUES {}) v \
+                 WHERE NOT EXISTS (SELECT 1 FROM STEP_TRACKER s WHERE s.step_id = v.sid \
+                 OR (v.k IS NOT NULL AND s.idempotency_key = BASE64_DECODE_STRING(v.k)))",
+                values.join(", ")
+            );
+            self.exec(op, &stmt).await?;
+        }
+        // Which step holds each key now (ours, or one inserted earlier).
+        let mut by_key: HashMap<String, StepId> = HashMap::new();
+        if !first_of_key.is_empty() {
+            let keys: Vec<&str> = first_of_key.keys().copied().collect();
+            for chunk in keys.chunks(CHUNK) {
+                let list: Vec<String> = chunk.iter().map(|k| sql::text(k)).collect();
+                let rows = self
+                    .exec(
+                        op,
+                        &format!(
+                            "SELECT step_id AS step_id, idempotency_key AS k FROM STEP_TRACKER WHERE idempotency_key IN ({})",
+                            list.join(", ")
+                        ),
+                    )
+                    .await?;
+                for r in rows {
+                    if let (Some(id), Some(k)) =
+                        (r.text("step_id").and_then(|s| s.parse().ok()), r.text("k"))
+                    {
+                        by_key.insert(k, id);
+                    }
+                }
+            }
+        }
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.idempotency_key() {
+                None => Ok(Inserted {
+                    step_id: s.step_id(),
+                    created: true,
+                }),
+                Some(k) => {
+                    let id = *by_key
+                        .get(k)
+                        .ok_or_else(|| StoreError::fatal(op, "inserted step not found"))?;
+                    Ok(Inserted {
+                        step_id: id,
+                        created: id == s.step_id() && first_of_key.get(k) == Some(&i),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    async fn steps_claim(&self, p: ClaimParams) -> Result<Vec<Step>, StoreError> {
+        let op = "steps_claim";
+        if p.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let token = uuid::Uuid::now_v7();
+        let update = format!(
+            "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = {pod}, attempt = attempt + 1, \
+             last_update_ts = SYSDATE(), op_token = {tok} WHERE step_id IN (SELECT step_id FROM STEP_TRACKER \
+             WHERE status = 'pending' AND run_at <= SYSDATE() ORDER BY priority DESC, created_ts, step_id LIMIT {n})",
+            pod = sql::text(&p.pod_id),
+            tok = sql::token(&token),
+            n = p.limit
+        );
+        // Read back by token even when the UPDATE's answer was lost: a claim that
+        // committed must reach its claimer, or its steps would be stranded.
+        let first = self.exec(op, &update).await;
+        let mut steps = self
+            .read_steps(
+                op,
+                &format!(
+                    "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE op_token = {}",
+                    sql::token(&token)
+                ),
+            )
+            .await?;
+        if steps.is_empty() {
+            first?;
+        }
+        steps.sort_by(|a, b| {
+            (b.priority, a.created_ts, a.step_id).cmp(&(a.priority, b.created_ts, b.step_id))
+        });
+        Ok(steps)
+    }
+
+    async fn steps_finish(&self, p: FinishParams) -> Result<FencedReport, StoreError> {
+        if p.finishes.is_empty() {
+            return Ok(FencedReport::default());
+        }
+        let b = p.backoff;
+        let rows: Vec<(Lease, String)> = p
+            .finishes
+            .into_iter()
+            .map(|f| {
+                let extra = match f.outcome {
+                    Outcome::Complete { result } => {
+                        format!(
+                            ", 1, 0, {}, CAST(NULL AS VARCHAR), 0.0",
+                            sql::b64_lit(&result.to_string())
+                        )
+                    }
+                    Outcome::Fail { error, retryable } => {
+                        let cut =
+                            (b.jitter.clamp(0.0, 1.0) * rand::random::<f64>()).clamp(0.0, 1.0);
+                        format!(
+                            ", 0, {}, CAST(NULL AS VARCHAR), {}, {}",
+                            u8::from(retryable),
+                            sql::b64_lit(&error),
+                            sql::float(cut)
+                        )
+                    }
+                };
+                (f.lease, extra)
+            })
+            .collect();
+        let retry = "(v.ok = 0 AND v.retryable = 1 AND STEP_TRACKER.retry_count < STEP_TRACKER.max_retries)";
+        let set = format!(
+            "status = CASE WHEN v.ok = 1 THEN 'completed' WHEN {retry} THEN 'pending' ELSE 'failed' END, \
+             result = CASE WHEN v.ok = 1 THEN BASE64_DECODE_STRING(v.res) ELSE STEP_TRACKER.result END, \
+             last_error = CASE WHEN v.ok = 1 THEN STEP_TRACKER.last_error ELSE BASE64_DECODE_STRING(v.err) END, \
+             claimed_by = CASE WHEN {retry} THEN NULL ELSE STEP_TRACKER.claimed_by END, \
+             run_at = CASE WHEN {retry} THEN DATEADD(millisecond, CAST(LEAST({max}, {base} * POWER(2, LEAST(STEP_TRACKER.retry_count, 30))) * (1.0 - v.cut) AS INTEGER), SYSDATE()) ELSE STEP_TRACKER.run_at END, \
+             retry_count = CASE WHEN {retry} THEN STEP_TRACKER.retry_count + 1 ELSE STEP_TRACKER.retry_count END",
+            max = ms(b.max),
+            base = ms(b.base)
+        );
+        self.fenced(
+            "steps_finish",
+            &set,
+            ", column4 AS ok, column5 AS retryable, column6 AS res, column7 AS err, column8 AS cut",
+            rows,
+        )
+        .await
+    }
+
+    async fn steps_release(&self, leases: Vec<Lease>) -> Result<FencedReport, StoreError> {
+        if leases.is_empty() {
+            return Ok(FencedReport::default());
+        }
+        self.fenced(
+            "steps_release",
+            "status = 'pending', claimed_by = NULL, run_at = SYSDATE()",
+            "",
+            leases.into_iter().map(|l| (l, String::new())).collect(),
+        )
+        .await
+    }
+
+    async fn step_cancel(&self, step_id: StepId) -> Result<CancelOutcome, StoreError> {
+        let op = "step_cancel";
+        let rows = self
+            .exec(
+                op,
+                &format!(
+                    "UPDATE STEP_TRACKER SET status = 'cancelled', last_update_ts = SYSDATE() \
+                     WHERE step_id = {} AND status = 'pending'",
+                    sql::id(step_id)
+                ),
+            )
+            .await?;
+        if affected(&rows) > 0 {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        Ok(match self.step_get(step_id).await? {
+            None => CancelOutcome::NotFound,
+            Some(s) => CancelOutcome::NotPending(s.status),
+        })
+    }
+
+    async fn step_get(&self, step_id: StepId) -> Result<Option<Step>, StoreError> {
+        Ok(self
+            .read_steps(
+                "step_get",
+                &format!(
+                    "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE step_id = {} LIMIT 1",
+                    sql::id(step_id)
+                ),
+            )
+            .await?
+            .pop())
+    }
+
+    async fn step_retry(&self, step_id: StepId) -> Result<RetryOutcome, StoreError> {
+        let rows = self
+            .exec(
+                "step_retry",
+                &format!(
+                    "UPDATE STEP_TRACKER SET status = 'pending', retry_count = 0, claimed_by = NULL, \
+                     run_at = SYSDATE(), last_update_ts = SYSDATE() WHERE step_id = {} AND status = 'failed'",
+                    sql::id(step_id)
+                ),
+            )
+            .await?;
+        if affected(&rows) > 0 {
+            return Ok(RetryOutcome::Requeued);
+        }
+        Ok(match self.step_get(step_id).await? {
+            None => RetryOutcome::NotFound,
+            Some(s) => RetryOutcome::NotFailed(s.status),
+        })
+    }
+
+    async fn steps_failed_list(&self, p: PageParams) -> Result<Vec<Step>, StoreError> {
+        let after = p.after.map_or("''".to_string(), sql::id);
+        self.read_steps(
+            "steps_failed_list",
+            &format!(
+                "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE status = 'failed' AND step_id > {after} \
+                 ORDER BY step_id LIMIT {}",
+                p.limit
+            ),
+        )
+        .await
+    }
+
+    async fn steps_prune(&self, p: PruneParams) -> Result<u64, StoreError> {
+        let rows = self
+            .exec(
+                "steps_prune",
+                &format!(
+                    "DELETE FROM STEP_TRACKER WHERE step_id IN (SELECT step_id FROM STEP_TRACKER \
+                     WHERE status IN ('completed', 'failed', 'cancelled') \
+                     AND last_update_ts < DATEADD(millisecond, {}, SYSDATE()) LIMIT {})",
+                    -ms(p.retention),
+                    p.limit
+                ),
+            )
+            .await?;
+        Ok(affected(&rows))
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let op = "queue_stats";
+        let rows = self
+            .exec(
+                op,
+                "SELECT status AS status, step_type AS step_type, priority AS priority, COUNT(*) AS n, \
+                 MIN(CASE WHEN status = 'pending' AND run_at <= SYSDATE() THEN DATE_PART(EPOCH_MILLISECOND, run_at) END) AS oldest_ms, \
+                 MAX(DATE_PART(EPOCH_MILLISECOND, SYSDATE())) AS now_ms \
+                 FROM STEP_TRACKER GROUP BY status, step_type, priority",
+            )
+            .await?;
+        let now = match rows.first().and_then(|r| r.int("now_ms")) {
+            Some(n) => n,
+            None => self.now().await?.timestamp_millis(),
+        };
+        let mut stats = QueueStats {
+            as_of: Some(ts(now)),
+            ..Default::default()
+        };
+        let mut by_prio: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut oldest: Option<i64> = None;
+        for r in &rows {
+            let status: StepStatus = r
+                .text("status")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad(op, "status"))?;
+            let n = r.int("n").unwrap_or(0).max(0) as u64;
+            stats.counts.add(status, n);
+            stats
+                .by_type
+                .entry(r.text("step_type").unwrap_or_default())
+                .or_default()
+                .add(status, n);
+            if status == StepStatus::Pending {
+                *by_prio
+                    .entry(r.int("priority").unwrap_or(0) as i32)
+                    .or_default() += n;
+            }
+            if let Some(o) = r.int("oldest_ms") {
+                oldest = Some(oldest.map_or(o, |x: i64| x.min(o)));
+            }
+        }
+        stats.pending_by_priority = by_prio;
+        stats.oldest_pending_age =
+            oldest.map(|o| Duration::from_millis(now.saturating_sub(o).max(0) as u64));
+        Ok(stats)
+    }
+
+    async fn pod_heartbeat(&self, p: HeartbeatParams) -> Result<PodRecord, StoreError> {
+        let op = "pod_heartbeat";
+        let stmt = format!(
+            "MERGE INTO POD_HEALTH USING (SELECT {pod} AS pod_id, '{status}' AS status, {cap} AS cap, {max} AS maxc, {meta} AS meta) s \
+             ON POD_HEALTH.pod_id = s.pod_id \
+             WHEN MATCHED AND POD_HEALTH.status = 'up' THEN UPDATE SET last_heartbeat_ts = SYSDATE(), \
+               status = s.status, capacity_in_use = s.cap, max_capacity = s.maxc, meta = s.meta \
+             WHEN NOT MATCHED THEN INSERT (pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, max_capacity, meta) \
+               VALUES (s.pod_id, SYSDATE(), SYSDATE(), s.status, s.cap, s.maxc, s.meta)",
+            pod = sql::text(&p.pod_id),
+            status = p.status.as_str(),
+            cap = p.capacity_in_use,
+            max = p.max_capacity,
+            meta = sql::text(&p.meta.to_string()),
+        );
+        self.exec(op, &stmt).await?;
+        let rows = self
+            .exec(
+                op,
+                &format!(
+                    "SELECT {POD_COLS} FROM POD_HEALTH WHERE pod_id = {} LIMIT 1",
+                    sql::text(&p.pod_id)
+                ),
+            )
+            .await?;
+        rows.first()
+            .map(|r| pod_from_row(op, r))
+            .unwrap_or_else(|| Err(StoreError::fatal(op, "heartbeat row not found after MERGE")))
+    }
+
+    async fn pods_list(&self) -> Result<Vec<PodRecord>, StoreError> {
+        let op = "pods_list";
+        self.exec(
+            op,
+            &format!("SELECT {POD_COLS} FROM POD_HEALTH ORDER BY birth_ts, pod_id"),
+        )
+        .await?
+        .iter()
+        .map(|r| pod_from_row(op, r))
+        .collect()
+    }
+
+    async fn pods_mark_down(&self, p: MarkDownParams) -> Result<Vec<String>, StoreError> {
+        let op = "pods_mark_down";
+        if p.pod_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = p.pod_ids.iter().map(|id| sql::text(id)).collect();
+        let cond = format!(
+            "pod_id IN ({}) AND status = 'up' AND last_heartbeat_ts <= DATEADD(millisecond, {}, SYSDATE())",
+            list.join(", "),
+            -ms(p.dead_threshold)
+        );
+        let candidates = self
+            .exec(
+                op,
+                &format!("SELECT pod_id AS pod_id FROM POD_HEALTH WHERE {cond}"),
+            )
+            .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.exec(
+            op,
+            &format!("UPDATE POD_HEALTH SET status = 'down' WHERE {cond}"),
+        )
+        .await?;
+        let wanted: HashSet<&String> = p.pod_ids.iter().collect();
+        Ok(candidates
+            .iter()
+            .filter_map(|r| r.text("pod_id"))
+            .filter(|id| wanted.contains(id))
+            .collect())
+    }
+
+    async fn steps_orphaned(&self, p: OrphanParams) -> Result<Vec<Step>, StoreError> {
+        self.read_steps(
+            "steps_orphaned",
+            &format!(
+                "SELECT {STEP_COLS} FROM STEP_TRACKER s WHERE s.status = 'claimed' AND NOT EXISTS \
+                 (SELECT 1 FROM POD_HEALTH p WHERE p.pod_id = s.claimed_by AND p.status = 'up' \
+                  AND p.last_heartbeat_ts > DATEADD(millisecond, {}, SYSDATE())) ORDER BY s.step_id LIMIT {}",
+                -ms(p.dead_threshold),
+                p.limit
+            ),
+        )
+        .await
+    }
+
+    fn statement_count(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+}
