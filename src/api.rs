@@ -27,7 +27,7 @@ use fleet_q_actors::{
     RecoverySummary, RetryOutcome, RunAt, Step, StepId, StepSpec, StoreError, ValidationErrors,
 };
 use futures_util::FutureExt;
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
@@ -80,10 +80,11 @@ static CANCELLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["type"],
     )
 });
-static STATEMENTS: LazyLock<IntCounter> = LazyLock::new(|| {
-    metrics::counter(
+static STATEMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
         "fleet_q_store_statements_total",
-        "SQL statements this process sent to the store.",
+        "SQL statements this process sent to the store, by operation (`all` where the backend groups operations).",
+        &["op"],
     )
 });
 
@@ -119,7 +120,7 @@ pub struct AppState {
     /// The store must have answered within this for `/ready`.
     pub ready_window: Duration,
     snapshot: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
-    statements_seen: Mutex<u64>,
+    statements_seen: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 impl AppState {
@@ -137,7 +138,7 @@ impl AppState {
             dead_pod_threshold,
             ready_window,
             snapshot: tokio::sync::Mutex::new(None),
-            statements_seen: Mutex::new(0),
+            statements_seen: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -987,12 +988,14 @@ async fn metrics_text(st: web::Data<AppState>) -> HttpResponse {
                 .count() as i64,
         );
     }
-    let total = st.pod.store().statement_count();
     {
         let mut seen = st.statements_seen.lock().expect("statements lock");
-        if total > *seen {
-            STATEMENTS.inc_by(total - *seen);
-            *seen = total;
+        for (op, total) in st.pod.store().statements_by_op() {
+            let last = seen.entry(op).or_default();
+            if total > *last {
+                STATEMENTS.with_label_values(&[op]).inc_by(total - *last);
+                *last = total;
+            }
         }
     }
     HttpResponse::Ok()

@@ -374,6 +374,12 @@ pub trait Store: Send + Sync + 'static {
     fn statement_count(&self) -> u64 {
         0
     }
+
+    /// Statements sent so far by operation. Backends that cannot attribute them
+    /// (the SQLite store commits many operations in one group) report `all`.
+    fn statements_by_op(&self) -> Vec<(&'static str, u64)> {
+        vec![("all", self.statement_count())]
+    }
 }
 
 #[cfg(test)]

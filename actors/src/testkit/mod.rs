@@ -48,6 +48,11 @@ impl Harness {
     }
 }
 
+/// The default skip check: never skip.
+pub fn never_skip() -> Option<String> {
+    None
+}
+
 /// Runs one case on a fresh multi-threaded runtime (cases use real concurrency).
 pub fn run_case<O, OF, C, CF>(open: O, case: C)
 where
@@ -68,11 +73,16 @@ where
 }
 
 /// Expands the conformance suite into one `#[test]` per case, each calling `$open`
-/// (an `async fn() -> Harness`) for a fresh database.
+/// (an `async fn() -> Harness`) for a fresh database. With `skip = f`, a case
+/// returns early (printing the reason) when `f()` gives one: only for a missing
+/// prerequisite, never to hide a failure.
 #[macro_export]
 macro_rules! conformance_suite {
     ($open:path) => {
-        $crate::conformance_suite!(@cases $open;
+        $crate::conformance_suite!($open, skip = $crate::testkit::never_skip);
+    };
+    ($open:path, skip = $skip:path) => {
+        $crate::conformance_suite!(@cases $open, $skip;
             payload_round_trip_is_byte_exact,
             schema_init_twice,
             insert_answers_in_order_with_store_times,
@@ -100,10 +110,14 @@ macro_rules! conformance_suite {
             store_rejects_nothing_valid_and_survives_hostile_strings
         );
     };
-    (@cases $open:path; $($case:ident),+ $(,)?) => {
+    (@cases $open:path, $skip:path; $($case:ident),+ $(,)?) => {
         $(
             #[test]
             fn $case() {
+                if let Some(why) = $skip() {
+                    println!("skipped {}: {why}", stringify!($case));
+                    return;
+                }
                 $crate::testkit::run_case($open, $crate::testkit::cases::$case);
             }
         )+

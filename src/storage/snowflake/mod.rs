@@ -88,8 +88,12 @@ const POD_COLS: &str = "pod_id AS pod_id, DATE_PART(EPOCH_MILLISECOND, birth_ts)
      capacity_in_use AS capacity_in_use, max_capacity AS max_capacity, meta AS meta, \
      DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms";
 
-/// Most rows per multi-row statement (keeps statement text well under limits).
+/// Most rows per multi-row statement.
 const CHUNK: usize = 500;
+
+/// Target size of one insert statement's text. A single step larger than this
+/// still goes in one statement of its own.
+const MAX_STATEMENT_TEXT: usize = 512 * 1024;
 
 /// One decoded cell.
 #[derive(Clone, Debug, PartialEq)]
@@ -354,6 +358,7 @@ pub struct SnowflakeStore {
     sessions: Vec<tokio::sync::Mutex<SnowflakeApi>>,
     next: AtomicUsize,
     statements: AtomicU64,
+    by_op: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     timeout: Duration,
     attempts: u32,
     base_delay: Duration,
@@ -431,6 +436,7 @@ impl SnowflakeStore {
             sessions,
             next: AtomicUsize::new(0),
             statements: AtomicU64::new(0),
+            by_op: std::sync::Mutex::new(BTreeMap::new()),
             timeout: s.connection_timeout,
             attempts: attempts.max(1),
             base_delay,
@@ -466,6 +472,12 @@ impl SnowflakeStore {
             None => self.sessions[start].lock().await,
         };
         self.statements.fetch_add(1, Ordering::Relaxed);
+        *self
+            .by_op
+            .lock()
+            .expect("statement counts")
+            .entry(op)
+            .or_default() += 1;
         let r = tokio::time::timeout(self.timeout, guard.exec(sql))
             .await
             .map_err(|_| StoreError::transient(op, format!("no answer within {:?}", self.timeout)))?
@@ -591,7 +603,24 @@ impl Store for SnowflakeStore {
                 None => unique.push(i),
             }
         }
-        for chunk in unique.chunks(CHUNK) {
+        // Chunks bounded by rows and by statement text (base64 payloads grow by 4/3):
+        // Snowflake limits the size of a statement's text.
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        let mut size = 0usize;
+        for &i in &unique {
+            let len = steps[i].payload_json().len() * 4 / 3 + 256;
+            match chunks.last_mut() {
+                Some(c) if c.len() < CHUNK && size + len <= MAX_STATEMENT_TEXT => {
+                    c.push(i);
+                    size += len;
+                }
+                _ => {
+                    chunks.push(vec![i]);
+                    size = len;
+                }
+            }
+        }
+        for chunk in &chunks {
             let values: Vec<String> = chunk
                 .iter()
                 .map(|&i| {
@@ -996,5 +1025,10 @@ impl Store for SnowflakeStore {
 
     fn statement_count(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    fn statements_by_op(&self) -> Vec<(&'static str, u64)> {
+        let m = self.by_op.lock().expect("statement counts");
+        m.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }

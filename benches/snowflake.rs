@@ -1,0 +1,150 @@
+//! Snowflake statement economy: statements per 1,000 steps at saturation, through
+//! the production client against the local Snowflake protocol peer (fakesnow,
+//! installed by tests/snowflake/setup.sh). Every statement of the run counts:
+//! submits, claims, finishes, heartbeats, leader checks and recovery.
+//!
+//! ```sh
+//! cargo bench --bench snowflake
+//! ```
+//!
+//! Absolute time on the emulator means nothing (it runs one statement at a time in
+//! Python); the statement count is the figure, and it is what real Snowflake bills
+//! in warehouse time and table-lock turns.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_q::config::{Secret, SnowflakeSettings};
+use fleet_q::storage::snowflake::SnowflakeStore;
+use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, StepSpec, Store};
+
+fn emulator() -> (std::process::Child, u16) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakesnow-venv");
+    let ok = Command::new("bash")
+        .arg(root.join("tests/snowflake/setup.sh"))
+        .arg(&venv)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "setup.sh failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(venv.join("bin/python"))
+        .arg(root.join("tests/snowflake/emulator.py"))
+        .args(["--port", &port.to_string()])
+        .env("PYTHONWARNINGS", "ignore")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+fn settings(port: u16) -> SnowflakeSettings {
+    SnowflakeSettings {
+        account: "bench".into(),
+        user: "bench".into(),
+        password: Some(Secret::new("x")),
+        database: "FLEETQ".into(),
+        schema: "PUBLIC".into(),
+        warehouse: "COMPUTE_WH".into(),
+        role: None,
+        private_key_path: None,
+        private_key: None,
+        pool_size: 10,
+        connection_timeout: Duration::from_secs(30),
+        host: Some("127.0.0.1".into()),
+        port,
+        protocol: "http".into(),
+    }
+}
+
+/// Statements per 1,000 steps for a pod with `capacity` slots and `batch` claims.
+fn run(port: u16, capacity: u32, batch: u32, n: usize) -> (f64, f64, Vec<(&'static str, u64)>) {
+    let dir = tempfile::tempdir().unwrap();
+    actix_rt::System::new().block_on(async move {
+        let d = Duration::from_millis(100);
+        let store = Arc::new(SnowflakeStore::open(&settings(port), 5, d, d * 300).unwrap());
+        store.schema_init().await.unwrap();
+        let mut h = HandlerRegistry::new();
+        h.register("noop", fleet_q::handlers::Noop);
+        let cfg = PodConfig {
+            pod_id: format!("bench-{capacity}"),
+            max_capacity: capacity,
+            claim_batch: batch,
+            ledger_path: Some(dir.path().join("ledger.db")),
+            ..Default::default() // default intervals: heartbeat 30 s, claim 5 s, …
+        };
+        let pod = Pod::start(cfg, store.clone(), h).unwrap();
+        while !pod.state().heartbeat_healthy() {
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        let done_before = store.queue_stats().await.unwrap().counts.completed;
+        let before = store.statement_count();
+        let ops_before = store.statements_by_op();
+        let t0 = Instant::now();
+        let steps: Vec<NewStep> = (0..n)
+            .map(|_| {
+                NewStep::new(StepSpec {
+                    step_type: "noop".into(),
+                    ..Default::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        pod.submit(steps).await.unwrap();
+        loop {
+            if store.queue_stats().await.unwrap().counts.completed >= done_before + n as u64 {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The progress polls above are the bench's own statements: not counted.
+        let polls = store
+            .statements_by_op()
+            .iter()
+            .find(|(op, _)| *op == "queue_stats")
+            .map_or(0, |x| x.1)
+            - ops_before
+                .iter()
+                .find(|(op, _)| *op == "queue_stats")
+                .map_or(0, |x| x.1);
+        let stmts = store.statement_count() - before - polls;
+        let secs = t0.elapsed().as_secs_f64();
+        let by_op: Vec<(&'static str, u64)> = store
+            .statements_by_op()
+            .into_iter()
+            .map(|(op, v)| {
+                (
+                    op,
+                    v - ops_before.iter().find(|(o, _)| *o == op).map_or(0, |x| x.1),
+                )
+            })
+            .filter(|(op, v)| *v > 0 && *op != "queue_stats")
+            .collect();
+        pod.shutdown().await;
+        (stmts as f64 * 1000.0 / n as f64, n as f64 / secs, by_op)
+    })
+}
+
+fn main() {
+    let (mut child, port) = emulator();
+    for (label, capacity, batch) in [
+        ("defaults (8 slots, claim batch 100)", 8, 100),
+        ("tuned (1000 slots, claim batch 500)", 1000, 500),
+    ] {
+        let (per_k, rate, ops) = run(port, capacity, batch, 1000);
+        println!("snowflake {label}: {per_k:.1} statements per 1,000 steps ({rate:.0} steps/s on the emulator); by operation: {ops:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
