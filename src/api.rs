@@ -306,6 +306,16 @@ fn require_admin(req: &HttpRequest, st: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// The step named by a path segment: 400 for a malformed id, 404 when absent.
+async fn fetch_step(raw: &str, st: &AppState, req: &HttpRequest) -> Result<Step, ApiError> {
+    let id = parse_id(raw, req)?;
+    st.pod
+        .step(id)
+        .await
+        .map_err(|e| ApiError::store(&e, req))?
+        .ok_or_else(|| ApiError::new(ErrorType::NotFound, format!("no step {id}"), req))
+}
+
 fn parse_id(raw: &str, req: &HttpRequest) -> Result<StepId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::validation(format!("step_id {raw:?} is not a UUID"), req))
@@ -687,20 +697,8 @@ async fn submit_batch(
     params(("step_id" = String, Path, description = "Step id (UUID)")),
     responses((status = 200, body = StepView), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 503, body = ApiError)))]
 async fn status(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>) -> ApiResult {
-    let id = parse_id(&id, &req)?;
-    match st
-        .pod
-        .step(id)
-        .await
-        .map_err(|e| ApiError::store(&e, &req))?
-    {
-        Some(step) => Ok(HttpResponse::Ok().json(StepView::from(step))),
-        None => Err(ApiError::new(
-            ErrorType::NotFound,
-            format!("no step {id}"),
-            &req,
-        )),
-    }
+    let step = fetch_step(&id, &st, &req).await?;
+    Ok(HttpResponse::Ok().json(StepView::from(step)))
 }
 
 /// The idempotency key handlers receive for a step (stable across retries).
@@ -712,23 +710,11 @@ async fn idempotency(
     st: web::Data<AppState>,
     id: web::Path<String>,
 ) -> ApiResult {
-    let id = parse_id(&id, &req)?;
-    match st
-        .pod
-        .step(id)
-        .await
-        .map_err(|e| ApiError::store(&e, &req))?
-    {
-        Some(step) => Ok(HttpResponse::Ok().json(json!({
-            "step_id": step.step_id,
-            "idempotency_key": step.handler_idempotency_key(),
-        }))),
-        None => Err(ApiError::new(
-            ErrorType::NotFound,
-            format!("no step {id}"),
-            &req,
-        )),
-    }
+    let step = fetch_step(&id, &st, &req).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "step_id": step.step_id,
+        "idempotency_key": step.handler_idempotency_key(),
+    })))
 }
 
 /// Cancel a pending step (admin).
@@ -738,13 +724,8 @@ async fn idempotency(
               (status = 404, body = ApiError), (status = 409, body = ApiError, description = "Not pending")))]
 async fn cancel(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>) -> ApiResult {
     require_admin(&req, &st)?;
-    let id = parse_id(&id, &req)?;
-    let step = st
-        .pod
-        .step(id)
-        .await
-        .map_err(|e| ApiError::store(&e, &req))?
-        .ok_or_else(|| ApiError::new(ErrorType::NotFound, format!("no step {id}"), &req))?;
+    let step = fetch_step(&id, &st, &req).await?;
+    let id = step.step_id;
     match st
         .pod
         .store()

@@ -80,6 +80,51 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Load-test pods: throughput, latency, statements, memory (see BENCHMARKS.md).
+    Bench {
+        /// A running pod to drive; without it, pods are started.
+        #[arg(long)]
+        url: Option<String>,
+        /// Local pods to start on one store.
+        #[arg(long, default_value_t = 1)]
+        pods: usize,
+        /// Store for started pods: sqlite (a temporary file) or snowflake (the
+        /// configured account).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "snowflake"])]
+        store: String,
+        /// Steps to submit.
+        #[arg(long, default_value_t = 10_000)]
+        steps: usize,
+        /// Step type: noop or sleep.
+        #[arg(long = "type", default_value = "noop")]
+        step_type: String,
+        /// Milliseconds per sleep step.
+        #[arg(long, default_value_t = 10)]
+        sleep_ms: u64,
+        /// Steps per request (1: POST /submit; more: POST /submit/batch).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Comma-separated priorities to draw from.
+        #[arg(
+            long,
+            default_value = "0",
+            value_delimiter = ',',
+            allow_hyphen_values = true
+        )]
+        priorities: Vec<i32>,
+        /// FLEET_Q_MAX_PARALLELISM for started pods.
+        #[arg(long)]
+        max_parallelism: Option<u32>,
+        /// FLEET_Q_CLAIM_BATCH_SIZE for started pods.
+        #[arg(long)]
+        claim_batch: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect to the configured store and report what works.
     Check {
         /// Print JSON.
@@ -198,6 +243,43 @@ fn main() -> ExitCode {
         Command::Leader { client: o } => client(o, fleet_q::cli::ClientCommand::Leader),
         Command::Recover { dry_run, client: o } => {
             client(o, fleet_q::cli::ClientCommand::Recover { dry_run })
+        }
+        Command::Bench {
+            url,
+            pods,
+            store,
+            steps,
+            step_type,
+            sleep_ms,
+            batch,
+            concurrency,
+            priorities,
+            max_parallelism,
+            claim_batch,
+            json,
+        } => {
+            let mut pod_env = Vec::new();
+            if let Some(p) = max_parallelism {
+                pod_env.push(("FLEET_Q_MAX_PARALLELISM".to_string(), p.to_string()));
+                pod_env.push(("FLEET_Q_CAPACITY_THRESHOLD".to_string(), "1".to_string()));
+            }
+            if let Some(b) = claim_batch {
+                pod_env.push(("FLEET_Q_CLAIM_BATCH_SIZE".to_string(), b.to_string()));
+            }
+            let code = fleet_q::bench::run(fleet_q::bench::BenchOpts {
+                url,
+                pods,
+                store,
+                steps,
+                step_type,
+                sleep_ms,
+                batch,
+                concurrency,
+                priorities,
+                pod_env,
+                json,
+            });
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Command::Check { json } => match load(cli.config.as_deref()) {
             Ok(s) => match fleet_q::check::run(&s, json) {

@@ -216,3 +216,60 @@ fn check_reports_each_step_and_schema_prints_or_applies_the_ddl() {
     assert!(out.status.success());
     assert!(fresh.exists());
 }
+
+#[test]
+fn bench_drives_pods_and_verifies_every_step() {
+    // Pods it starts itself (two on one file), batched submits, a priority mix.
+    let out = fleet_q(
+        &[],
+        &[
+            "bench",
+            "--pods",
+            "2",
+            "--steps",
+            "300",
+            "--batch",
+            "50",
+            "--concurrency",
+            "3",
+            "--priorities",
+            "0,5,-2",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["submitted"], 300);
+    assert_eq!(v["terminal"], 300);
+    assert_eq!(v["not_terminal"], serde_json::json!([]));
+    assert_eq!(v["submit_errors"], 0);
+    assert_eq!(v["pods"], 2);
+    assert_eq!(v["pod_memory"].as_array().unwrap().len(), 2);
+    assert!(v["pod_memory"][0]["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    assert!(v["store_statements_per_1000_steps"].as_f64().unwrap() > 0.0);
+    assert!(v["submit_to_complete_ms"]["p99"].is_number());
+    assert!(v["submit_to_start_ms_at_most"]["p50"].is_number());
+
+    // Single submits, sleep steps, human output.
+    let out = fleet_q(
+        &[],
+        &[
+            "bench",
+            "--steps",
+            "40",
+            "--batch",
+            "1",
+            "--type",
+            "sleep",
+            "--sleep-ms",
+            "5",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("40 sleep steps") && text.contains("40 terminal"),
+        "{text}"
+    );
+}
