@@ -53,7 +53,7 @@ keys! {
     "sqlite_db_path", "./fleet-q.db", false, "SQLite database file, shared by the pods of one machine";
     "api_host", "0.0.0.0", false, "address the HTTP API binds";
     "api_port", "8000", false, "HTTP port (0 picks a free port)";
-    "pod_id", "", false, "unique per process; default: host name + random suffix";
+    "pod_id", "", false, "prefix of this process's id; each process adds a random suffix (default prefix: host name)";
     "max_parallelism", "10", false, "steps one pod may run at once, 1 to 10000";
     "capacity_threshold", "0.8", false, "(0, 1]; max capacity = floor(parallelism x threshold), at least 1";
     "heartbeat_interval_seconds", "30", false, "heartbeat period, at least 1";
@@ -510,7 +510,14 @@ fn build(p: &mut Parser<'_>) -> Settings {
         p.problem("api_host", "must be an IP address or localhost");
     }
     let api_port = p.num::<u16>("api_port", 0, 65535);
-    let pod_id = p.opt("pod_id").unwrap_or_else(default_pod_id);
+    // Every process gets its own identity: a configured id is a prefix, to which an
+    // incarnation suffix is added. A restarted container (same pod name) must not
+    // take over the row of its previous run, or the steps that run held would stay
+    // claimed by a "live" pod forever instead of being recovered.
+    let pod_id = match p.opt("pod_id") {
+        Some(prefix) => format!("{prefix}-{:04x}", rand::random::<u16>()),
+        None => default_pod_id(),
+    };
     if pod_id.len() > 128 || pod_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         p.problem("pod_id", "must be at most 128 characters without spaces");
     }

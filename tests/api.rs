@@ -255,11 +255,11 @@ fn every_endpoint_answers_in_the_seed_shapes() {
             .unwrap(),
         200,
     );
-    assert_eq!(l["current_leader"], json!("api-pod"));
+    assert_eq!(l["current_leader"], json!(pod.id));
     assert_eq!(l["active_pods"], json!(1));
     assert!(l["leader_birth_ts"].is_string() && l["last_election_check"].is_string());
     let pods = l["election_details"]["eligible_pods"].as_array().unwrap();
-    assert_eq!(pods[0]["pod_id"], json!("api-pod"));
+    assert_eq!(pods[0]["pod_id"], json!(pod.id));
     assert_eq!(pods[0]["is_leader"], json!(true));
     assert!(pods[0]["birth_ts"].is_string() && pods[0]["last_heartbeat_ts"].is_string());
     let q = wait_for("fresh queue statistics", Duration::from_secs(10), || {
@@ -284,17 +284,30 @@ fn every_endpoint_answers_in_the_seed_shapes() {
     ] {
         assert!(q.get(f).is_some(), "queue lacks {f}: {q}");
     }
-    assert_eq!(q["pod_capacity"]["api-pod"]["max"], json!(8));
+    assert_eq!(q["pod_capacity"][&pod.id]["max"], json!(8));
     assert!(q["steps_by_type"]["noop"]["completed"].as_u64().unwrap() >= 6);
 
-    // Recovery on demand (this pod leads), and its history.
-    let v = expect(
-        admin(&c, reqwest::Method::POST, u("/admin/recovery/run"))
-            .json(&json!({"force": true, "dry_run": true}))
-            .send()
-            .unwrap(),
-        200,
-    );
+    // Recovery on demand (this pod leads), and its history. A periodic cycle
+    // (every second here) may be running: the API answers 409 then, so retry.
+    let run_cycle = |body: Option<Value>| {
+        wait_for(
+            "a recovery cycle to run on demand",
+            Duration::from_secs(20),
+            || {
+                let mut req = admin(&c, reqwest::Method::POST, u("/admin/recovery/run"));
+                if let Some(b) = &body {
+                    req = req.json(b);
+                }
+                let r = req.send().ok()?;
+                match r.status().as_u16() {
+                    409 => None,
+                    200 => r.json::<Value>().ok(),
+                    other => panic!("recovery run answered {other}"),
+                }
+            },
+        )
+    };
+    let v = run_cycle(Some(json!({"force": true, "dry_run": true})));
     let summary = &v["recovery_summary"];
     for f in [
         "cycle_id",
@@ -310,12 +323,7 @@ fn every_endpoint_answers_in_the_seed_shapes() {
         assert!(summary.get(f).is_some(), "summary lacks {f}: {v}");
     }
     assert_eq!(summary["dry_run"], json!(true));
-    let v = expect(
-        admin(&c, reqwest::Method::POST, u("/admin/recovery/run"))
-            .send()
-            .unwrap(),
-        200,
-    );
+    let v = run_cycle(None);
     assert_eq!(v["recovery_summary"]["dry_run"], json!(false));
     let h = expect(
         admin(&c, reqwest::Method::GET, u("/admin/recovery?limit=5"))
@@ -770,9 +778,15 @@ fn the_cli_client_talks_to_a_running_pod() {
     let out = run(&["leader"], true);
     assert!(String::from_utf8(out.stdout)
         .unwrap()
-        .contains("leader api-pod"));
-    let out = run(&["recover", "--dry-run"], true);
-    assert!(String::from_utf8(out.stdout).unwrap().contains("dry run"));
+        .contains(&format!("leader {}", pod.id)));
+    // A periodic cycle may be running (409): retry like a person would.
+    wait_for("a dry run through the CLI", Duration::from_secs(20), || {
+        let out = run(&["recover", "--dry-run"], true);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("dry run")
+            .then_some(())
+    });
     // Without the token an admin command fails with the API's reason.
     let out = run(&["queue"], false);
     assert_eq!(out.status.code(), Some(1));

@@ -82,7 +82,7 @@ fn sigkill_of_a_worker_and_of_the_leader_loses_nothing() {
 
     // Kill a worker while it holds steps.
     let victim = (0..3).find(|i| *i != leader).unwrap();
-    let victim_name = pods[victim].name.clone();
+    let victim_name = pods[victim].id.clone();
     wait_for("the victim to hold steps", Duration::from_secs(30), || {
         let h = pods[victim].health()?;
         (h["current_capacity"].as_u64()? > 0).then_some(())
@@ -91,7 +91,7 @@ fn sigkill_of_a_worker_and_of_the_leader_loses_nothing() {
 
     // Then kill the leader; another pod must take over within the bound:
     // dead threshold (3 s) + one leader check (1 s), plus slack for a busy machine.
-    let old_leader_name = pods[leader].name.clone();
+    let old_leader_name = pods[leader].id.clone();
     pods[leader].kill9();
     let new_leader = wait_new_leader(&pods, &[victim, leader], Duration::from_secs(15));
     assert!(pods[new_leader].is_leader());
@@ -200,7 +200,7 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
             let first = wait_for("the step's first run", Duration::from_secs(20), || {
                 rec.executions().get(&id).map(|v| v[0].clone())
             });
-            (first.pod_id == "zombie").then_some((id, first))
+            (first.pod_id == zombie.id).then_some((id, first))
         })
         .expect("the zombie claimed none of five steps it was submitted");
     zombie.stop();
@@ -210,7 +210,7 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
         Duration::from_secs(30),
         || {
             let calls = rec.executions().get(&id).cloned()?;
-            calls.iter().find(|c| c.pod_id == "elder").cloned()
+            calls.iter().find(|c| c.pod_id == leader.id).cloned()
         },
     );
     assert!(rerun.attempt > first.attempt);
@@ -227,7 +227,7 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
             let h = zombie.health()?;
             // Healthy again means the new identity's first heartbeat was written.
             (h["fenced_results"].as_u64()? >= 1
-                && h["pod_id"] == json!("zombie-r1")
+                && h["pod_id"] == json!(format!("{}-r1", zombie.id))
                 && h["heartbeat_healthy"] == json!(true))
             .then_some(h)
         },
@@ -237,14 +237,17 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     assert_eq!(s.status, StepStatus::Completed);
     assert_eq!(
         s.result.as_ref().unwrap()["pod"],
-        json!("elder"),
+        json!(leader.id),
         "the re-run's result stands"
     );
     assert_eq!(s.attempt, rerun.attempt);
     let rows = obs.block(obs.store.pods_list()).unwrap();
-    let old = rows.iter().find(|p| p.pod_id == "zombie").unwrap();
+    let old = rows.iter().find(|p| p.pod_id == zombie.id).unwrap();
     assert_eq!(old.status, PodStatus::Down);
-    let new = rows.iter().find(|p| p.pod_id == "zombie-r1").unwrap();
+    let new = rows
+        .iter()
+        .find(|p| p.pod_id == format!("{}-r1", zombie.id))
+        .unwrap();
     assert_eq!(new.status, PodStatus::Up);
     assert!(new.birth_ts > old.birth_ts);
 }

@@ -62,7 +62,7 @@ fn three_pods_on_snowflake_survive_a_sigkill_and_lose_nothing() {
         );
     }
     let victim = (0..3).find(|i| *i != leader).unwrap();
-    let victim_name = pods[victim].name.clone();
+    let victim_name = pods[victim].id.clone();
     wait_for("the victim to hold steps", Duration::from_secs(60), || {
         (pods[victim].health()?["current_capacity"].as_u64()? > 0).then_some(())
     });

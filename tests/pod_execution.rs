@@ -393,7 +393,7 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
             })
             .await
             .unwrap();
-        let dry = pod.run_recovery(true).await.unwrap();
+        let dry = recover(&pod, true).await;
         assert!(dry.dry_run);
         assert_eq!(dry.orphaned_steps_found, held.len());
         for id in &held {
@@ -401,7 +401,7 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
             assert_eq!(s.status, StepStatus::Claimed, "a dry run writes nothing");
             assert_eq!(s.claimed_by.as_deref(), Some("ghost"));
         }
-        let real = pod.run_recovery(false).await.unwrap();
+        let real = recover(&pod, false).await;
         assert!(!real.dry_run);
         assert_eq!(real.orphaned_steps_found, held.len());
         assert_eq!((real.steps_requeued, real.steps_marked_terminal), (1, 1));
@@ -445,6 +445,22 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
         assert_eq!(history[0].cycle_id, real.cycle_id);
         assert_eq!(history[1].cycle_id, dry.cycle_id);
     });
+}
+
+/// Runs a recovery cycle, waiting while another (the new leader's own first
+/// cycle, say) is still running.
+async fn recover(pod: &Pod, dry_run: bool) -> RecoverySummary {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match pod.run_recovery(dry_run).await {
+            Ok(s) => return s,
+            Err(fleet_q_actors::actors::recovery::RecoveryError::AlreadyRunning) => {
+                assert!(Instant::now() < deadline, "a recovery cycle never finished");
+                actix_rt::time::sleep(Duration::from_millis(20)).await; // poll interval
+            }
+            Err(e) => panic!("recovery failed: {e}"),
+        }
+    }
 }
 
 /// [`with_pod_cfg`] on a given database file.

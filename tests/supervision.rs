@@ -102,7 +102,7 @@ fn past_the_restart_budget_the_pod_exits_and_a_survivor_recovers_its_steps() {
         "the doomed pod to hold steps",
         Duration::from_secs(20),
         || {
-            let held = rec.calls().iter().filter(|c| c.pod_id == "doomed").count();
+            let held = rec.calls().iter().filter(|c| c.pod_id == doomed.id).count();
             (held >= 1).then_some(())
         },
     );
@@ -123,14 +123,14 @@ fn past_the_restart_budget_the_pod_exits_and_a_survivor_recovers_its_steps() {
                 .all(|id| {
                     execs
                         .get(id)
-                        .is_some_and(|v| v.iter().any(|c| c.pod_id == "survivor"))
+                        .is_some_and(|v| v.iter().any(|c| c.pod_id == survivor.id))
                 })
                 .then_some(())
         },
     );
     for id in &ids {
         let s = obs.step(id);
-        assert_eq!(s.claimed_by.as_deref(), Some("survivor"), "{s:?}");
+        assert_eq!(s.claimed_by.as_deref(), Some(survivor.id.as_str()), "{s:?}");
     }
     drop(survivor);
 }

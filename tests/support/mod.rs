@@ -62,7 +62,10 @@ pub fn fast_env() -> Vec<(&'static str, String)> {
 
 /// One `fleet-q serve` process.
 pub struct PodProc {
+    /// The configured id prefix.
     pub name: String,
+    /// The pod's actual id (prefix + incarnation suffix), from `/health`.
+    pub id: String,
     pub port: u16,
     pub child: Child,
     pub log: PathBuf,
@@ -92,14 +95,21 @@ impl PodProc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn fleet-q serve");
-        let p = PodProc {
+        let mut p = PodProc {
             name: name.to_string(),
+            id: String::new(),
             port,
             child,
             log,
             exited: None,
         };
-        p.wait_healthy();
+        let h = p.wait_healthy();
+        p.id = h["pod_id"].as_str().unwrap_or_default().to_string();
+        assert!(
+            p.id.starts_with(name),
+            "pod id {} lacks the prefix {name}",
+            p.id
+        );
         p
     }
 
@@ -276,6 +286,8 @@ pub struct Call {
     pub attempt: u32,
     pub pod_id: String,
     pub at: Instant,
+    /// The recorder answered 2xx (a successful run).
+    pub ok: bool,
 }
 
 /// A step service the pods call through their `http` handler. It records every
@@ -314,18 +326,28 @@ impl Recorder {
                                         .unwrap_or("")
                                         .to_string()
                                 };
+                                let args = &body["args"];
+                                let attempt: u32 = h("x-fleet-q-attempt").parse().unwrap_or(0);
+                                let retry_count = body["retry_count"].as_u64().unwrap_or(0);
+                                // `fail_first: n` answers 500 to the first n runs.
+                                let status =
+                                    if args["fail_first"].as_u64().is_some_and(|n| retry_count < n)
+                                    {
+                                        500
+                                    } else {
+                                        args["status"].as_u64().unwrap_or(200) as u16
+                                    };
                                 let call = Call {
                                     step_id: h("x-fleet-q-step-id"),
-                                    attempt: h("x-fleet-q-attempt").parse().unwrap_or(0),
+                                    attempt,
                                     pod_id: h("x-fleet-q-pod-id"),
                                     at: Instant::now(),
+                                    ok: (200..300).contains(&status),
                                 };
                                 calls.lock().unwrap().push(call.clone());
-                                let args = &body["args"];
                                 if let Some(ms) = args["sleep_ms"].as_u64() {
                                     actix_rt::time::sleep(Duration::from_millis(ms)).await;
                                 }
-                                let status = args["status"].as_u64().unwrap_or(200) as u16;
                                 HttpResponse::build(
                                     actix_web::http::StatusCode::from_u16(status).unwrap(),
                                 )
