@@ -18,13 +18,13 @@ const STEPS: usize = 20_000;
 
 fn body(i: usize) -> Value {
     let mut args = json!({ "i": i });
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         args["sleep_ms"] = json!(5);
     }
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         args["fail_first"] = json!(1 + i % 2); // 1 or 2 failed runs, then success
     }
-    if i % 97 == 0 {
+    if i.is_multiple_of(97) {
         args["status"] = json!(400); // terminal failure
     }
     json!({ "type": "rec", "args": args, "max_retries": 5 })
@@ -88,7 +88,7 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     assert!(kills >= 3, "only {kills} kills happened");
 
     let stats = obs.wait_all_terminal(STEPS as u64, Duration::from_secs(120));
-    let terminal_fails = (0..STEPS).filter(|i| i % 97 == 0).count() as u64;
+    let terminal_fails = (0..STEPS).filter(|i| i.is_multiple_of(97)).count() as u64;
     assert_eq!(
         stats.counts.total(),
         STEPS as u64,
