@@ -76,7 +76,7 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
         std::thread::sleep(Duration::from_millis(1000 + rand::random::<u64>() % 2000));
         let leader = (0..3).find(|i| pods[*i].is_leader());
         let victim = match leader {
-            Some(l) if rand::random::<u8>() % 3 == 0 => l,
+            Some(l) if rand::random::<u8>().is_multiple_of(3) => l,
             _ => (rand::random::<u32>() % 3) as usize,
         };
         killed.insert(pods[victim].id.clone());

@@ -42,9 +42,9 @@ proptest! {
         metadata in prop::option::of(arb_value()),
         priority in prop::option::of(any::<i32>()),
         max_retries in prop::option::of(any::<u32>()),
-        delay in prop::option::of(0u64..(400 * 86_400)),
+        delay in prop::option::of(0u64..400 * 86_400),
         key in prop::option::of("\\PC{0,300}"),
-        timeout_ms in prop::option::of(0u64..(100_000_000)),
+        timeout_ms in prop::option::of(0u64..100_000_000),
     ) {
         let spec = StepSpec {
             step_type: step_type.clone(),
