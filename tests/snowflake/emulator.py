@@ -2,7 +2,7 @@
 the compatibility fixes the Rust client (snowflake-api 0.14) needs, applied at the
 HTTP boundary so the client runs exactly the production code path.
 
-    python emulator.py --port PORT
+    python emulator.py --port PORT [--db-path DIR]
 
 Fixes (all here, none in fleet-q's src/):
 - login replies lack sessionId, masterToken, validityInSeconds,
@@ -104,7 +104,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--db-path", help="keep databases in files here, so a restarted emulator keeps its data")
     a = p.parse_args()
+    if a.db_path:
+        # Sessions do not survive a restart (as with a real server dropping them);
+        # the data does.
+        fs.shared_fs = fs.FakeSnow(db_path=a.db_path)
     app = Starlette(
         routes=[
             Route("/session/v1/login-request", login, methods=["POST"]),

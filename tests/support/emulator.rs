@@ -35,30 +35,62 @@ pub fn python() -> Option<PathBuf> {
 /// A running emulator; killed on drop.
 pub struct Emulator {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
+    python: PathBuf,
+    db_path: Option<PathBuf>,
 }
 
 impl Emulator {
-    pub fn start(python: &PathBuf) -> Emulator {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    /// An emulator with its data in memory.
+    pub fn start(python: &std::path::Path) -> Emulator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(python)
-            .arg(root.join("tests/snowflake/emulator.py"))
-            .args(["--port", &port.to_string()])
+        Self::start_on(python, port, None)
+    }
+
+    /// An emulator on `port`, keeping its data under `db_path` when given (so it
+    /// survives [`Emulator::stop`] and [`Emulator::restart`]).
+    pub fn start_on(python: &std::path::Path, port: u16, db_path: Option<PathBuf>) -> Emulator {
+        let mut e = Emulator {
+            port,
+            child: None,
+            python: python.to_path_buf(),
+            db_path,
+        };
+        e.restart();
+        e
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn restart(&mut self) {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(root.join("tests/snowflake/emulator.py"))
+            .args(["--port", &self.port.to_string()])
             .env("PYTHONWARNINGS", "ignore")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the emulator");
+            .stdout(Stdio::null());
+        if let Some(d) = &self.db_path {
+            cmd.arg("--db-path").arg(d);
+        }
+        self.child = Some(cmd.spawn().expect("start the emulator"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "the emulator did not start");
             std::thread::sleep(Duration::from_millis(20)); // poll interval
         }
-        Emulator { port, child }
+    }
+
+    /// Stops the emulator (SIGTERM, then waits): the store is unreachable.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
     }
 
     /// Settings pointing the production client at this emulator.
@@ -98,7 +130,9 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -88,6 +88,9 @@ const POD_COLS: &str = "pod_id AS pod_id, DATE_PART(EPOCH_MILLISECOND, birth_ts)
      capacity_in_use AS capacity_in_use, max_capacity AS max_capacity, meta AS meta, \
      DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms";
 
+/// How long a claim keeps trying to read back what it claimed.
+const CLAIM_READ_BACK_LIMIT: Duration = Duration::from_secs(600);
+
 /// Most rows per multi-row statement.
 const CHUNK: usize = 500;
 
@@ -328,6 +331,13 @@ impl reqwest_middleware::Middleware for Endpoint {
     }
 }
 
+/// Codes meaning the server no longer knows the session (login again).
+const SESSION_LOST: [&str; 4] = ["390104", "390111", "390112", "390114"];
+
+fn session_lost(e: &SnowflakeApiError) -> bool {
+    matches!(e, SnowflakeApiError::ApiError(code, _) if SESSION_LOST.contains(&code.as_str()))
+}
+
 /// Classifies a client error: network, server and lock-wait failures are
 /// transient; authentication and SQL errors are fatal.
 fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
@@ -341,10 +351,10 @@ fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
             StoreError::transient(op, format!("Snowflake unavailable: {e}"))
         }
         // 000625/000630: lock wait; 000604/000605: statement cancelled/timed out;
-        // 390114: session expired (a new one is made on the next call).
+        // session lost or expired (a new session is made before the retry).
         E::ApiError(code, _)
-            if ["000625", "000630", "000604", "000605", "390114", "261000"]
-                .contains(&code.as_str()) =>
+            if ["000625", "000630", "000604", "000605", "261000"].contains(&code.as_str())
+                || SESSION_LOST.contains(&code.as_str()) =>
         {
             StoreError::transient(op, format!("Snowflake error {code}: {e}"))
         }
@@ -355,6 +365,8 @@ fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
 
 /// The Snowflake implementation of [`Store`].
 pub struct SnowflakeStore {
+    settings: SnowflakeSettings,
+    key_pem: Option<String>,
     sessions: Vec<tokio::sync::Mutex<SnowflakeApi>>,
     next: AtomicUsize,
     statements: AtomicU64,
@@ -373,21 +385,15 @@ impl SnowflakeStore {
         base_delay: Duration,
         max_delay: Duration,
     ) -> Result<SnowflakeStore, StoreError> {
-        let auth_type = match (&s.password, &s.private_key, &s.private_key_path) {
-            (Some(p), _, _) => AuthType::Password(PasswordArgs {
-                password: p.expose().to_string(),
-            }),
-            (None, Some(k), _) => AuthType::Certificate(CertificateArgs {
-                private_key_pem: k.expose().to_string(),
-            }),
-            (None, None, Some(path)) => AuthType::Certificate(CertificateArgs {
-                private_key_pem: std::fs::read_to_string(path).map_err(|e| {
-                    StoreError::fatal(
-                        "open",
-                        format!("cannot read the private key {}: {e}", path.display()),
-                    )
-                })?,
-            }),
+        let key_pem = match (&s.password, &s.private_key, &s.private_key_path) {
+            (Some(_), _, _) => None,
+            (None, Some(k), _) => Some(k.expose().to_string()),
+            (None, None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                StoreError::fatal(
+                    "open",
+                    format!("cannot read the private key {}: {e}", path.display()),
+                )
+            })?),
             (None, None, None) => {
                 return Err(StoreError::fatal(
                     "open",
@@ -395,45 +401,10 @@ impl SnowflakeStore {
                 ))
             }
         };
-        let mut sessions = Vec::new();
-        for _ in 0..s.pool_size.max(1) {
-            let http = reqwest::Client::builder()
-                .connect_timeout(s.connection_timeout)
-                .user_agent(concat!("fleet-q/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| StoreError::fatal("open", e.to_string()))?;
-            let mut client = reqwest_middleware::ClientBuilder::new(http);
-            if let Some(host) = &s.host {
-                client = client.with(Endpoint {
-                    scheme: s.protocol.clone(),
-                    host: host.clone(),
-                    port: s.port,
-                });
-            }
-            let auth = AuthArgs {
-                account_identifier: s.account.clone(),
-                warehouse: Some(s.warehouse.clone()),
-                database: Some(s.database.clone()),
-                schema: Some(s.schema.clone()),
-                username: s.user.clone(),
-                role: s.role.clone(),
-                auth_type: match &auth_type {
-                    AuthType::Password(p) => AuthType::Password(PasswordArgs {
-                        password: p.password.clone(),
-                    }),
-                    AuthType::Certificate(c) => AuthType::Certificate(CertificateArgs {
-                        private_key_pem: c.private_key_pem.clone(),
-                    }),
-                },
-            };
-            let api = SnowflakeApiBuilder::new(auth)
-                .with_client(client.build())
-                .build()
-                .map_err(|e| StoreError::fatal("open", e.to_string()))?;
-            sessions.push(tokio::sync::Mutex::new(api));
-        }
-        Ok(SnowflakeStore {
-            sessions,
+        let mut store = SnowflakeStore {
+            settings: s.clone(),
+            key_pem,
+            sessions: Vec::new(),
             next: AtomicUsize::new(0),
             statements: AtomicU64::new(0),
             by_op: std::sync::Mutex::new(BTreeMap::new()),
@@ -441,7 +412,52 @@ impl SnowflakeStore {
             attempts: attempts.max(1),
             base_delay,
             max_delay,
-        })
+        };
+        for _ in 0..s.pool_size.max(1) {
+            let api = store.session()?;
+            store.sessions.push(tokio::sync::Mutex::new(api));
+        }
+        Ok(store)
+    }
+
+    /// A new session (it logs in on its first statement).
+    fn session(&self) -> Result<SnowflakeApi, StoreError> {
+        let s = &self.settings;
+        let http = reqwest::Client::builder()
+            .connect_timeout(s.connection_timeout)
+            .user_agent(concat!("fleet-q/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StoreError::fatal("open", e.to_string()))?;
+        let mut client = reqwest_middleware::ClientBuilder::new(http);
+        if let Some(host) = &s.host {
+            client = client.with(Endpoint {
+                scheme: s.protocol.clone(),
+                host: host.clone(),
+                port: s.port,
+            });
+        }
+        let auth_type = match (&s.password, &self.key_pem) {
+            (Some(p), _) => AuthType::Password(PasswordArgs {
+                password: p.expose().to_string(),
+            }),
+            (None, Some(pem)) => AuthType::Certificate(CertificateArgs {
+                private_key_pem: pem.clone(),
+            }),
+            (None, None) => return Err(StoreError::fatal("open", "no Snowflake credentials")),
+        };
+        let auth = AuthArgs {
+            account_identifier: s.account.clone(),
+            warehouse: Some(s.warehouse.clone()),
+            database: Some(s.database.clone()),
+            schema: Some(s.schema.clone()),
+            username: s.user.clone(),
+            role: s.role.clone(),
+            auth_type,
+        };
+        SnowflakeApiBuilder::new(auth)
+            .with_client(client.build())
+            .build()
+            .map_err(|e| StoreError::fatal("open", e.to_string()))
     }
 
     /// Runs one statement on a free session, retrying transient failures.
@@ -467,7 +483,7 @@ impl SnowflakeStore {
     async fn exec_once(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
         let n = self.sessions.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let guard = match (0..n).find_map(|i| self.sessions[(start + i) % n].try_lock().ok()) {
+        let mut guard = match (0..n).find_map(|i| self.sessions[(start + i) % n].try_lock().ok()) {
             Some(g) => g,
             None => self.sessions[start].lock().await,
         };
@@ -480,9 +496,21 @@ impl SnowflakeStore {
             .or_default() += 1;
         let r = tokio::time::timeout(self.timeout, guard.exec(sql))
             .await
-            .map_err(|_| StoreError::transient(op, format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| classify(op, e))?;
-        decode(op, r)
+            .map_err(|_| {
+                StoreError::transient(op, format!("no answer within {:?}", self.timeout))
+            })?;
+        match r {
+            Ok(r) => decode(op, r),
+            Err(e) => {
+                if session_lost(&e) {
+                    // The server dropped the session (restart, expiry): log in again
+                    // on the next statement; the retry loop runs it.
+                    tracing::warn!(op, "Snowflake session lost; opening a new one");
+                    *guard = self.session()?;
+                }
+                Err(classify(op, e))
+            }
+        }
     }
 
     async fn read_steps(&self, op: &'static str, sql: &str) -> Result<Vec<Step>, StoreError> {
@@ -719,18 +747,27 @@ impl Store for SnowflakeStore {
             tok = sql::token(&token),
             n = p.limit
         );
-        // Read back by token even when the UPDATE's answer was lost: a claim that
-        // committed must reach its claimer, or its steps would be stranded.
+        // Read back by token even when the UPDATE's answer was lost, and keep
+        // trying through an outage: a claim that committed must reach its claimer,
+        // or its steps would stay claimed by a live pod that never runs them.
         let first = self.exec(op, &update).await;
-        let mut steps = self
-            .read_steps(
-                op,
-                &format!(
-                    "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE op_token = {}",
-                    sql::token(&token)
-                ),
-            )
-            .await?;
+        let select = format!(
+            "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE op_token = {}",
+            sql::token(&token)
+        );
+        let deadline = std::time::Instant::now() + CLAIM_READ_BACK_LIMIT;
+        let mut delay = self.base_delay;
+        let mut steps = loop {
+            match self.read_steps(op, &select).await {
+                Ok(s) => break s,
+                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, ?delay, "claim read-back failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.max_delay);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if steps.is_empty() {
             first?;
         }
@@ -1030,5 +1067,60 @@ impl Store for SnowflakeStore {
     fn statements_by_op(&self) -> Vec<(&'static str, u64)> {
         let m = self.by_op.lock().expect("statement counts");
         m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_for_the_retry_policy() {
+        let api = |code: &str| SnowflakeApiError::ApiError(code.into(), "m".into());
+        for code in ["000625", "000630", "390104", "390114"] {
+            assert!(classify("op", api(code)).is_transient(), "{code}");
+        }
+        assert!(session_lost(&api("390104")) && !session_lost(&api("000625")));
+        assert!(
+            !classify("op", api("002003")).is_transient(),
+            "missing object is fatal"
+        );
+        assert!(classify("op", SnowflakeApiError::EmptyResponse).is_transient());
+    }
+
+    #[test]
+    fn arrow_integers_of_any_width_and_decimals_decode() {
+        use arrow_array::{Decimal128Array, Int16Array, Int8Array, StringArray};
+        use std::sync::Arc;
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "A",
+                Arc::new(Int8Array::from(vec![Some(7), None])) as Arc<dyn Array>,
+            ),
+            (
+                "B",
+                Arc::new(Int16Array::from(vec![300, -2])) as Arc<dyn Array>,
+            ),
+            (
+                "C",
+                Arc::new(
+                    Decimal128Array::from(vec![12_345i128, 1])
+                        .with_precision_and_scale(38, 0)
+                        .unwrap(),
+                ) as Arc<dyn Array>,
+            ),
+            (
+                "D",
+                Arc::new(StringArray::from(vec!["x", "y"])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let mut rows = Vec::new();
+        decode_batch(&batch, &mut rows).unwrap();
+        assert_eq!(rows[0].int("a"), Some(7));
+        assert_eq!(rows[1].int("a"), None);
+        assert_eq!(rows[0].int("b"), Some(300));
+        assert_eq!(rows[0].int("c"), Some(12_345));
+        assert_eq!(rows[1].text("d").as_deref(), Some("y"));
     }
 }
