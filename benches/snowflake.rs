@@ -136,8 +136,70 @@ fn run(port: u16, capacity: u32, batch: u32, n: usize) -> (f64, f64, Vec<(&'stat
     })
 }
 
+/// Store operations alone at batch sizes 1, 10 and 100: insert + claim + complete,
+/// as statements per step (the figure Snowflake bills) and wall time per batch
+/// on the emulator.
+fn store_ops(port: u16) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = Duration::from_millis(100);
+    let store = SnowflakeStore::open(&settings(port), 5, d, d * 300).unwrap();
+    rt.block_on(store.schema_init()).unwrap();
+    for batch in [1usize, 10, 100] {
+        let rounds = (200 / batch).max(3);
+        let before = store.statement_count();
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            rt.block_on(async {
+                let steps: Vec<NewStep> = (0..batch)
+                    .map(|_| {
+                        NewStep::new(StepSpec {
+                            step_type: "noop".into(),
+                            ..Default::default()
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                store.steps_insert(steps).await.unwrap();
+                let claimed = store
+                    .steps_claim(fleet_q_actors::ClaimParams {
+                        pod_id: "bench".into(),
+                        limit: batch as u32,
+                    })
+                    .await
+                    .unwrap();
+                let finishes = claimed
+                    .iter()
+                    .map(|s| fleet_q_actors::Finish {
+                        lease: fleet_q_actors::Lease::of(s).unwrap(),
+                        outcome: fleet_q_actors::Outcome::Complete {
+                            result: serde_json::Value::Null,
+                        },
+                    })
+                    .collect();
+                store
+                    .steps_finish(fleet_q_actors::FinishParams {
+                        finishes,
+                        backoff: Default::default(),
+                    })
+                    .await
+                    .unwrap();
+            });
+        }
+        let stmts = store.statement_count() - before;
+        println!(
+            "snowflake store, insert+claim+complete at batch {batch}: {:.2} statements per step, {:.1} ms per batch on the emulator",
+            stmts as f64 / (rounds * batch) as f64,
+            t0.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+        );
+    }
+}
+
 fn main() {
     let (mut child, port) = emulator();
+    store_ops(port);
     for (label, capacity, batch) in [
         ("defaults (8 slots, claim batch 100)", 8, 100),
         ("tuned (1000 slots, claim batch 500)", 1000, 500),

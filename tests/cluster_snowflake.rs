@@ -278,3 +278,39 @@ fn snowflake_chaos_loses_nothing() {
         }
     }
 }
+
+/// `fleet-q bench --store snowflake` starts pods on the configured account (here
+/// the emulator) and verifies every step.
+#[test]
+fn fleet_q_bench_runs_on_snowflake() {
+    let Some(py) = emulator::python() else {
+        println!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
+        return;
+    };
+    let emu = emulator::Emulator::start(&py);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-q"));
+    cmd.args([
+        "bench",
+        "--store",
+        "snowflake",
+        "--pods",
+        "2",
+        "--steps",
+        "100",
+        "--batch",
+        "50",
+        "--json",
+    ])
+    .args(["--max-parallelism", "100", "--claim-batch", "100"]);
+    for (k, v) in emu.env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["target"], json!("snowflake"));
+    assert_eq!(v["terminal"], json!(100));
+    assert_eq!(v["not_terminal"], json!([]));
+    assert!(v["store_statements_per_1000_steps"].as_f64().unwrap() > 0.0);
+}
