@@ -42,25 +42,9 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     let mut killed: HashSet<String> = HashSet::new();
     let c = client();
 
-    // Submit everything first, in batches, through whichever pod answers.
-    let mut ids = Vec::with_capacity(STEPS);
-    for (k, chunk) in (0..STEPS).collect::<Vec<_>>().chunks(500).enumerate() {
-        let steps: Vec<Value> = chunk.iter().map(|i| body(*i)).collect();
-        let r = c
-            .post(pods[k % 3].url("/submit/batch"))
-            .json(&json!({ "steps": steps }))
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-        let v: Value = r.json().unwrap();
-        ids.extend(
-            v["step_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_str().unwrap().to_string()),
-        );
-    }
+    // Submit everything first, in batches.
+    let bodies: Vec<Value> = (0..STEPS).map(body).collect();
+    let ids = submit_batches(&c, &pods[0], &bodies, 500);
 
     // Chaos: kill a random pod (a third of the time the leader) every 1-3 s and
     // restart it, for at most 90 s or until the queue drained.
@@ -72,18 +56,14 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
         if s.counts.pending == 0 && s.counts.claimed == 0 {
             break;
         }
-        // The fault schedule itself, not a wait on state.
-        std::thread::sleep(Duration::from_millis(1000 + rand::random::<u64>() % 2000));
+        fault_interval();
         let leader = (0..3).find(|i| pods[*i].is_leader());
         let victim = match leader {
             Some(l) if rand::random::<u8>().is_multiple_of(3) => l,
             _ => (rand::random::<u32>() % 3) as usize,
         };
-        killed.insert(pods[victim].id.clone());
-        pods[victim].kill9();
+        kill_and_restart(&mut pods, victim, dir.path(), &db, &env, &mut killed);
         kills += 1;
-        let name = pods[victim].name.clone();
-        pods[victim] = PodProc::start(dir.path(), &db, &name, &env);
     }
     assert!(kills >= 3, "only {kills} kills happened");
 
@@ -100,24 +80,8 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     );
     assert_eq!(stats.counts.completed, STEPS as u64 - terminal_fails);
 
+    let duplicated = assert_duplicates_only_from_killed(&rec, &ids, &killed);
     let execs = rec.executions();
-    let mut duplicated = 0;
-    for id in &ids {
-        let calls = execs
-            .get(id)
-            .unwrap_or_else(|| panic!("step {id} never ran"));
-        let ok: Vec<&Call> = calls.iter().filter(|c| c.ok).collect();
-        if ok.len() > 1 {
-            duplicated += 1;
-            for c in &ok[..ok.len() - 1] {
-                assert!(
-                    killed.contains(&c.pod_id),
-                    "step {id} succeeded twice; the earlier run was on {}, which was never killed",
-                    c.pod_id
-                );
-            }
-        }
-    }
     // Fenced results: a live pod whose successful run was superseded must have
     // counted the rejection of its late result.
     let live: Vec<&PodProc> = pods.iter().collect();

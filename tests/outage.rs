@@ -84,16 +84,7 @@ fn a_ten_second_sqlite_outage_is_survived_and_loses_nothing() {
     wait_for(
         "readiness to fail during the outage",
         Duration::from_secs(30),
-        || {
-            pods.iter()
-                .all(|p| {
-                    c.get(p.url("/ready"))
-                        .send()
-                        .map(|r| r.status().as_u16() == 503)
-                        .unwrap_or(false)
-                })
-                .then_some(())
-        },
+        || all_ready(&c, &pods, false).then_some(()),
     );
     assert!(holder.wait().unwrap().success());
     assert!(
@@ -110,14 +101,7 @@ fn a_ten_second_sqlite_outage_is_survived_and_loses_nothing() {
         );
     }
     wait_for("readiness to return", Duration::from_secs(60), || {
-        pods.iter()
-            .all(|p| {
-                c.get(p.url("/ready"))
-                    .send()
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false)
-            })
-            .then_some(())
+        all_ready(&c, &pods, true).then_some(())
     });
     let r = c
         .post(pods[1].url("/submit"))

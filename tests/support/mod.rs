@@ -409,3 +409,97 @@ impl Drop for Recorder {
         }
     }
 }
+
+/// Submits `bodies` through `pod` in batches of `chunk`; returns the ids in order.
+pub fn submit_batches(
+    c: &reqwest::blocking::Client,
+    pod: &PodProc,
+    bodies: &[Value],
+    chunk: usize,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(bodies.len());
+    for part in bodies.chunks(chunk) {
+        let r = c
+            .post(pod.url("/submit/batch"))
+            .json(&json!({ "steps": part }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "batch submit failed");
+        let v: Value = r.json().unwrap();
+        ids.extend(
+            v["step_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string()),
+        );
+    }
+    ids
+}
+
+/// The chaos tests' fault schedule: the pause between two kills, 1-3 s at random.
+/// This is when the next fault is injected, not a wait for some state.
+pub fn fault_interval() {
+    std::thread::sleep(Duration::from_millis(1000 + rand::random::<u64>() % 2000));
+}
+
+/// SIGKILLs `pods[victim]`, records its id in `killed`, and starts it again under
+/// the same configured name (a new incarnation id).
+pub fn kill_and_restart(
+    pods: &mut [PodProc],
+    victim: usize,
+    dir: &Path,
+    db: &Path,
+    env: &[(&str, String)],
+    killed: &mut std::collections::HashSet<String>,
+) {
+    killed.insert(pods[victim].id.clone());
+    pods[victim].kill9();
+    let name = pods[victim].name.clone();
+    pods[victim] = PodProc::start(dir, db, &name, env);
+}
+
+/// True when every pod's `/ready` answers `ready` (2xx) or, with `false`, 503.
+pub fn all_ready(c: &reqwest::blocking::Client, pods: &[PodProc], ready: bool) -> bool {
+    pods.iter().all(|p| {
+        c.get(p.url("/ready"))
+            .send()
+            .map(|r| {
+                if ready {
+                    r.status().is_success()
+                } else {
+                    r.status().as_u16() == 503
+                }
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Asserts every step ran successfully at least once, and that any earlier
+/// successful run of a step was on a pod in `killed`. Returns how many steps ran
+/// successfully more than once.
+pub fn assert_duplicates_only_from_killed(
+    rec: &Recorder,
+    ids: &[String],
+    killed: &std::collections::HashSet<String>,
+) -> usize {
+    let execs = rec.executions();
+    let mut duplicated = 0;
+    for id in ids {
+        let calls = execs
+            .get(id)
+            .unwrap_or_else(|| panic!("step {id} never ran"));
+        let ok: Vec<&Call> = calls.iter().filter(|c| c.ok).collect();
+        if ok.len() > 1 {
+            duplicated += 1;
+            for c in &ok[..ok.len() - 1] {
+                assert!(
+                    killed.contains(&c.pod_id),
+                    "step {id} succeeded twice; the earlier run was on {}, which was never killed",
+                    c.pod_id
+                );
+            }
+        }
+    }
+    duplicated
+}
