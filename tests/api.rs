@@ -954,3 +954,55 @@ fn with_the_store_unavailable_requests_get_503_and_the_pod_stays_up() {
         (c.get(pod.url("/ready")).send().ok()?.status().as_u16() == 200).then_some(())
     });
 }
+
+/// Logs are JSON lines; step events carry `pod_id`, `step_id` and `attempt` as
+/// fields, and every HTTP request is logged once with a `request_id`.
+#[test]
+fn logs_are_structured_with_step_fields_and_request_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[("FLEET_Q_LOG_FORMAT", "json".into())]);
+    let c = client();
+    let id = expect(
+        c.post(pod.url("/submit"))
+            .json(&json!({"type": "no-such-type"}))
+            .send()
+            .unwrap(),
+        201,
+    )["step_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lines: Vec<Value> = wait_for(
+        "the step's failure to be logged",
+        Duration::from_secs(20),
+        || {
+            let lines: Vec<Value> = pod
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines
+                .iter()
+                .any(|l| l["step_id"] == json!(id))
+                .then_some(lines)
+        },
+    );
+    let step = lines.iter().find(|l| l["step_id"] == json!(id)).unwrap();
+    assert_eq!(step["message"], json!("step failed"), "{step}");
+    assert_eq!(step["pod_id"], json!(pod.id), "{step}");
+    assert_eq!(step["attempt"], json!(1), "{step}");
+    assert_eq!(step["level"], json!("INFO"), "{step}");
+    let requests: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["span"]["http.route"] == json!("/submit"))
+        .collect();
+    assert_eq!(requests.len(), 1, "one log line per request");
+    let r = requests[0];
+    assert!(
+        r["span"]["request_id"]
+            .as_str()
+            .is_some_and(|s| s.len() >= 32),
+        "{r}"
+    );
+    assert_eq!(r["span"]["http.status_code"], json!(201), "{r}");
+}
