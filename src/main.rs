@@ -160,9 +160,26 @@ struct ClientOpts {
 }
 
 fn client(o: ClientOpts, cmd: fleet_q::cli::ClientCommand) -> ExitCode {
-    match fleet_q::cli::run(&o.url, o.json, cmd) {
-        0 => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
+    code(fleet_q::cli::run(&o.url, o.json, cmd))
+}
+
+/// Loads the settings (exit 2 listing every problem) and runs `f` with them.
+fn with_settings(
+    cli_config: Option<&std::path::Path>,
+    f: impl FnOnce(config::Settings) -> ExitCode,
+) -> ExitCode {
+    match load(cli_config) {
+        Ok(s) => f(s),
+        Err(code) => code,
+    }
+}
+
+/// 0 is success; any other code is 1.
+fn code(c: i32) -> ExitCode {
+    if c == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -281,24 +298,15 @@ fn main() -> ExitCode {
             });
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
-        Command::Check { json } => match load(cli.config.as_deref()) {
-            Ok(s) => match fleet_q::check::run(&s, json) {
-                0 => ExitCode::SUCCESS,
-                _ => ExitCode::from(1),
-            },
-            Err(code) => code,
-        },
-        Command::Schema { apply } => match load(cli.config.as_deref()) {
-            Ok(s) => match fleet_q::check::schema(&s, apply) {
-                0 => ExitCode::SUCCESS,
-                _ => ExitCode::from(1),
-            },
-            Err(code) => code,
-        },
-        Command::Serve { port, host } => match load(cli.config.as_deref()) {
-            Ok(s) => serve(s, port, host),
-            Err(code) => code,
-        },
+        Command::Check { json } => with_settings(cli.config.as_deref(), |s| {
+            code(fleet_q::check::run(&s, json))
+        }),
+        Command::Schema { apply } => with_settings(cli.config.as_deref(), |s| {
+            code(fleet_q::check::schema(&s, apply))
+        }),
+        Command::Serve { port, host } => {
+            with_settings(cli.config.as_deref(), |s| serve(s, port, host))
+        }
         Command::Config { json, describe } => {
             if describe {
                 for k in KEYS {
