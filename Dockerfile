@@ -9,19 +9,21 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependency layer: manifests plus stub targets (cargo refuses a manifest whose
-# declared targets are missing), built once and cached.
+# Dependency layer: manifests plus an empty stand-in for every target they declare
+# (cargo refuses a manifest whose declared targets are missing). The stand-ins are
+# derived from the manifests by docker/stub-targets.sh, never listed by hand, so a
+# target added to Cargo.toml cannot break the image; tests/deploy.rs replays this
+# stage's layout and runs cargo on it.
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
-RUN mkdir -p src actors/src benches examples \
- && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
- && for b in sqlite_store pod_e2e http; do echo 'fn main() {}' > benches/$b.rs; done \
- && echo 'fn main() {}' > examples/custom_handler.rs \
+COPY docker/stub-targets.sh docker/stub-targets.sh
+RUN sh docker/stub-targets.sh Cargo.toml actors/Cargo.toml > .stub-targets \
+ && cargo fetch --locked \
  && cargo build --release --locked --bin fleet-q \
- && rm -rf src actors/src benches examples
+ && xargs rm -f < .stub-targets && rm .stub-targets
 COPY . .
-# Make sure cargo sees the real sources as newer than the stubs.
-RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
+# Make sure cargo sees the real sources as newer than the stand-ins it built.
+RUN find src actors/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin fleet-q \
  && strip target/release/fleet-q
 

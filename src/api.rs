@@ -571,6 +571,7 @@ async fn health(st: web::Data<AppState>) -> HttpResponse {
         "shutting_down": s.shutting_down(),
         "fenced_results": s.fenced_results(),
         "generation": s.generation(),
+        "recovery": recovery_view(s),
         "actors": actors,
     });
     if healthy {
@@ -580,33 +581,61 @@ async fn health(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Readiness: the store answered recently and the pod is not shutting down.
+/// Readiness: a write to the store succeeded recently (heartbeats are writes),
+/// none has failed since, and the pod is not shutting down. Reads do not count: a
+/// store that answers reads but refuses writes (write lock held, read-only or full
+/// disk, a deleted database file) leaves the pod unready until a write succeeds.
 #[utoipa::path(get, path = "/ready", tag = "probes",
     responses((status = 200, description = "Ready for traffic"), (status = 503, description = "Not ready")))]
 async fn ready(st: web::Data<AppState>) -> HttpResponse {
     let s = st.pod.state();
-    let age = s.store_ok_age();
-    let store_ok = age.is_some_and(|a| a <= st.ready_window) && s.store_last_error().is_none();
+    let age = s.store_write_ok_age();
+    let write_error = s.store_write_error();
+    let (recovery_failures, _) = s.recovery_failures();
     let reason = if s.shutting_down() {
         Some("shutting down".to_string())
-    } else if !store_ok {
-        Some(match s.store_last_error() {
-            Some(_) => "the store is failing".to_string(),
-            None => "the store has not answered recently".to_string(),
-        })
+    } else if s.is_leader() && recovery_failures >= RECOVERY_FAILING_AFTER {
+        Some(format!(
+            "this pod leads and its last {recovery_failures} recovery cycles failed"
+        ))
+    } else if write_error.is_some() {
+        Some("writes to the store are failing".to_string())
+    } else if !age.is_some_and(|a| a <= st.ready_window) {
+        Some("no write to the store succeeded recently".to_string())
     } else {
         None
     };
     let body = json!({
         "status": if reason.is_none() { "ready" } else { "not_ready" },
         "reason": reason,
-        "store_last_ok_seconds_ago": age.map(|a| a.as_secs_f64()),
+        "store_last_write_ok_seconds_ago": age.map(|a| a.as_secs_f64()),
+        "recovery": recovery_view(s),
         "pod_id": s.pod_id(),
     });
     if reason.is_none() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// A leader whose recovery cycles failed this many times in a row is not ready.
+pub const RECOVERY_FAILING_AFTER: u32 = 3;
+
+fn recovery_view(s: &fleet_q_actors::PodState) -> Value {
+    let (n, last) = s.recovery_failures();
+    json!({
+        "failing": n >= RECOVERY_FAILING_AFTER,
+        "consecutive_failures": n,
+        "last_error": last.map(|e| truncate(&e, 200)),
+    })
+}
+
+/// At most `max` characters of `s`, with a marker when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

@@ -53,7 +53,7 @@ keys! {
     "sqlite_db_path", "./fleet-q.db", false, "SQLite database file, shared by the pods of one machine";
     "api_host", "0.0.0.0", false, "address the HTTP API binds";
     "api_port", "8000", false, "HTTP port (0 picks a free port)";
-    "pod_id", "", false, "prefix of this process's id; each process adds a random suffix (default prefix: host name)";
+    "pod_id", "", false, "prefix of this process's id (1-100 of A-Z a-z 0-9 . _ -); each process adds an incarnation suffix of start time and randomness (default prefix: host name)";
     "max_parallelism", "10", false, "steps one pod may run at once, 1 to 10000";
     "capacity_threshold", "0.8", false, "(0, 1]; max capacity = floor(parallelism x threshold), at least 1";
     "heartbeat_interval_seconds", "30", false, "heartbeat period, at least 1";
@@ -479,14 +479,52 @@ impl Parser<'_> {
     }
 }
 
-fn default_pod_id() -> String {
+fn default_pod_prefix() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "fleet-q".into());
-    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+        .unwrap_or_default();
+    // A host name is outside our control: keep what a pod id may hold.
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(MAX_POD_PREFIX)
+        .collect();
+    let host = host.trim_start_matches('.').to_string();
+    if host.is_empty() {
+        "fleet-q".into()
+    } else {
+        host
+    }
+}
+
+/// Longest configured pod id prefix.
+pub const MAX_POD_PREFIX: usize = 100;
+
+/// Whether `prefix` may start a pod id: 1 to [`MAX_POD_PREFIX`] characters from
+/// `A-Z a-z 0-9 . _ -`, not starting with `.` (so no `..`, no `/`, nothing a file
+/// name built from it, such as the default ledger path, could escape through).
+pub fn valid_pod_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= MAX_POD_PREFIX
+        && !prefix.starts_with('.')
+        && !prefix.contains("..")
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// This process's pod id: `prefix`, then an incarnation suffix made of the start
+/// time in milliseconds (hex) and 32 random bits. Two processes collide only when
+/// they start in the same millisecond and draw the same 32 bits, so a restarted
+/// container never takes over its predecessor's row (the store also tells runs of
+/// one id apart by an incarnation token; see `HeartbeatParams::incarnation`).
+pub fn incarnation_id(prefix: &str) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{prefix}-{ms:x}{:08x}", rand::random::<u32>())
 }
 
 fn valid_identifier(s: &str) -> bool {
@@ -514,13 +552,21 @@ fn build(p: &mut Parser<'_>) -> Settings {
     // incarnation suffix is added. A restarted container (same pod name) must not
     // take over the row of its previous run, or the steps that run held would stay
     // claimed by a "live" pod forever instead of being recovered.
-    let pod_id = match p.opt("pod_id") {
-        Some(prefix) => format!("{prefix}-{:04x}", rand::random::<u16>()),
-        None => default_pod_id(),
+    let prefix = match p.opt("pod_id") {
+        Some(prefix) => {
+            if !valid_pod_prefix(&prefix) {
+                p.problem(
+                    "pod_id",
+                    format!(
+                        "must be 1 to {MAX_POD_PREFIX} characters of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.' and without '..'"
+                    ),
+                );
+            }
+            prefix
+        }
+        None => default_pod_prefix(),
     };
-    if pod_id.len() > 128 || pod_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        p.problem("pod_id", "must be at most 128 characters without spaces");
-    }
+    let pod_id = incarnation_id(&prefix);
     let max_parallelism = p.num::<u32>("max_parallelism", 1, 10_000);
     let capacity_threshold = match p.text("capacity_threshold").parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 1.0 => v,

@@ -467,3 +467,120 @@ fn metrics_named_by_the_hpa_alerts_and_dashboard_are_exported_after_real_traffic
         );
     }
 }
+
+/// The build stage's instructions up to its first `COPY . .`, continuation lines
+/// joined: `(instruction, arguments)`.
+fn dependency_stage(dockerfile: &str) -> Vec<(String, String)> {
+    let mut joined = Vec::new();
+    let mut cur = String::new();
+    for line in dockerfile.lines() {
+        let t = line.trim();
+        if cur.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            cur.push_str(head);
+            cur.push(' ');
+        } else {
+            cur.push_str(t);
+            joined.push(std::mem::take(&mut cur));
+        }
+    }
+    let mut out = Vec::new();
+    let mut in_build = false;
+    for ins in joined {
+        let (op, args) = ins.split_once(' ').unwrap_or((&ins, ""));
+        let op = op.to_ascii_uppercase();
+        if op == "FROM" {
+            if in_build {
+                break;
+            }
+            in_build = args.to_ascii_lowercase().contains(" as build");
+            continue;
+        }
+        if !in_build {
+            continue;
+        }
+        if op == "COPY" && args.trim() == ". ." {
+            break;
+        }
+        out.push((op, args.trim().to_string()));
+    }
+    out
+}
+
+/// Replays the Dockerfile's dependency stage: the files its COPY lines bring in,
+/// then its RUN lines, with `cargo build` swapped for `cargo metadata` (which reads
+/// every manifest and every declared target, as the build would, in a second). A
+/// target declared in Cargo.toml but not stubbed makes cargo refuse the manifest
+/// here exactly as it would in `docker build`.
+#[test]
+fn the_dockerfile_dependency_stage_replays_with_cargo() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let stage = dependency_stage(&dockerfile);
+    assert!(
+        stage
+            .iter()
+            .any(|(op, a)| op == "RUN" && a.contains("cargo build")),
+        "the dependency stage builds: {stage:?}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut workdir = tmp.path().to_path_buf();
+    for (op, args) in &stage {
+        match op.as_str() {
+            "WORKDIR" => {
+                workdir = tmp.path().join(args.trim_start_matches('/'));
+                std::fs::create_dir_all(&workdir).unwrap();
+            }
+            "COPY" => {
+                let parts: Vec<&str> = args.split_whitespace().collect();
+                assert!(!parts[0].starts_with("--"), "plain COPY only: {args}");
+                let (dst, srcs) = parts.split_last().unwrap();
+                for src in srcs {
+                    let from = root().join(src);
+                    assert!(from.is_file(), "COPY {src}: not a file in the repository");
+                    let to = if dst.ends_with('/') || *dst == "." || srcs.len() > 1 {
+                        workdir.join(dst).join(Path::new(src).file_name().unwrap())
+                    } else {
+                        workdir.join(dst)
+                    };
+                    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                    std::fs::copy(&from, &to).unwrap();
+                }
+            }
+            "RUN" => {
+                for seg in args.split("&&") {
+                    let seg = seg.trim();
+                    let seg = if seg.starts_with("cargo build") {
+                        "cargo metadata --locked --format-version 1 > /dev/null".to_string()
+                    } else {
+                        seg.to_string()
+                    };
+                    let out = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(&seg)
+                        .current_dir(&workdir)
+                        .env_remove("CARGO_TARGET_DIR")
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "the Dockerfile's dependency stage fails at `{seg}`:\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            "ENV" | "ARG" | "LABEL" => {}
+            other => panic!("the replay does not know {other} ({args})"),
+        }
+    }
+    // Everything the final build needs is in the build context.
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    for needed in ["src/", "actors/", "benches/", "examples/", "docker/"] {
+        assert!(
+            !ignore.lines().any(|l| l.trim() == needed),
+            ".dockerignore drops {needed}, which the build needs"
+        );
+    }
+}

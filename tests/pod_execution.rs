@@ -390,6 +390,7 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
                 capacity_in_use: 0,
                 max_capacity: 1,
                 meta: Value::Null,
+                ..Default::default()
             })
             .await
             .unwrap();

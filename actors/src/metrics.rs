@@ -82,6 +82,7 @@ pub fn register_all() {
     crate::actors::executor::register_metrics();
     crate::actors::leader::register_metrics();
     crate::actors::recovery::register_metrics();
+    crate::ledger::register_metrics();
     for a in [
         "storage",
         "heartbeat",

@@ -71,13 +71,42 @@ pub struct PodRecord {
     pub meta: serde_json::Value,
     /// Store time at read minus `last_heartbeat_ts`.
     pub heartbeat_age: Duration,
+    /// The heartbeat interval the pod declared (rows written by older versions
+    /// declare none).
+    #[serde(default)]
+    pub heartbeat_interval: Option<Duration>,
+    /// How long after its last heartbeat the pod may be presumed dead, as the pod
+    /// itself declared it: its own dead threshold, never less than
+    /// [`MIN_HEARTBEATS_BEFORE_DEAD`] of its heartbeat intervals.
+    #[serde(default)]
+    pub dead_after: Option<Duration>,
+}
+
+/// A pod is never presumed dead before it has missed this many heartbeats, whatever
+/// thresholds are configured.
+pub const MIN_HEARTBEATS_BEFORE_DEAD: u32 = 3;
+
+/// The silence after which a pod that heartbeats every `interval` with dead
+/// threshold `threshold` may be presumed dead: the threshold, but never less than
+/// [`MIN_HEARTBEATS_BEFORE_DEAD`] intervals.
+pub fn dead_after(interval: Duration, threshold: Duration) -> Duration {
+    threshold.max(interval * MIN_HEARTBEATS_BEFORE_DEAD)
 }
 
 impl PodRecord {
-    /// Alive: marked up, with a heartbeat younger than `dead_threshold` by store
-    /// time. (A zero threshold therefore makes every pod dead.)
-    pub fn is_alive(&self, dead_threshold: Duration) -> bool {
-        self.status == PodStatus::Up && self.heartbeat_age < dead_threshold
+    /// How long this pod may stay silent before it is presumed dead: what it
+    /// declared in its row, or `default` (the judging pod's own threshold) for a
+    /// row that declares nothing. Each pod is judged by its own settings, so pods
+    /// with different heartbeat settings can share one store.
+    pub fn dead_threshold(&self, default: Duration) -> Duration {
+        self.dead_after.unwrap_or(default)
+    }
+
+    /// Alive: marked up, with a heartbeat younger than its dead threshold (see
+    /// [`PodRecord::dead_threshold`]) by store time. (A zero threshold therefore
+    /// makes every pod that declares none dead.)
+    pub fn is_alive(&self, default_threshold: Duration) -> bool {
+        self.status == PodStatus::Up && self.heartbeat_age < self.dead_threshold(default_threshold)
     }
 }
 
@@ -152,6 +181,8 @@ mod tests {
             max_capacity: 8,
             meta: serde_json::Value::Null,
             heartbeat_age: Duration::from_secs(age_s),
+            heartbeat_interval: None,
+            dead_after: None,
         }
     }
 

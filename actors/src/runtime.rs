@@ -201,8 +201,7 @@ impl Pod {
             cfg.max_capacity,
             cfg.restart_budget,
         ));
-        let ledger = Ledger::open(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept)
-            .map_err(PodError::Ledger)?;
+        let ledger = Ledger::open_or_memory(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept);
         let rt = Arc::new(HandlerRuntime::start(cfg.handler_threads)?);
 
         let storage_cfg = StorageConfig {
@@ -383,6 +382,8 @@ impl Pod {
             }
         }
         report.final_heartbeat = matches!(self.heartbeat.send(FinalHeartbeat).await, Ok(Ok(())));
+        // The ledger is scratch for this run of the pod.
+        self.ledger.remove_files();
         tracing::info!(
             released = report.released,
             final_heartbeat = report.final_heartbeat,

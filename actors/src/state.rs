@@ -37,11 +37,21 @@ pub struct InFlight {
     pub retry_count: u32,
 }
 
+/// What the pod last heard from its store, writes apart from reads.
+#[derive(Debug, Default)]
+struct StoreHealth {
+    last_write_ok: Option<Instant>,
+    write_error: Option<String>,
+    last_read_ok: Option<Instant>,
+    read_error: Option<String>,
+}
+
 /// What a pod knows about itself.
 #[derive(Debug)]
 pub struct PodState {
     base_pod_id: String,
     pod_id: RwLock<String>,
+    incarnation: RwLock<String>,
     generation: AtomicU32,
     max_capacity: u32,
     /// Slots taken: reserved by the claimer when steps are claimed, released by the
@@ -54,13 +64,13 @@ pub struct PodState {
     last_election_check: RwLock<Option<DateTime<Utc>>>,
     heartbeat_healthy: AtomicBool,
     shutting_down: AtomicBool,
-    store_last_ok: Mutex<Option<Instant>>,
-    store_last_error: Mutex<Option<String>>,
+    store: Mutex<StoreHealth>,
     started: Instant,
     actors: DashMap<&'static str, ActorStatus>,
     restarts: Mutex<RestartLedger>,
     budget_exhausted: AtomicBool,
     fenced_results: AtomicU64,
+    recovery: Mutex<(u32, Option<String>)>,
 }
 
 impl PodState {
@@ -70,6 +80,7 @@ impl PodState {
         PodState {
             base_pod_id: pod_id.clone(),
             pod_id: RwLock::new(pod_id),
+            incarnation: RwLock::new(uuid::Uuid::now_v7().simple().to_string()),
             generation: AtomicU32::new(0),
             max_capacity: max_capacity.max(1),
             in_flight: AtomicU32::new(0),
@@ -79,13 +90,13 @@ impl PodState {
             last_election_check: RwLock::new(None),
             heartbeat_healthy: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            store_last_ok: Mutex::new(None),
-            store_last_error: Mutex::new(None),
+            store: Mutex::new(StoreHealth::default()),
             started: Instant::now(),
             actors: DashMap::new(),
             restarts: Mutex::new(RestartLedger::new(budget)),
             budget_exhausted: AtomicBool::new(false),
             fenced_results: AtomicU64::new(0),
+            recovery: Mutex::new((0, None)),
         }
     }
 
@@ -100,9 +111,17 @@ impl PodState {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let id = format!("{}-r{g}", self.base_pod_id);
         *self.pod_id.write().expect("pod id lock") = id.clone();
+        *self.incarnation.write().expect("incarnation lock") =
+            uuid::Uuid::now_v7().simple().to_string();
         self.heartbeat_healthy.store(false, Ordering::SeqCst);
         self.set_leader(false, None);
         id
+    }
+
+    /// A random token naming this run of the current pod id: written with every
+    /// heartbeat, so the store can tell a new run of the same id from the old one.
+    pub fn incarnation(&self) -> String {
+        self.incarnation.read().expect("incarnation lock").clone()
     }
 
     /// How many times this process rejoined under a new identity.
@@ -179,28 +198,42 @@ impl PodState {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// Records a store call's outcome (for readiness).
-    pub fn store_result(&self, ok: Result<(), String>) {
-        match ok {
-            Ok(()) => {
-                *self.store_last_ok.lock().expect("store lock") = Some(Instant::now());
-                *self.store_last_error.lock().expect("store lock") = None;
+    /// Records a store call's outcome. Writes and reads are kept apart: readiness
+    /// means "can write" (heartbeats are writes), and a successful read during a
+    /// write outage must not make the pod look ready.
+    pub fn store_result(&self, write: bool, ok: Result<(), String>) {
+        let mut h = self.store.lock().expect("store lock");
+        match (write, ok) {
+            (true, Ok(())) => {
+                h.last_write_ok = Some(Instant::now());
+                h.write_error = None;
             }
-            Err(e) => *self.store_last_error.lock().expect("store lock") = Some(e),
+            (true, Err(e)) => h.write_error = Some(e),
+            (false, Ok(())) => {
+                h.last_read_ok = Some(Instant::now());
+                h.read_error = None;
+            }
+            (false, Err(e)) => h.read_error = Some(e),
         }
     }
 
-    /// Time since the store last answered, if it ever did.
-    pub fn store_ok_age(&self) -> Option<Duration> {
-        self.store_last_ok
+    /// Time since a write last succeeded, if one ever did.
+    pub fn store_write_ok_age(&self) -> Option<Duration> {
+        self.store
             .lock()
             .expect("store lock")
+            .last_write_ok
             .map(|t| t.elapsed())
     }
 
-    /// The last store error since the last success.
-    pub fn store_last_error(&self) -> Option<String> {
-        self.store_last_error.lock().expect("store lock").clone()
+    /// The last write error since the last successful write.
+    pub fn store_write_error(&self) -> Option<String> {
+        self.store.lock().expect("store lock").write_error.clone()
+    }
+
+    /// The last read error since the last successful read.
+    pub fn store_read_error(&self) -> Option<String> {
+        self.store.lock().expect("store lock").read_error.clone()
     }
 
     /// Time since the pod started.
@@ -215,6 +248,20 @@ impl PodState {
 
     pub(crate) fn add_fenced(&self, n: u64) {
         self.fenced_results.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn recovery_result(&self, r: Result<(), String>) {
+        let mut g = self.recovery.lock().expect("recovery lock");
+        match r {
+            Ok(()) => *g = (0, None),
+            Err(e) => *g = (g.0 + 1, Some(e)),
+        }
+    }
+
+    /// Recovery cycles in a row that failed on this pod, and the last error (both
+    /// reset by a successful cycle).
+    pub fn recovery_failures(&self) -> (u32, Option<String>) {
+        self.recovery.lock().expect("recovery lock").clone()
     }
 
     /// Each actor's state and restart count, by name.

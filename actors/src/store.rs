@@ -240,6 +240,31 @@ pub struct HeartbeatParams {
     pub max_capacity: u32,
     /// Free-form JSON (version, host).
     pub meta: Value,
+    /// Identifies this process's run of `pod_id`. A heartbeat whose incarnation
+    /// differs from the row's restarts the row's birth time, so claims the row's
+    /// earlier incarnation made are orphans (see [`Store::steps_orphaned`]).
+    pub incarnation: String,
+    /// The pod's heartbeat interval, recorded in its row.
+    pub heartbeat_interval: Option<Duration>,
+    /// How long the pod may stay silent before it is presumed dead, recorded in its
+    /// row: the leader judges each pod by its own declaration (`None`: by the
+    /// leader's threshold).
+    pub dead_after: Option<Duration>,
+}
+
+impl Default for HeartbeatParams {
+    fn default() -> Self {
+        HeartbeatParams {
+            pod_id: String::new(),
+            status: PodStatus::Up,
+            capacity_in_use: 0,
+            max_capacity: 1,
+            meta: Value::Null,
+            incarnation: String::new(),
+            heartbeat_interval: None,
+            dead_after: None,
+        }
+    }
 }
 
 /// Parameters of [`Store::pods_mark_down`].
@@ -247,15 +272,18 @@ pub struct HeartbeatParams {
 pub struct MarkDownParams {
     /// Candidates.
     pub pod_ids: Vec<String>,
-    /// Only pods whose heartbeat is older than this, by store time at the moment of
-    /// the write, are marked: a pod that heartbeated since it was judged dead is spared.
+    /// Only pods whose heartbeat is older than their own declared dead threshold
+    /// (this one for rows that declare none), by store time at the moment of the
+    /// write, are marked: a pod that heartbeated since it was judged dead is spared.
+    /// A pod marked down reports no capacity in use.
     pub dead_threshold: Duration,
 }
 
 /// Parameters of [`Store::steps_orphaned`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrphanParams {
-    /// Pods with older heartbeats are dead.
+    /// Pods whose rows declare no dead threshold of their own are dead once their
+    /// heartbeat is older than this.
     pub dead_threshold: Duration,
     /// At most this many steps.
     pub limit: u32,
@@ -341,7 +369,9 @@ pub trait Store: Send + Sync + 'static {
     /// actually marked.
     async fn pods_mark_down(&self, params: MarkDownParams) -> Result<Vec<String>, StoreError>;
 
-    /// Claimed steps whose holder is down, dead by heartbeat age, or unknown.
+    /// Claimed steps whose holder is down, dead by heartbeat age (judged by the
+    /// holder's own declared threshold), unknown, or a later incarnation of the
+    /// holder's id than the one that claimed them (claimed before the row's birth).
     async fn steps_orphaned(&self, params: OrphanParams) -> Result<Vec<Step>, StoreError>;
 
     /// Requeues (or, with no retries left, fails) orphaned steps, fenced on the

@@ -503,3 +503,61 @@ pub fn assert_duplicates_only_from_killed(
     }
     duplicated
 }
+
+/// Another process holding a SQLite database's write lock (`BEGIN IMMEDIATE`; in WAL
+/// mode readers go on) until [`WriteLock::release`] or drop: every write of the
+/// pods on that file waits out its busy timeout and fails.
+pub struct WriteLock {
+    child: Child,
+}
+
+impl WriteLock {
+    /// Takes the lock; returns once it is held.
+    pub fn hold(db: &Path) -> WriteLock {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+                 c.execute('BEGIN IMMEDIATE')\n\
+                 print('locked', flush=True)\n\
+                 sys.stdin.read()\n\
+                 c.execute('COMMIT')",
+            ])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the lock holder");
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        WriteLock { child }
+    }
+
+    /// Commits and lets go of the lock.
+    pub fn release(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `GET path` on `pod`: status and JSON body (Null when the body is not JSON).
+pub fn get_json(c: &reqwest::blocking::Client, pod: &PodProc, path: &str) -> (u16, Value) {
+    let r = c.get(pod.url(path)).send().unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().unwrap_or(Value::Null))
+}

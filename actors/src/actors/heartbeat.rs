@@ -107,6 +107,12 @@ impl HeartbeatActor {
             capacity_in_use: self.state.in_flight(),
             max_capacity: self.state.max_capacity(),
             meta: self.cfg.meta.clone(),
+            incarnation: self.state.incarnation(),
+            heartbeat_interval: Some(self.cfg.interval),
+            dead_after: Some(crate::pod::dead_after(
+                self.cfg.interval,
+                self.cfg.dead_threshold,
+            )),
         };
         let asked_for = params.pod_id.clone();
         self.storage
@@ -218,6 +224,12 @@ impl Handler<FinalHeartbeat> for HeartbeatActor {
             capacity_in_use: 0,
             max_capacity: self.state.max_capacity(),
             meta: self.cfg.meta.clone(),
+            incarnation: self.state.incarnation(),
+            heartbeat_interval: Some(self.cfg.interval),
+            dead_after: Some(crate::pod::dead_after(
+                self.cfg.interval,
+                self.cfg.dead_threshold,
+            )),
         };
         let storage = self.storage.clone();
         Box::pin(async move {

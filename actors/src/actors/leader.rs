@@ -73,6 +73,8 @@ pub struct LeaderElector {
     again: bool,
     last: Option<(bool, Option<Term>)>,
     timer: Option<SpawnHandle>,
+    /// The leader whose differing liveness settings were already warned about.
+    warned_settings: Option<String>,
 }
 
 impl LeaderElector {
@@ -92,6 +94,36 @@ impl LeaderElector {
             again: false,
             last: None,
             timer: None,
+            warned_settings: None,
+        }
+    }
+
+    /// Logs once per leader when the leader's declared liveness settings differ
+    /// from this pod's: each pod is judged by its own declaration, so this is not a
+    /// fault, but it is rarely intended.
+    fn warn_on_settings(&mut self, pods: &[crate::pod::PodRecord], term: Option<&Term>) {
+        let me = self.state.pod_id();
+        let (Some(term), Some(mine)) = (term, pods.iter().find(|p| p.pod_id == me)) else {
+            return;
+        };
+        let Some(leader) = pods.iter().find(|p| p.pod_id == term.pod_id) else {
+            return;
+        };
+        if leader.pod_id == me || self.warned_settings.as_deref() == Some(leader.pod_id.as_str()) {
+            return;
+        }
+        if leader.dead_after != mine.dead_after
+            || leader.heartbeat_interval != mine.heartbeat_interval
+        {
+            self.warned_settings = Some(leader.pod_id.clone());
+            tracing::warn!(
+                leader = %leader.pod_id,
+                leader_heartbeat_interval_ms = leader.heartbeat_interval.map(|d| d.as_millis() as u64),
+                leader_dead_after_ms = leader.dead_after.map(|d| d.as_millis() as u64),
+                heartbeat_interval_ms = mine.heartbeat_interval.map(|d| d.as_millis() as u64),
+                dead_after_ms = mine.dead_after.map(|d| d.as_millis() as u64),
+                "this pod's heartbeat settings differ from the leader's; each pod is judged by its own, but check the fleet's configuration"
+            );
         }
     }
 
@@ -139,6 +171,7 @@ impl LeaderElector {
                                 act.state.heartbeat_healthy(),
                                 act.cfg.dead_threshold,
                             );
+                            act.warn_on_settings(&pods, term.as_ref());
                             act.publish(is_leader, term);
                         }
                         Ok(Err(e)) => {
@@ -251,6 +284,8 @@ mod tests {
             max_capacity: 1,
             meta: serde_json::Value::Null,
             heartbeat_age: Duration::from_secs(age_s),
+            heartbeat_interval: None,
+            dead_after: None,
         }
     }
 

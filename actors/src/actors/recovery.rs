@@ -46,6 +46,12 @@ static RECOVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["action"],
     )
 });
+static FAILING: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    crate::metrics::gauge(
+        "fleet_q_recovery_consecutive_failures",
+        "Recovery cycles in a row that failed on this pod (0 after a cycle succeeds).",
+    )
+});
 static DEAD: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     crate::metrics::counter(
         "fleet_q_recovery_dead_pods_total",
@@ -62,6 +68,7 @@ pub fn register_metrics() {
         let _ = RECOVERED.get_metric_with_label_values(&[a]);
     }
     LazyLock::force(&DEAD);
+    LazyLock::force(&FAILING);
 }
 
 fn count_cycle(r: &Result<RecoverySummary, RecoveryError>) {
@@ -191,6 +198,12 @@ impl RecoveryActor {
                 guarded(act, ctx, move |act, ctx| {
                     act.running = false;
                     count_cycle(&res);
+                    match &res {
+                        Ok(s) if !s.dry_run => act.state.recovery_result(Ok(())),
+                        Err(RecoveryError::Failed(e)) => act.state.recovery_result(Err(e.clone())),
+                        _ => {}
+                    }
+                    FAILING.set(i64::from(act.state.recovery_failures().0));
                     if let Err(e) = &res {
                         tracing::warn!(error = %e, "recovery cycle failed");
                     }
@@ -271,10 +284,14 @@ async fn run_cycle(
         .filter(|s| s.claimed_by.as_deref() != Some(me.as_str()))
         .collect();
     summary.orphaned_steps_found = orphans.len();
-    ledger
-        .stage(cycle_id.clone(), orphans.clone())
-        .await
-        .map_err(fail)?;
+    // The ledger is the audit record, not a precondition: a ledger that cannot be
+    // written (full or read-only disk) never stops the requeue.
+    if let Err(e) = ledger.stage(cycle_id.clone(), orphans.clone()).await {
+        crate::ledger::count_error("stage");
+        tracing::error!(cycle_id = %cycle_id, error = %e, orphans = orphans.len(),
+            "could not stage this cycle's orphans in the recovery ledger; recovering without the audit record");
+        summary.error = Some(format!("ledger: {e}"));
+    }
     if !dry_run && !orphans.is_empty() {
         let holders: std::collections::BTreeSet<String> = orphans
             .iter()
@@ -321,7 +338,11 @@ async fn run_cycle(
             .map_err(|e| fail(e.to_string()))?;
     }
     summary.duration_ms = t0.elapsed().as_millis() as u64;
-    ledger.record(summary.clone()).await.map_err(fail)?;
+    if let Err(e) = ledger.record(summary.clone()).await {
+        crate::ledger::count_error("record");
+        tracing::error!(cycle_id = %summary.cycle_id, error = %e,
+            "could not record this cycle's summary in the recovery ledger file; it is kept in memory only");
+    }
     if summary.orphaned_steps_found > 0 || summary.dead_pods_found > 0 {
         tracing::warn!(
             cycle_id = %summary.cycle_id, dry_run, dead_pods = ?summary.dead_pods,
@@ -449,6 +470,8 @@ mod tests {
             max_capacity: 1,
             meta: serde_json::Value::Null,
             heartbeat_age: Duration::from_secs(age_s),
+            heartbeat_interval: None,
+            dead_after: None,
         }
     }
 

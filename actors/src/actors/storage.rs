@@ -75,6 +75,14 @@ static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Whether operation `op` writes to the store (readiness follows writes only).
+fn is_write(op: &str) -> bool {
+    !matches!(
+        op,
+        "pods_list" | "step_get" | "queue_stats" | "steps_orphaned" | "steps_failed_list"
+    )
+}
+
 /// Records one store call's latency and outcome.
 fn observe<T>(op: &'static str, started: std::time::Instant, r: &Result<T, StoreError>) {
     STORE_LATENCY
@@ -172,11 +180,11 @@ impl StorageActor {
                 observe(op, t0, &r);
                 match r {
                     Ok(v) => {
-                        state.store_result(Ok(()));
+                        state.store_result(is_write(op), Ok(()));
                         return Ok(v);
                     }
                     Err(e) => {
-                        state.store_result(Err(e.to_string()));
+                        state.store_result(is_write(op), Err(e.to_string()));
                         if !e.is_transient() || attempt >= cfg.max_attempts {
                             tracing::warn!(op, attempt, error = %e, "store call failed");
                             return Err(e);
@@ -228,7 +236,7 @@ impl StorageActor {
                         match res {
                             Ok(Ok(report)) => {
                                 act.failures = 0;
-                                act.state.store_result(Ok(()));
+                                act.state.store_result(true, Ok(()));
                                 if !report.rejected.is_empty() {
                                     act.state.add_fenced(report.rejected.len() as u64);
                                     FENCED.inc_by(report.rejected.len() as u64);
@@ -242,7 +250,7 @@ impl StorageActor {
                                 act.flush(ctx);
                             }
                             Ok(Err(e)) => {
-                                act.state.store_result(Err(e.to_string()));
+                                act.state.store_result(true, Err(e.to_string()));
                                 // Keep the outcomes and try again later: they are the
                                 // only record of work done.
                                 act.pending.splice(0..0, retry);
@@ -371,7 +379,7 @@ impl Handler<ClaimSteps> for StorageActor {
                 })
                 .await;
             observe("steps_claim", t0, &r);
-            state.store_result(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            state.store_result(true, r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let steps = r?;
             let n = steps.len() as u32;
             CLAIM_BATCH.observe(f64::from(n));

@@ -73,6 +73,7 @@ async fn heartbeat(store: &Arc<dyn Store>, pod: &str) -> crate::PodRecord {
             capacity_in_use: 0,
             max_capacity: 8,
             meta: json!({}),
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -513,6 +514,7 @@ pub async fn orphans_found_for_dead_down_and_unknown_pods(h: Harness) {
         capacity_in_use: 0,
         max_capacity: 8,
         meta: json!({}),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -604,6 +606,7 @@ pub async fn orphan_requeue_spends_retries_then_fails(h: Harness) {
             capacity_in_use: 0,
             max_capacity: 1,
             meta: Value::Null,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -646,6 +649,7 @@ pub async fn heartbeat_keeps_birth_and_ages_by_store_time(h: Harness) {
             capacity_in_use: 3,
             max_capacity: 8,
             meta: json!({"version": "x"}),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -732,6 +736,7 @@ pub async fn eldest_live_pod_leads(h: Harness) {
         capacity_in_use: 0,
         max_capacity: 1,
         meta: Value::Null,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -1009,4 +1014,111 @@ pub async fn store_rejects_nothing_valid_and_survives_hostile_strings(h: Harness
     let pods = h.a.pods_list().await.unwrap();
     assert!(pods.iter().any(|p| p.pod_id == evil));
     assert_eq!(h.a.queue_stats().await.unwrap().counts.failed, 1);
+}
+
+/// Each pod is judged by the dead threshold it declared in its own row: a pod that
+/// declared a long one is alive (and its claims held) where a pod that declared
+/// none is dead by the judge's threshold. A pod marked down reports no capacity.
+pub async fn pods_are_judged_by_their_own_declared_threshold(h: Harness) {
+    insert(&h.a, (0..2).map(|_| step("noop")).collect()).await;
+    for (pod, declared) in [("slow", Some(Duration::from_secs(3600))), ("plain", None)] {
+        h.a.pod_heartbeat(HeartbeatParams {
+            pod_id: pod.into(),
+            capacity_in_use: 1,
+            max_capacity: 8,
+            heartbeat_interval: declared.map(|d| d / 10),
+            dead_after: declared,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        claim(&h.a, pod, 1).await;
+    }
+    let threshold = stale_pod(&h, "slow").await;
+    let threshold = threshold.max(stale_pod(&h, "plain").await);
+    let pods = h.b.pods_list().await.unwrap();
+    let slow = pods.iter().find(|p| p.pod_id == "slow").unwrap();
+    assert_eq!(slow.dead_after, Some(Duration::from_secs(3600)));
+    assert_eq!(slow.heartbeat_interval, Some(Duration::from_secs(360)));
+    assert!(slow.is_alive(threshold), "judged by its own declaration");
+    let plain = pods.iter().find(|p| p.pod_id == "plain").unwrap();
+    assert_eq!(plain.dead_after, None);
+    assert!(!plain.is_alive(threshold), "judged by the default");
+    let orphans =
+        h.b.steps_orphaned(OrphanParams {
+            dead_threshold: threshold,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let holders: Vec<_> = orphans
+        .iter()
+        .filter_map(|s| s.claimed_by.clone())
+        .collect();
+    assert_eq!(holders, ["plain"]);
+    let marked =
+        h.b.pods_mark_down(MarkDownParams {
+            pod_ids: vec!["slow".into(), "plain".into()],
+            dead_threshold: threshold,
+        })
+        .await
+        .unwrap();
+    assert_eq!(marked, ["plain"]);
+    let pods = h.a.pods_list().await.unwrap();
+    let plain = pods.iter().find(|p| p.pod_id == "plain").unwrap();
+    assert_eq!(plain.status, PodStatus::Down);
+    assert_eq!(plain.capacity_in_use, 0, "a down pod runs nothing");
+}
+
+/// A heartbeat from a new incarnation of a pod id restarts the row's birth time,
+/// and the claims the earlier incarnation made become orphans, though the id is
+/// alive; the new incarnation's own claims are held.
+pub async fn a_new_incarnation_orphans_the_old_ones_claims(h: Harness) {
+    insert(&h.a, (0..2).map(|_| step("noop")).collect()).await;
+    let beat = |inc: &'static str| HeartbeatParams {
+        pod_id: "reused".into(),
+        max_capacity: 8,
+        incarnation: inc.into(),
+        ..Default::default()
+    };
+    let first = h.a.pod_heartbeat(beat("one")).await.unwrap();
+    let old = claim(&h.a, "reused", 1).await;
+    assert_eq!(old.len(), 1);
+    let again = h.a.pod_heartbeat(beat("one")).await.unwrap();
+    assert_eq!(
+        again.birth_ts, first.birth_ts,
+        "same incarnation, same birth"
+    );
+    let generous = OrphanParams {
+        dead_threshold: Duration::from_secs(3600),
+        limit: 10,
+    };
+    assert!(h.b.steps_orphaned(generous).await.unwrap().is_empty());
+    // Let the store's clock pass the claim, then a new run of the id heartbeats.
+    let claimed_at = old[0].last_update_ts;
+    let store = h.a.clone();
+    wait_for(
+        "store time to pass the claim",
+        Duration::from_secs(10),
+        move || {
+            let store = store.clone();
+            async move { (store.now().await.unwrap() > claimed_at).then_some(()) }
+        },
+    )
+    .await;
+    let second = h.b.pod_heartbeat(beat("two")).await.unwrap();
+    assert!(second.birth_ts > first.birth_ts, "a new run is born anew");
+    let orphans = h.b.steps_orphaned(generous).await.unwrap();
+    assert_eq!(
+        orphans.iter().map(|s| s.step_id).collect::<Vec<_>>(),
+        [old[0].step_id],
+        "the earlier run's claim is an orphan"
+    );
+    let mine = claim(&h.b, "reused", 1).await;
+    assert_eq!(mine.len(), 1);
+    let orphans = h.b.steps_orphaned(generous).await.unwrap();
+    assert!(
+        orphans.iter().all(|s| s.step_id != mine[0].step_id),
+        "the new run's claim is held"
+    );
 }

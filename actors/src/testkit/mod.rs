@@ -107,7 +107,9 @@ macro_rules! conformance_suite {
             idempotency_key_dedupe_under_concurrent_submits,
             prune_deletes_only_old_finished_steps,
             stats_count_by_status_priority_and_type,
-            store_rejects_nothing_valid_and_survives_hostile_strings
+            store_rejects_nothing_valid_and_survives_hostile_strings,
+            pods_are_judged_by_their_own_declared_threshold,
+            a_new_incarnation_orphans_the_old_ones_claims
         );
     };
     (@cases $open:path, $skip:path; $($case:ident),+ $(,)?) => {

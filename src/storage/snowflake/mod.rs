@@ -44,7 +44,9 @@ use crate::config::SnowflakeSettings;
 
 /// Tables, as `fleet-q schema` prints them. Column names are the seed's plus the
 /// design's; no primary keys (Snowflake would not enforce them).
-pub const DDL: [&str; 2] = [
+/// Statements that bring a table created by an earlier version up to date come
+/// last; each is idempotent, so `schema_init` runs them all every time.
+pub const DDL: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     step_id         VARCHAR(36)   NOT NULL,
     status          VARCHAR(16)   NOT NULL,
@@ -71,8 +73,14 @@ pub const DDL: [&str; 2] = [
     status            VARCHAR(8)    NOT NULL,
     capacity_in_use   NUMBER(10,0)  NOT NULL,
     max_capacity      NUMBER(10,0)  NOT NULL,
-    meta              VARCHAR
+    meta              VARCHAR,
+    incarnation       VARCHAR,
+    heartbeat_interval_ms NUMBER(19,0),
+    dead_after_ms     NUMBER(19,0)
 )",
+    "ALTER TABLE POD_HEALTH ADD COLUMN IF NOT EXISTS incarnation VARCHAR",
+    "ALTER TABLE POD_HEALTH ADD COLUMN IF NOT EXISTS heartbeat_interval_ms NUMBER(19,0)",
+    "ALTER TABLE POD_HEALTH ADD COLUMN IF NOT EXISTS dead_after_ms NUMBER(19,0)",
 ];
 
 const STEP_COLS: &str = "step_id AS step_id, status AS status, claimed_by AS claimed_by, \
@@ -86,6 +94,7 @@ const STEP_COLS: &str = "step_id AS step_id, status AS status, claimed_by AS cla
 const POD_COLS: &str = "pod_id AS pod_id, DATE_PART(EPOCH_MILLISECOND, birth_ts) AS birth_ms, \
      DATE_PART(EPOCH_MILLISECOND, last_heartbeat_ts) AS last_ms, status AS status, \
      capacity_in_use AS capacity_in_use, max_capacity AS max_capacity, meta AS meta, \
+     heartbeat_interval_ms AS heartbeat_interval_ms, dead_after_ms AS dead_after_ms, \
      DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms";
 
 /// How long a claim keeps trying to read back what it claimed.
@@ -281,6 +290,11 @@ fn step_from_row(op: &'static str, r: &Row) -> Result<Step, StoreError> {
     })
 }
 
+/// An optional duration as a SQL integer of milliseconds, or NULL.
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "NULL".to_string(), |d| ms(d).to_string())
+}
+
 fn pod_from_row(op: &'static str, r: &Row) -> Result<PodRecord, StoreError> {
     let now = r.int("now_ms").ok_or_else(|| bad(op, "now"))?;
     let last = r
@@ -301,6 +315,12 @@ fn pod_from_row(op: &'static str, r: &Row) -> Result<PodRecord, StoreError> {
             .and_then(|m| serde_json::from_str(&m).ok())
             .unwrap_or(serde_json::Value::Null),
         heartbeat_age: Duration::from_millis(now.saturating_sub(last).max(0) as u64),
+        heartbeat_interval: r
+            .int("heartbeat_interval_ms")
+            .map(|v| Duration::from_millis(v.max(0) as u64)),
+        dead_after: r
+            .int("dead_after_ms")
+            .map(|v| Duration::from_millis(v.max(0) as u64)),
     })
 }
 
@@ -974,17 +994,24 @@ impl Store for SnowflakeStore {
     async fn pod_heartbeat(&self, p: HeartbeatParams) -> Result<PodRecord, StoreError> {
         let op = "pod_heartbeat";
         let stmt = format!(
-            "MERGE INTO POD_HEALTH USING (SELECT {pod} AS pod_id, '{status}' AS status, {cap} AS cap, {max} AS maxc, {meta} AS meta) s \
+            "MERGE INTO POD_HEALTH USING (SELECT {pod} AS pod_id, '{status}' AS status, {cap} AS cap, {max} AS maxc, {meta} AS meta, \
+               {inc} AS inc, {hb} AS hb, {dead} AS dead) s \
              ON POD_HEALTH.pod_id = s.pod_id \
-             WHEN MATCHED AND POD_HEALTH.status = 'up' THEN UPDATE SET last_heartbeat_ts = SYSDATE(), \
-               status = s.status, capacity_in_use = s.cap, max_capacity = s.maxc, meta = s.meta \
-             WHEN NOT MATCHED THEN INSERT (pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, max_capacity, meta) \
-               VALUES (s.pod_id, SYSDATE(), SYSDATE(), s.status, s.cap, s.maxc, s.meta)",
+             WHEN MATCHED AND POD_HEALTH.status = 'up' THEN UPDATE SET \
+               birth_ts = CASE WHEN POD_HEALTH.incarnation IS NOT DISTINCT FROM s.inc THEN POD_HEALTH.birth_ts ELSE SYSDATE() END, \
+               last_heartbeat_ts = SYSDATE(), status = s.status, capacity_in_use = s.cap, max_capacity = s.maxc, meta = s.meta, \
+               incarnation = s.inc, heartbeat_interval_ms = s.hb, dead_after_ms = s.dead \
+             WHEN NOT MATCHED THEN INSERT (pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, max_capacity, meta, \
+               incarnation, heartbeat_interval_ms, dead_after_ms) \
+               VALUES (s.pod_id, SYSDATE(), SYSDATE(), s.status, s.cap, s.maxc, s.meta, s.inc, s.hb, s.dead)",
             pod = sql::text(&p.pod_id),
             status = p.status.as_str(),
             cap = p.capacity_in_use,
             max = p.max_capacity,
             meta = sql::text(&p.meta.to_string()),
+            inc = sql::text(&p.incarnation),
+            hb = opt_ms(p.heartbeat_interval),
+            dead = opt_ms(p.dead_after),
         );
         self.exec(op, &stmt).await?;
         let rows = self
@@ -1020,9 +1047,10 @@ impl Store for SnowflakeStore {
         }
         let list: Vec<String> = p.pod_ids.iter().map(|id| sql::text(id)).collect();
         let cond = format!(
-            "pod_id IN ({}) AND status = 'up' AND last_heartbeat_ts <= DATEADD(millisecond, {}, SYSDATE())",
+            "pod_id IN ({}) AND status = 'up' \
+             AND last_heartbeat_ts <= DATEADD(millisecond, -COALESCE(dead_after_ms, {}), SYSDATE())",
             list.join(", "),
-            -ms(p.dead_threshold)
+            ms(p.dead_threshold)
         );
         let candidates = self
             .exec(
@@ -1035,7 +1063,7 @@ impl Store for SnowflakeStore {
         }
         self.exec(
             op,
-            &format!("UPDATE POD_HEALTH SET status = 'down' WHERE {cond}"),
+            &format!("UPDATE POD_HEALTH SET status = 'down', capacity_in_use = 0 WHERE {cond}"),
         )
         .await?;
         let wanted: HashSet<&String> = p.pod_ids.iter().collect();
@@ -1052,8 +1080,9 @@ impl Store for SnowflakeStore {
             &format!(
                 "SELECT {STEP_COLS} FROM STEP_TRACKER s WHERE s.status = 'claimed' AND NOT EXISTS \
                  (SELECT 1 FROM POD_HEALTH p WHERE p.pod_id = s.claimed_by AND p.status = 'up' \
-                  AND p.last_heartbeat_ts > DATEADD(millisecond, {}, SYSDATE())) ORDER BY s.step_id LIMIT {}",
-                -ms(p.dead_threshold),
+                  AND p.last_heartbeat_ts > DATEADD(millisecond, -COALESCE(p.dead_after_ms, {}), SYSDATE()) \
+                  AND p.birth_ts <= s.last_update_ts) ORDER BY s.step_id LIMIT {}",
+                ms(p.dead_threshold),
                 p.limit
             ),
         )

@@ -146,16 +146,28 @@ CREATE TABLE IF NOT EXISTS POD_HEALTH (
     status            TEXT    NOT NULL,
     capacity_in_use   INTEGER NOT NULL DEFAULT 0,
     max_capacity      INTEGER NOT NULL DEFAULT 0,
-    meta              TEXT    NOT NULL DEFAULT '{}'
+    meta              TEXT    NOT NULL DEFAULT '{}',
+    incarnation       TEXT,
+    heartbeat_interval_ms INTEGER,
+    dead_after_ms     INTEGER
 );
 ";
+
+/// Columns added to POD_HEALTH after its first release: `schema_init` adds each
+/// one a table created by an older version lacks (SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`).
+const POD_HEALTH_ADDED: [(&str, &str); 3] = [
+    ("incarnation", "TEXT"),
+    ("heartbeat_interval_ms", "INTEGER"),
+    ("dead_after_ms", "INTEGER"),
+];
 
 const STEP_COLS: &str = "step_id, status, claimed_by, last_update_ts, payload, retry_count, \
      priority, created_ts, max_retries, attempt, run_at, idempotency_key, last_error, result, \
      timeout_ms";
 
-const POD_COLS: &str =
-    "pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, max_capacity, meta";
+const POD_COLS: &str = "pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, \
+     max_capacity, meta, heartbeat_interval_ms, dead_after_ms";
 
 fn ts(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
@@ -234,6 +246,12 @@ fn pod_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<PodRecord> {
         max_capacity: r.get(5)?,
         meta: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
         heartbeat_age: Duration::from_millis(now.saturating_sub(last).max(0) as u64),
+        heartbeat_interval: r
+            .get::<_, Option<i64>>(7)?
+            .map(|v| Duration::from_millis(v.max(0) as u64)),
+        dead_after: r
+            .get::<_, Option<i64>>(8)?
+            .map(|v| Duration::from_millis(v.max(0) as u64)),
     })
 }
 
@@ -432,6 +450,20 @@ impl Store for SqliteStore {
                 c.execute_batch(SCHEMA)
                     .map_err(|e| map_err("schema_init", e))?;
                 count(stmts, 1);
+                let have: Vec<String> = c
+                    .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
+                    .and_then(|mut st| {
+                        st.query_map([], |r| r.get(0))?
+                            .collect::<rusqlite::Result<_>>()
+                    })
+                    .map_err(|e| map_err("schema_init", e))?;
+                for (col, ty) in POD_HEALTH_ADDED {
+                    if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
+                        c.execute_batch(&format!("ALTER TABLE POD_HEALTH ADD COLUMN {col} {ty}"))
+                            .map_err(|e| map_err("schema_init", e))?;
+                        count(stmts, 1);
+                    }
+                }
                 Ok(())
             })
             .await
@@ -777,11 +809,17 @@ impl Store for SqliteStore {
                 let n = c
                     .prepare_cached(
                         "INSERT INTO POD_HEALTH (pod_id, birth_ts, last_heartbeat_ts, status, \
-                         capacity_in_use, max_capacity, meta) VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6) \
+                         capacity_in_use, max_capacity, meta, incarnation, heartbeat_interval_ms, \
+                         dead_after_ms) VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                          ON CONFLICT (pod_id) DO UPDATE SET \
+                           birth_ts = CASE WHEN POD_HEALTH.incarnation IS excluded.incarnation \
+                             THEN POD_HEALTH.birth_ts ELSE excluded.birth_ts END, \
                            last_heartbeat_ts = excluded.last_heartbeat_ts, status = excluded.status, \
                            capacity_in_use = excluded.capacity_in_use, \
-                           max_capacity = excluded.max_capacity, meta = excluded.meta \
+                           max_capacity = excluded.max_capacity, meta = excluded.meta, \
+                           incarnation = excluded.incarnation, \
+                           heartbeat_interval_ms = excluded.heartbeat_interval_ms, \
+                           dead_after_ms = excluded.dead_after_ms \
                          WHERE POD_HEALTH.status = 'up'",
                     )
                     .and_then(|mut st| {
@@ -791,7 +829,10 @@ impl Store for SqliteStore {
                             p.status.as_str(),
                             p.capacity_in_use,
                             p.max_capacity,
-                            meta
+                            meta,
+                            p.incarnation,
+                            p.heartbeat_interval.map(ms),
+                            p.dead_after.map(ms),
                         ])
                     })
                     .map_err(|e| map_err(op, e))?;
@@ -820,15 +861,16 @@ impl Store for SqliteStore {
             .write("pods_mark_down", move |c, now, stmts| {
                 let mut st = c
                     .prepare_cached(
-                        "UPDATE POD_HEALTH SET status = 'down' \
-                         WHERE pod_id = ?1 AND status = 'up' AND last_heartbeat_ts <= ?2",
+                        "UPDATE POD_HEALTH SET status = 'down', capacity_in_use = 0 \
+                         WHERE pod_id = ?1 AND status = 'up' \
+                           AND last_heartbeat_ts <= ?2 - COALESCE(dead_after_ms, ?3)",
                     )
                     .map_err(|e| map_err("pods_mark_down", e))?;
-                let cutoff = now.saturating_sub(ms(p.dead_threshold));
+                let default = ms(p.dead_threshold);
                 let mut marked = Vec::new();
                 for id in p.pod_ids {
                     let n = st
-                        .execute(params![id, cutoff])
+                        .execute(params![id, now, default])
                         .map_err(|e| map_err("pods_mark_down", e))?;
                     count(stmts, 1);
                     if n == 1 {
@@ -842,14 +884,16 @@ impl Store for SqliteStore {
 
     async fn steps_orphaned(&self, p: OrphanParams) -> Result<Vec<Step>, StoreError> {
         self.read("steps_orphaned", move |c, now| {
-            // Alive means up with a heartbeat younger than the threshold.
+            // A claim is held while its holder is up, heartbeats within its own
+            // declared threshold (the default for rows that declare none), and is
+            // the incarnation that made the claim (born no later than it).
             let mut st = c.prepare_cached(&format!(
                 "SELECT {STEP_COLS} FROM STEP_TRACKER s WHERE s.status = 'claimed' AND s.{LIVE} AND NOT EXISTS \
                  (SELECT 1 FROM POD_HEALTH p WHERE p.pod_id = s.claimed_by AND p.status = 'up' \
-                  AND p.last_heartbeat_ts > ?1) ORDER BY s.step_id LIMIT ?2"
+                  AND p.last_heartbeat_ts > ?1 - COALESCE(p.dead_after_ms, ?2) \
+                  AND p.birth_ts <= s.last_update_ts) ORDER BY s.step_id LIMIT ?3"
             ))?;
-            let cutoff = now.saturating_sub(ms(p.dead_threshold));
-            let rows = st.query_map(params![cutoff, p.limit], step_from_row)?;
+            let rows = st.query_map(params![now, ms(p.dead_threshold), p.limit], step_from_row)?;
             rows.collect()
         })
         .await
