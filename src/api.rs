@@ -217,6 +217,9 @@ pub struct ApiError {
     pub path: String,
     #[serde(skip)]
     status: Option<StatusCode>,
+    /// Close the connection after answering (timeouts, refusals).
+    #[serde(skip)]
+    close: bool,
 }
 
 impl ApiError {
@@ -233,7 +236,13 @@ impl ApiError {
             timestamp: Utc::now(),
             path: path.to_string(),
             status: None,
+            close: false,
         }
+    }
+
+    fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     fn with_status(mut self, status: StatusCode) -> Self {
@@ -269,6 +278,9 @@ impl ResponseError for ApiError {
         if self.error_type == ErrorType::Unauthorized {
             r.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
+        if self.close {
+            r.force_close();
+        }
         r.json(self)
     }
 }
@@ -286,11 +298,15 @@ fn require_admin(req: &HttpRequest, st: &AppState) -> Result<(), ApiError> {
             req,
         ));
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
     let given = given.as_bytes();
-    let presented = given
-        .strip_prefix(b"Bearer ")
-        .or_else(|| given.strip_prefix(b"bearer "))
-        .unwrap_or(b"");
+    let presented = match given.iter().position(|b| *b == b' ') {
+        Some(i) if given[..i].eq_ignore_ascii_case(b"bearer") => {
+            let rest = &given[i..];
+            &rest[rest.iter().take_while(|b| **b == b' ').count()..]
+        }
+        _ => b"",
+    };
     use subtle::ConstantTimeEq;
     let want = token.expose().as_bytes();
     // Constant time in the token's content; the length check leaks only length.
@@ -317,9 +333,16 @@ async fn fetch_step(raw: &str, st: &AppState, req: &HttpRequest) -> Result<Step,
 }
 
 fn parse_id(raw: &str, req: &HttpRequest) -> Result<StepId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::validation(format!("step_id {raw:?} is not a UUID"), req))
+    raw.parse().map_err(|_| {
+        ApiError::validation(
+            format!("step_id {:?} is not a UUID", truncate(raw, QUOTE_MAX)),
+            req,
+        )
+    })
 }
+
+/// Most characters of a client's value an error body quotes.
+pub const QUOTE_MAX: usize = 100;
 
 // ---------------------------------------------------------------- schemas ----
 
@@ -403,9 +426,16 @@ impl SubmitRequest {
             (None, Some(at)) => RunAt::At(at),
             (None, None) => RunAt::Now,
         };
-        let timeout = self
-            .timeout_seconds
-            .and_then(|t| secs("timeout_seconds", t, &mut errors));
+        let timeout = self.timeout_seconds.and_then(|t| {
+            if t.is_finite() && t < 0.001 {
+                errors.push(E::new(
+                    "timeout_seconds",
+                    "must be at least 0.001 (1 ms); leave it out for the default",
+                ));
+                return None;
+            }
+            secs("timeout_seconds", t, &mut errors)
+        });
         let spec = StepSpec {
             step_type: self.step_type,
             args: self.args,
@@ -531,14 +561,42 @@ pub struct RecoveryRequest {
     pub dry_run: bool,
 }
 
-/// Paging for `GET /admin/failed` and `GET /admin/recovery`.
+/// Paging for `GET /admin/failed` and `GET /admin/recovery`. Parsed inside the
+/// handlers, after the admin check: a request without credentials is 401 whatever
+/// its query string holds.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
-    /// Page size (1 … 1000, default 100).
+    /// Page size: 1 … 1000 on every paged route (0 is an error, as is anything
+    /// above 1000); the default depends on the route.
     pub limit: Option<u32>,
     /// The last step id of the previous page.
     pub after: Option<String>,
+}
+
+impl Page {
+    fn of(req: &HttpRequest) -> Result<Page, ApiError> {
+        web::Query::<Page>::from_query(req.query_string())
+            .map(web::Query::into_inner)
+            .map_err(|e| {
+                ApiError::validation(
+                    format!("invalid query string: {}", truncate(&e.to_string(), 200)),
+                    req,
+                )
+            })
+    }
+
+    fn limit(&self, default: u32, req: &HttpRequest) -> Result<u32, ApiError> {
+        let limit = self.limit.unwrap_or(default);
+        if (1..=1000).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(ApiError::validation(
+                "limit must be between 1 and 1000",
+                req,
+            ))
+        }
+    }
 }
 
 // ---------------------------------------------------------------- handlers ---
@@ -763,7 +821,9 @@ async fn cancel(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>
         .map_err(|e| ApiError::store(&e, &req))?
     {
         CancelOutcome::Cancelled => {
-            CANCELLED.with_label_values(&[step.step_type()]).inc();
+            CANCELLED
+                .with_label_values(&[metrics::type_label(step.step_type())])
+                .inc();
             Ok(HttpResponse::Ok()
                 .json(json!({"step_id": id, "status": "cancelled", "message": "step cancelled"})))
         }
@@ -836,6 +896,7 @@ async fn admin_queue(req: HttpRequest, st: web::Data<AppState>) -> ApiResult {
             )
         })
         .collect();
+    let (by_type, omitted) = largest_types(&snap.stats.by_type, MAX_TYPES_SHOWN);
     Ok(HttpResponse::Ok().json(json!({
         "pending_steps": c.pending,
         "claimed_steps": c.claimed,
@@ -845,11 +906,33 @@ async fn admin_queue(req: HttpRequest, st: web::Data<AppState>) -> ApiResult {
         "active_pods": live.len(),
         "current_leader": eldest_live_pod(&snap.pods, st.dead_pod_threshold).map(|l| l.pod_id.clone()),
         "queue_depth_by_priority": snap.stats.pending_by_priority,
-        "steps_by_type": snap.stats.by_type,
+        "steps_by_type": by_type,
+        "steps_by_type_omitted": omitted,
         "pod_capacity": capacity,
         "oldest_pending_age_seconds": snap.stats.oldest_pending_age.map(|a| a.as_secs_f64()),
         "as_of": snap.now,
     })))
+}
+
+/// Most step types `/admin/queue` lists one by one.
+pub const MAX_TYPES_SHOWN: usize = 50;
+
+/// The `max` step types with the most steps (ties by name), and how many types
+/// were left out: step types are chosen by clients, so a listing of them must be
+/// bounded.
+fn largest_types(
+    by_type: &BTreeMap<String, fleet_q_actors::StatusCounts>,
+    max: usize,
+) -> (BTreeMap<&str, &fleet_q_actors::StatusCounts>, usize) {
+    let mut all: Vec<(&String, &fleet_q_actors::StatusCounts)> = by_type.iter().collect();
+    all.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then(a.0.cmp(b.0)));
+    let omitted = all.len().saturating_sub(max);
+    let shown = all
+        .into_iter()
+        .take(max)
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    (shown, omitted)
 }
 
 /// Run a recovery cycle now (leader only).
@@ -891,13 +974,10 @@ async fn admin_recovery_run(
 /// Recent recovery cycles from this pod's ledger, newest first.
 #[utoipa::path(get, path = "/admin/recovery", tag = "admin", params(Page),
     responses((status = 200, description = "`{cycles: [RecoverySummary]}`"), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn admin_recovery(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    q: web::Query<Page>,
-) -> ApiResult {
+async fn admin_recovery(req: HttpRequest, st: web::Data<AppState>) -> ApiResult {
     require_admin(&req, &st)?;
-    let limit = q.limit.unwrap_or(20).clamp(1, 1000) as usize;
+    let q = Page::of(&req)?;
+    let limit = q.limit(20, &req)? as usize;
     let cycles: Vec<RecoverySummary> = st.pod.recovery_history(limit).await.map_err(|e| {
         tracing::warn!(error = %e, "reading the recovery ledger");
         ApiError::new(
@@ -912,15 +992,10 @@ async fn admin_recovery(
 /// Failed steps, a page at a time (by id).
 #[utoipa::path(get, path = "/admin/failed", tag = "admin", params(Page),
     responses((status = 200, description = "`{steps, next_after}`"), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn admin_failed(req: HttpRequest, st: web::Data<AppState>, q: web::Query<Page>) -> ApiResult {
+async fn admin_failed(req: HttpRequest, st: web::Data<AppState>) -> ApiResult {
     require_admin(&req, &st)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::validation(
-            "limit must be between 1 and 1000",
-            &req,
-        ));
-    }
+    let q = Page::of(&req)?;
+    let limit = q.limit(100, &req)?;
     let after = q.after.as_deref().map(|a| parse_id(a, &req)).transpose()?;
     let steps = st
         .pod
@@ -1091,14 +1166,42 @@ fn json_error(err: actix_web::error::JsonPayloadError, req: &HttpRequest) -> act
             "the request body must be JSON (Content-Type: application/json)",
             req,
         ),
-        J::Deserialize(d) => ApiError::validation(format!("invalid JSON body: {d}"), req),
-        other => ApiError::validation(format!("invalid request body: {other}"), req),
+        J::Payload(actix_web::error::PayloadError::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            body_timed_out(req)
+        }
+        J::Deserialize(d) => ApiError::validation(
+            format!("invalid JSON body: {}", truncate(&d.to_string(), 200)),
+            req,
+        ),
+        other => ApiError::validation(
+            format!(
+                "invalid request body: {}",
+                truncate(&other.to_string(), 200)
+            ),
+            req,
+        ),
     };
     e.into()
 }
 
+fn body_timed_out(req: &HttpRequest) -> ApiError {
+    ApiError::new(
+        ErrorType::ValidationError,
+        "the request body did not arrive in time",
+        req,
+    )
+    .with_status(StatusCode::REQUEST_TIMEOUT)
+    .closing()
+}
+
 fn query_error(err: actix_web::error::QueryPayloadError, req: &HttpRequest) -> actix_web::Error {
-    ApiError::validation(format!("invalid query string: {err}"), req).into()
+    ApiError::validation(
+        format!("invalid query string: {}", truncate(&err.to_string(), 200)),
+        req,
+    )
+    .into()
 }
 
 fn path_error(err: actix_web::error::PathError, req: &HttpRequest) -> actix_web::Error {
@@ -1143,6 +1246,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
 ];
 
+/// A GET route that answers HEAD too (actix sends no body for HEAD).
+fn get_or_head() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
 /// Registers every route on `cfg`.
 pub fn routes(cfg: &mut web::ServiceConfig, max_payload_bytes: usize) {
     fn res(path: &str) -> actix_web::Resource {
@@ -1156,21 +1265,21 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_payload_bytes: usize) {
     .app_data(web::PayloadConfig::new(max_payload_bytes))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .service(res("/health").route(web::get().to(health)))
-    .service(res("/ready").route(web::get().to(ready)))
+    .service(res("/health").route(get_or_head().to(health)))
+    .service(res("/ready").route(get_or_head().to(ready)))
     .service(res("/submit").route(web::post().to(submit)))
     .service(res("/submit/batch").route(web::post().to(submit_batch)))
-    .service(res("/status/{step_id}").route(web::get().to(status)))
-    .service(res("/idempotency/{step_id}").route(web::get().to(idempotency)))
+    .service(res("/status/{step_id}").route(get_or_head().to(status)))
+    .service(res("/idempotency/{step_id}").route(get_or_head().to(idempotency)))
     .service(res("/steps/{step_id}").route(web::delete().to(cancel)))
-    .service(res("/admin/leader").route(web::get().to(admin_leader)))
-    .service(res("/admin/queue").route(web::get().to(admin_queue)))
+    .service(res("/admin/leader").route(get_or_head().to(admin_leader)))
+    .service(res("/admin/queue").route(get_or_head().to(admin_queue)))
     .service(res("/admin/recovery/run").route(web::post().to(admin_recovery_run)))
-    .service(res("/admin/recovery").route(web::get().to(admin_recovery)))
-    .service(res("/admin/failed").route(web::get().to(admin_failed)))
+    .service(res("/admin/recovery").route(get_or_head().to(admin_recovery)))
+    .service(res("/admin/failed").route(get_or_head().to(admin_failed)))
     .service(res("/admin/steps/{step_id}/retry").route(web::post().to(admin_retry)))
-    .service(res("/metrics").route(web::get().to(metrics_text)))
-    .service(res("/openapi.json").route(web::get().to(openapi_json)));
+    .service(res("/metrics").route(get_or_head().to(metrics_text)))
+    .service(res("/openapi.json").route(get_or_head().to(openapi_json)));
     if fleet_q_actors::supervision::FAILPOINTS_ENABLED {
         cfg.route("/debug/fault/{actor}/{kind}", web::post().to(inject_fault));
     }
@@ -1282,4 +1391,136 @@ where
     };
     meta.count(res.status());
     Ok(res)
+}
+
+// ------------------------------------------------------------- admission ---
+
+/// Limits on what one client can hold of a pod: connections and time.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// A request body must arrive within this; else 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// Open connections past which requests are refused with 503 (probes excepted).
+    pub max_connections: usize,
+    /// Open connections now (kept by [`on_connect`]).
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpLimits {
+    /// Limits with a fresh connection count.
+    pub fn new(body_timeout: Duration, max_connections: usize) -> Self {
+        HttpLimits {
+            body_timeout,
+            max_connections,
+            open: Arc::default(),
+        }
+    }
+}
+
+/// Held in each connection's data while it is open; counts it.
+struct ConnGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// For `HttpServer::on_connect`: counts each connection while it is open.
+pub fn on_connect(
+    open: Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
+    move |_, ext| {
+        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ext.insert(ConnGuard(open.clone()));
+    }
+}
+
+/// Probes answer whatever the load: a liveness probe that cannot connect would
+/// have the orchestrator kill a pod that is only busy.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/ready")
+}
+
+/// Checks a request before it is routed: refuses it past the connection cap
+/// (503, connection closed), refuses bodies in an encoding the server does not
+/// decode (415), and puts a deadline on reading its body.
+pub fn admit(req: &mut ServiceRequest, limits: &HttpLimits) -> Result<(), ApiError> {
+    let path = req.path().to_string();
+    let open = limits.open.load(std::sync::atomic::Ordering::SeqCst);
+    if open > limits.max_connections && !is_probe(&path) {
+        return Err(ApiError::for_path(
+            ErrorType::DatabaseError,
+            format!(
+                "this pod has too many open connections ({open}, limit {}); retry later",
+                limits.max_connections
+            ),
+            &path,
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .closing());
+    }
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
+        let identity = enc
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+        if !identity {
+            return Err(ApiError::for_path(
+                ErrorType::UnsupportedMediaType,
+                "Content-Encoding is not supported: send the body uncompressed",
+                &path,
+            )
+            .closing());
+        }
+    }
+    let has_body = match req.headers().get(header::CONTENT_LENGTH) {
+        Some(len) => len.as_bytes() != b"0",
+        None => req.headers().contains_key(header::TRANSFER_ENCODING),
+    };
+    if !has_body {
+        return Ok(());
+    }
+    let inner = actix_web::HttpMessage::take_payload(req);
+    req.set_payload(actix_web::dev::Payload::Stream {
+        payload: Box::pin(BodyDeadline {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limits.body_timeout)),
+            done: false,
+        }),
+    });
+    Ok(())
+}
+
+/// A request body that fails with `TimedOut` once its deadline passes.
+struct BodyDeadline {
+    inner: actix_web::dev::Payload,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl futures_util::Stream for BodyDeadline {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+            this.done = item.is_none();
+            return Poll::Ready(item);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request body timed out"),
+            ))));
+        }
+        Poll::Pending
+    }
 }

@@ -90,6 +90,9 @@ keys! {
     "retention_seconds", "604800", false, "finished steps are pruned after this, at least 60";
     "ledger_path", "", false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
     "max_payload_bytes", "1048576", false, "HTTP request body limit, 1024 to 67108864";
+    "http_body_timeout_seconds", "10", false, "a request body must arrive within this (else 408 and the connection closes), 1 to 3600";
+    "http_max_connections", "1024", false, "open HTTP connections past which requests get 503 (probes excepted), 16 to 100000";
+    "http_max_result_bytes", "65536", false, "largest response the `http` handler stores as a step's result (larger fails the step), 1024 to 16777216";
 }
 
 /// A secret string: `Debug`, `Display` and `Serialize` print `<redacted>`.
@@ -235,6 +238,12 @@ pub struct Settings {
     pub retention: Duration,
     /// HTTP body limit.
     pub max_payload_bytes: usize,
+    /// Time a request body has to arrive.
+    pub http_body_timeout: Duration,
+    /// Open connections past which requests are refused (probes excepted).
+    pub http_max_connections: usize,
+    /// Largest response body the `http` handler stores as a result.
+    pub http_max_result_bytes: usize,
     /// Recovery ledger file; `None` keeps it in memory.
     pub ledger_path: Option<PathBuf>,
 }
@@ -311,6 +320,9 @@ impl Settings {
             "shutdown_grace_seconds" => secs(self.shutdown_grace),
             "retention_seconds" => secs(self.retention),
             "max_payload_bytes" => self.max_payload_bytes.to_string(),
+            "http_body_timeout_seconds" => secs(self.http_body_timeout),
+            "http_max_connections" => self.http_max_connections.to_string(),
+            "http_max_result_bytes" => self.http_max_result_bytes.to_string(),
             other => unreachable!("setting {other} is in KEYS but not printed"),
         }
     }
@@ -720,6 +732,9 @@ fn build(p: &mut Parser<'_>) -> Settings {
     let shutdown_grace = p.secs("shutdown_grace_seconds", 0, 3600);
     let retention = p.secs("retention_seconds", 60, 10 * 365 * 86_400);
     let max_payload_bytes = p.num::<usize>("max_payload_bytes", 1024, 64 * 1024 * 1024);
+    let http_body_timeout = p.secs("http_body_timeout_seconds", 1, 3600);
+    let http_max_connections = p.num::<usize>("http_max_connections", 16, 100_000);
+    let http_max_result_bytes = p.num::<usize>("http_max_result_bytes", 1024, 16 * 1024 * 1024);
     let ledger_path = match p.opt("ledger_path").as_deref() {
         Some(":memory:") => None,
         Some(path) => Some(PathBuf::from(path)),
@@ -754,6 +769,9 @@ fn build(p: &mut Parser<'_>) -> Settings {
         shutdown_grace,
         retention,
         max_payload_bytes,
+        http_body_timeout,
+        http_max_connections,
+        http_max_result_bytes,
         ledger_path,
     }
 }

@@ -69,18 +69,35 @@ pub async fn run(
         // heard from it within two intervals.
         settings.heartbeat_interval * 2 + std::time::Duration::from_secs(5),
     ));
+    let limits = api::HttpLimits::new(settings.http_body_timeout, settings.http_max_connections);
+    let open = limits.open.clone();
     let server = HttpServer::new(move || {
+        let limits = limits.clone();
         App::new()
             .app_data(state.clone())
             .configure(|c| api::routes(c, max_payload))
-            .wrap_fn(|req, srv| {
+            .wrap_fn(move |mut req, srv| {
                 use actix_web::dev::Service;
+                use futures_util::future::{ready, Either};
                 let meta = api::RequestMeta::of(&req);
-                let call = srv.call(req);
+                let call = match api::admit(&mut req, &limits) {
+                    Ok(()) => Either::Left(srv.call(req)),
+                    Err(e) => {
+                        let resp = actix_web::ResponseError::error_response(&e);
+                        Either::Right(ready(Ok(req.into_response(resp))))
+                    }
+                };
                 api::observe(meta, call)
             })
             .wrap(tracing_actix_web::TracingLogger::default())
     })
+    .on_connect(api::on_connect(open))
+    // Connections that never finish their request head are dropped after this;
+    // bodies have their own deadline (`FLEET_Q_HTTP_BODY_TIMEOUT_SECONDS`).
+    .client_request_timeout(std::time::Duration::from_secs(5))
+    // Per worker; above the refusal cap so that probes still connect while
+    // requests past the cap are answered 503.
+    .max_connections(settings.http_max_connections + 256)
     .workers(2)
     .disable_signals()
     .shutdown_timeout(5)

@@ -11,6 +11,32 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Step types that may appear as a metric label: the types this process has
+/// handlers for. Steps carry client-chosen types, so any other type is folded into
+/// [`OTHER_TYPE`]; without that, a client could grow `/metrics` without bound.
+static KNOWN_TYPES: LazyLock<std::sync::RwLock<std::collections::HashSet<String>>> =
+    LazyLock::new(Default::default);
+
+/// The label value every step type without a registered handler is counted under.
+pub const OTHER_TYPE: &str = "other";
+
+/// Adds `types` to the step types that may be metric labels (a pod's handler
+/// types, at start).
+pub fn allow_type_labels<'a>(types: impl IntoIterator<Item = &'a str>) {
+    let mut known = KNOWN_TYPES.write().expect("type labels lock");
+    known.extend(types.into_iter().map(str::to_string));
+}
+
+/// The label value for step type `t`: `t` when a handler is registered for it,
+/// else [`OTHER_TYPE`].
+pub fn type_label(t: &str) -> &str {
+    if KNOWN_TYPES.read().expect("type labels lock").contains(t) {
+        t
+    } else {
+        OTHER_TYPE
+    }
+}
+
 /// The registry behind `/metrics`.
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 

@@ -196,6 +196,7 @@ impl Pod {
         handlers: HandlerRegistry,
     ) -> Result<Pod, PodError> {
         crate::metrics::register_all();
+        crate::metrics::allow_type_labels(handlers.types().iter().map(String::as_str));
         let state = Arc::new(PodState::new(
             cfg.pod_id.clone(),
             cfg.max_capacity,

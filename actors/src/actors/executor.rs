@@ -30,10 +30,10 @@ use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 
 use crate::metrics;
 
-static OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     metrics::counter_vec(
         "fleet_q_steps_finished_total",
-        "Step runs finished on this process by type and outcome: completed, failed (terminal) or retried.",
+        "Step runs finished on this process and accepted by the store, by type and outcome: completed, failed (terminal) or retried. Results rejected by fencing are counted only in fleet_q_fenced_results_total.",
         &["type", "outcome"],
     )
 });
@@ -149,7 +149,7 @@ impl ExecutorPool {
         let step_type = sctx.step.step_type().to_string();
         let due = sctx.step.run_at.max(sctx.step.created_ts);
         let waited = (chrono::Utc::now() - due).to_std().unwrap_or_default();
-        WAIT.with_label_values(&[step_type.as_str()])
+        WAIT.with_label_values(&[metrics::type_label(&step_type)])
             .observe(waited.as_secs_f64());
         self.state.running.insert(
             lease.step_id,
@@ -176,10 +176,11 @@ impl ExecutorPool {
     fn done(&mut self, lease: Lease, outcome: Outcome, ctx: &mut Context<Self>) {
         self.tasks.remove(&lease.step_id);
         let removed = self.state.running.remove(&lease.step_id);
+        let mut outcome_kind = None;
         if let Some((_, f)) = &removed {
             let took = f.started.elapsed();
             DURATION
-                .with_label_values(&[f.step_type.as_str()])
+                .with_label_values(&[metrics::type_label(&f.step_type)])
                 .observe(took.as_secs_f64());
             let kind = match &outcome {
                 Outcome::Complete { .. } => "completed",
@@ -188,9 +189,9 @@ impl ExecutorPool {
                 } if f.retries_left > 0 => "retried",
                 Outcome::Fail { .. } => "failed",
             };
-            OUTCOMES
-                .with_label_values(&[f.step_type.as_str(), kind])
-                .inc();
+            // Counted by storage once the store accepted the outcome: a result
+            // rejected by fencing is not a completion.
+            outcome_kind = Some((f.step_type.clone(), kind));
             match &outcome {
                 Outcome::Complete { .. } => {
                     tracing::debug!(pod_id = %lease.pod_id, step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, "step completed")
@@ -214,7 +215,10 @@ impl ExecutorPool {
         // A step no longer in the registry was abandoned at shutdown (its lease
         // released); its late outcome is dropped rather than written.
         if removed.is_some() {
-            self.storage.do_send(FinishStep(Finish { lease, outcome }));
+            self.storage.do_send(FinishStep {
+                finish: Finish { lease, outcome },
+                counted_as: outcome_kind,
+            });
             self.state.release_slots(1);
             if let Some(c) = &self.claimer {
                 c.do_send(Wake(WakeReason::SlotFreed));

@@ -144,6 +144,8 @@ pub struct StorageActor {
     flushing: bool,
     failures: u32,
     flushed_waiters: Vec<oneshot::Sender<()>>,
+    /// How each outcome not yet written is to be counted once accepted.
+    counted_as: std::collections::HashMap<StepId, (String, &'static str)>,
 }
 
 impl StorageActor {
@@ -158,6 +160,7 @@ impl StorageActor {
             flushing: false,
             failures: 0,
             flushed_waiters: Vec::new(),
+            counted_as: std::collections::HashMap::new(),
         }
     }
 
@@ -237,6 +240,16 @@ impl StorageActor {
                             Ok(Ok(report)) => {
                                 act.failures = 0;
                                 act.state.store_result(true, Ok(()));
+                                for (id, _) in &report.applied {
+                                    if let Some((t, kind)) = act.counted_as.remove(id) {
+                                        super::executor::OUTCOMES
+                                            .with_label_values(&[metrics::type_label(&t), kind])
+                                            .inc();
+                                    }
+                                }
+                                for l in &report.rejected {
+                                    act.counted_as.remove(&l.step_id);
+                                }
                                 if !report.rejected.is_empty() {
                                     act.state.add_fenced(report.rejected.len() as u64);
                                     FENCED.inc_by(report.rejected.len() as u64);
@@ -342,7 +355,7 @@ impl Handler<Submit> for StorageActor {
             let r = call.await?;
             for (ins, t) in r.iter().zip(&types) {
                 if ins.created {
-                    SUBMITTED.with_label_values(&[t.as_str()]).inc();
+                    SUBMITTED.with_label_values(&[metrics::type_label(t)]).inc();
                 }
             }
             Ok(r)
@@ -384,7 +397,9 @@ impl Handler<ClaimSteps> for StorageActor {
             let n = steps.len() as u32;
             CLAIM_BATCH.observe(f64::from(n));
             for s in &steps {
-                CLAIMED.with_label_values(&[s.step_type()]).inc();
+                CLAIMED
+                    .with_label_values(&[metrics::type_label(s.step_type())])
+                    .inc();
             }
             if n > 0 {
                 state.reserve(n);
@@ -395,16 +410,25 @@ impl Handler<ClaimSteps> for StorageActor {
     }
 }
 
-/// A step's outcome, written with the next group.
+/// A step's outcome, written with the next group (an event: nobody waits for it).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct FinishStep(pub Finish);
+pub struct FinishStep {
+    /// The outcome.
+    pub finish: Finish,
+    /// `(step type, outcome kind)` to count in `fleet_q_steps_finished_total` once
+    /// the store accepts the outcome; a result fenced out is not counted there.
+    pub counted_as: Option<(String, &'static str)>,
+}
 
 impl Handler<FinishStep> for StorageActor {
     type Result = ();
     fn handle(&mut self, msg: FinishStep, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, ctx| {
-            act.pending.push(msg.0);
+            if let Some(c) = msg.counted_as {
+                act.counted_as.insert(msg.finish.lease.step_id, c);
+            }
+            act.pending.push(msg.finish);
             act.flush(ctx);
         });
     }

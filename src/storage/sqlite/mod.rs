@@ -29,6 +29,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use writer::{clock_ms, Writer};
 
+mod identity;
+
 /// Settings of the embedded store.
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
@@ -345,7 +347,8 @@ impl SqliteStore {
         )
         .map_err(|e| map_err("open", e))?;
         let statements = Arc::new(AtomicU64::new(0));
-        let writer = Writer::start(conn, statements.clone(), options.queue.max(1));
+        let identity = Arc::new(identity::FileIdentity::of(&path));
+        let writer = Writer::start(conn, statements.clone(), options.queue.max(1), identity);
         Ok(SqliteStore {
             readers: Arc::new(ReaderPool {
                 path: path.clone(),

@@ -81,26 +81,36 @@ where
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn WriteJob>>,
+    identity: Arc<super::identity::FileIdentity>,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`. The thread ends when every handle is gone.
-    pub(crate) fn start(conn: Connection, stmts: Arc<AtomicU64>, queue: usize) -> Writer {
+    pub(crate) fn start(
+        conn: Connection,
+        stmts: Arc<AtomicU64>,
+        queue: usize,
+        identity: Arc<super::identity::FileIdentity>,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel(queue);
         std::thread::Builder::new()
             .name("fleet-q-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, stmts))
             .expect("spawn the SQLite writer thread");
-        Writer { tx }
+        Writer { tx, identity }
     }
 
     /// Runs `work` in the next group transaction and returns its result once the
-    /// transaction committed.
+    /// transaction committed. Refused once the database file was deleted or
+    /// replaced (checked before every heartbeat and submit, and at most every
+    /// [`super::identity::RECHECK_MS`] before other writes).
     pub(crate) async fn write<T, F>(&self, op: &'static str, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, i64, &AtomicU64) -> Result<T, StoreError> + Send + 'static,
     {
+        self.identity
+            .check(op, matches!(op, "pod_heartbeat" | "steps_insert"))?;
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Job {
             work: Some(work),
