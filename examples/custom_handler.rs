@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let store = SqliteStore::open(dir.path().join("example.db"), SqliteOptions::default())?;
     store.schema_init().await?;
 
-    let mut handlers = fleet_q::handlers::builtin(&Default::default());
+    let mut handlers = fleet_q::handlers::builtin(&Default::default(), 64 * 1024);
     handlers.register("greet", Greet);
     let cfg = PodConfig {
         pod_id: "example-pod".into(),

@@ -658,7 +658,7 @@ async fn ready(st: web::Data<AppState>) -> HttpResponse {
         ))
     } else if write_error.is_some() {
         Some("writes to the store are failing".to_string())
-    } else if !age.is_some_and(|a| a <= st.ready_window) {
+    } else if age.is_none_or(|a| a > st.ready_window) {
         Some("no write to the store succeeded recently".to_string())
     } else {
         None

@@ -6,6 +6,11 @@
 //!   POSTs the step as JSON to the type's URL, so steps can be handled by a service
 //!   in any language. 2xx completes (the response JSON becomes the result), 4xx
 //!   fails the step terminally, 5xx, timeouts and connection errors are retried.
+//!   Redirects are not followed: a 3xx fails the step terminally and names its
+//!   `Location`. A 2xx body larger than `FLEET_Q_HTTP_MAX_RESULT_BYTES` (default
+//!   64 KiB) fails the step terminally (it is not truncated: a cut JSON document
+//!   is no result); the handler stops reading at the limit, so a huge answer
+//!   costs the pod no memory.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,20 +62,41 @@ impl StepHandler for Sleep {
 pub struct Http {
     url: String,
     client: reqwest::Client,
+    max_result_bytes: usize,
 }
 
 impl Http {
-    /// A handler posting to `url` with `client`.
-    pub fn new(url: impl Into<String>, client: reqwest::Client) -> Self {
+    /// A handler posting to `url` with `client`, storing answers of at most
+    /// `max_result_bytes`.
+    pub fn new(url: impl Into<String>, client: reqwest::Client, max_result_bytes: usize) -> Self {
         Http {
             url: url.into(),
             client,
+            max_result_bytes,
         }
     }
 }
 
-fn snippet(body: &str) -> String {
-    let t: String = body.chars().take(500).collect();
+/// Reads at most `limit` bytes of `resp`'s body; `Ok(None)` when it is longer.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+fn snippet(body: &str, max: usize) -> String {
+    let t: String = body.chars().take(max).collect();
     if t.len() < body.len() {
         format!("{t}…")
     } else {
@@ -114,16 +140,46 @@ impl StepHandler for Http {
                 HandlerError::retryable(format!("http {}: {kind}: {e}", self.url))
             })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| {
-            HandlerError::retryable(format!("http {}: reading the response: {e}", self.url))
-        })?;
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(|l| snippet(l, 200))
+                .unwrap_or_else(|| "(no Location)".into());
+            return Err(HandlerError::terminal(format!(
+                "http {} answered {status}, a redirect to {location}; redirects are not followed: configure the final URL",
+                self.url
+            )));
+        }
+        let body = read_capped(resp, self.max_result_bytes)
+            .await
+            .map_err(|e| {
+                HandlerError::retryable(format!("http {}: reading the response: {e}", self.url))
+            })?;
+        let Some(body) = body else {
+            let msg = format!(
+                "http {} answered {status} with a body over {} bytes (FLEET_Q_HTTP_MAX_RESULT_BYTES); it was not stored",
+                self.url, self.max_result_bytes
+            );
+            return Err(if status.is_server_error() {
+                HandlerError::retryable(msg)
+            } else {
+                HandlerError::terminal(msg)
+            });
+        };
+        let text = String::from_utf8_lossy(&body);
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok(Value::Null);
             }
-            return Ok(serde_json::from_str(&text).unwrap_or(json!({ "body": text })));
+            return Ok(serde_json::from_str(&text).unwrap_or(json!({ "body": text.as_ref() })));
         }
-        let msg = format!("http {} answered {status}: {}", self.url, snippet(&text));
+        let msg = format!(
+            "http {} answered {status}: {}",
+            self.url,
+            snippet(&text, 500)
+        );
         if status.is_client_error() {
             Err(HandlerError::terminal(msg))
         } else {
@@ -132,18 +188,26 @@ impl StepHandler for Http {
     }
 }
 
-/// The built-in handlers plus one `http` handler per configured type.
-pub fn builtin(http_handlers: &BTreeMap<String, String>) -> HandlerRegistry {
+/// The built-in handlers plus one `http` handler per configured type, storing
+/// answers of at most `max_result_bytes`.
+pub fn builtin(
+    http_handlers: &BTreeMap<String, String>,
+    max_result_bytes: usize,
+) -> HandlerRegistry {
     let mut r = HandlerRegistry::new();
     r.register("noop", Noop).register("sleep", Sleep);
     if !http_handlers.is_empty() {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fleet-q/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client with static settings");
         for (t, url) in http_handlers {
-            r.register(t.clone(), Http::new(url.clone(), client.clone()));
+            r.register(
+                t.clone(),
+                Http::new(url.clone(), client.clone(), max_result_bytes),
+            );
         }
     }
     r

@@ -57,7 +57,7 @@ pub async fn run(
     let store = storage::open(&settings)
         .await
         .map_err(|e| anyhow::anyhow!("opening the {:?} store: {e}", settings.storage_mode))?;
-    let handlers = handlers::builtin(&settings.http_handlers);
+    let handlers = handlers::builtin(&settings.http_handlers, settings.http_max_result_bytes);
     let pod = Arc::new(Pod::start(pod_config(&settings), store, handlers)?);
     let addr = listener.local_addr()?;
     let max_payload = settings.max_payload_bytes;

@@ -240,10 +240,36 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
         json!(leader.id),
         "the re-run's result stands"
     );
+    assert_eq!(s.last_error, None, "the success cleared the recovery note");
+    // The zombie counts its late result as fenced, never as a completion.
+    let metrics = client()
+        .get(zombie.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fleet_q_fenced_results_total ") && !l.ends_with(" 0")),
+        "fenced counted"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("fleet_q_steps_finished_total{")
+                && l.contains("outcome=\"completed\"")
+                && !l.ends_with(" 0")),
+        "the zombie completed nothing that stood:\n{metrics}"
+    );
     assert_eq!(s.attempt, rerun.attempt);
     let rows = obs.block(obs.store.pods_list()).unwrap();
     let old = rows.iter().find(|p| p.pod_id == zombie.id).unwrap();
     assert_eq!(old.status, PodStatus::Down);
+    assert_eq!(
+        old.capacity_in_use, 0,
+        "a pod marked down reports nothing running"
+    );
     let new = rows
         .iter()
         .find(|p| p.pod_id == format!("{}-r1", zombie.id))

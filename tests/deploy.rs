@@ -510,8 +510,9 @@ fn dependency_stage(dockerfile: &str) -> Vec<(String, String)> {
 }
 
 /// Replays the Dockerfile's dependency stage: the files its COPY lines bring in,
-/// then its RUN lines, with `cargo build` swapped for `cargo metadata` (which reads
-/// every manifest and every declared target, as the build would, in a second). A
+/// then its RUN lines, with `cargo build` swapped for `cargo fetch --locked` (which
+/// reads every manifest and checks every declared target, as the build would,
+/// without compiling; `cargo metadata` does not check targets). A
 /// target declared in Cargo.toml but not stubbed makes cargo refuse the manifest
 /// here exactly as it would in `docker build`.
 #[test]
@@ -552,7 +553,7 @@ fn the_dockerfile_dependency_stage_replays_with_cargo() {
                 for seg in args.split("&&") {
                     let seg = seg.trim();
                     let seg = if seg.starts_with("cargo build") {
-                        "cargo metadata --locked --format-version 1 > /dev/null".to_string()
+                        "cargo fetch --locked".to_string()
                     } else {
                         seg.to_string()
                     };

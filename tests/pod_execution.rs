@@ -248,7 +248,10 @@ fn retries_back_off_and_stop_after_exactly_max_retries() {
 #[test]
 fn the_http_handler_maps_2xx_4xx_and_5xx() {
     let rec = Recorder::start();
-    let h = fleet_q::handlers::builtin(&BTreeMap::from([("remote".to_string(), rec.url.clone())]));
+    let h = fleet_q::handlers::builtin(
+        &BTreeMap::from([("remote".to_string(), rec.url.clone())]),
+        64 * 1024,
+    );
     with_pod(h, |pod| async move {
         let ok = submit_one(
             &pod,
@@ -298,13 +301,72 @@ fn the_http_handler_maps_2xx_4xx_and_5xx() {
     });
 }
 
+/// The `http` handler stores at most the configured result size (a larger answer
+/// fails the step terminally, unread past the limit) and follows no redirect (a
+/// 3xx fails the step and names where it pointed).
+#[test]
+fn the_http_handler_caps_results_and_follows_no_redirect() {
+    let rec = Recorder::start();
+    let h = fleet_q::handlers::builtin(
+        &BTreeMap::from([("remote".to_string(), rec.url.clone())]),
+        4096,
+    );
+    let elsewhere = format!("{}/elsewhere", rec.url);
+    with_pod(h, move |pod| async move {
+        let small = submit_one(
+            &pod,
+            spec("remote", |s| s.args = Some(json!({"big_body_bytes": 4000}))),
+        )
+        .await;
+        let big = submit_one(
+            &pod,
+            spec("remote", |s| {
+                s.args = Some(json!({"big_body_bytes": 20_000_000}));
+                s.max_retries = Some(2);
+            }),
+        )
+        .await;
+        let moved = submit_one(
+            &pod,
+            spec("remote", |s| {
+                s.args = Some(json!({"redirect_to": elsewhere}));
+                s.max_retries = Some(2);
+            }),
+        )
+        .await;
+        let s = wait_step(&pod, small, "a result under the cap to complete", |s| {
+            s.status == StepStatus::Completed
+        })
+        .await;
+        assert_eq!(s.result.unwrap().as_str().map(str::len), Some(4000));
+        let s = wait_step(&pod, big, "an oversized answer to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 0, "an oversized answer is terminal");
+        assert!(s.result.is_none());
+        let e = s.last_error.unwrap();
+        assert!(e.contains("over 4096 bytes"), "{e}");
+        let s = wait_step(&pod, moved, "a redirect to fail", |s| {
+            s.status == StepStatus::Failed
+        })
+        .await;
+        assert_eq!(s.retry_count, 0, "a redirect is terminal");
+        let e = s.last_error.unwrap();
+        assert!(e.contains("307") && e.contains("/elsewhere"), "{e}");
+        // The redirect was not followed: the service saw one call per step.
+        let execs = rec.executions();
+        assert_eq!(execs[&moved.to_string()].len(), 1);
+    });
+}
+
 #[test]
 fn an_unreachable_http_service_is_retried() {
     let port = support::free_port(); // nothing listens here
-    let h = fleet_q::handlers::builtin(&BTreeMap::from([(
-        "remote".to_string(),
-        format!("http://127.0.0.1:{port}/run"),
-    )]));
+    let h = fleet_q::handlers::builtin(
+        &BTreeMap::from([("remote".to_string(), format!("http://127.0.0.1:{port}/run"))]),
+        64 * 1024,
+    );
     with_pod(h, |pod| async move {
         let id = submit_one(&pod, spec("remote", |s| s.max_retries = Some(1))).await;
         let s = wait_step(&pod, id, "the step to fail", |s| {

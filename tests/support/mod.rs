@@ -76,6 +76,17 @@ impl PodProc {
     /// Starts `fleet-q serve` on the database `db`, with `env` on top of the fast
     /// timings.
     pub fn start(dir: &Path, db: &Path, name: &str, env: &[(&str, String)]) -> PodProc {
+        Self::start_with(dir, db, name, env, |_| {})
+    }
+
+    /// [`PodProc::start`], with `tweak` applied to the command last.
+    pub fn start_with(
+        dir: &Path,
+        db: &Path,
+        name: &str,
+        env: &[(&str, String)],
+        tweak: impl FnOnce(&mut Command),
+    ) -> PodProc {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-q"));
@@ -94,6 +105,7 @@ impl PodProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        tweak(&mut cmd);
         let child = cmd.spawn().expect("spawn fleet-q serve");
         let mut p = PodProc {
             name: name.to_string(),
@@ -347,6 +359,18 @@ impl Recorder {
                                 calls.lock().unwrap().push(call.clone());
                                 if let Some(ms) = args["sleep_ms"].as_u64() {
                                     actix_rt::time::sleep(Duration::from_millis(ms)).await;
+                                }
+                                // `redirect_to: url` answers 307 to it.
+                                if let Some(to) = args["redirect_to"].as_str() {
+                                    return HttpResponse::TemporaryRedirect()
+                                        .insert_header(("location", to))
+                                        .finish();
+                                }
+                                // `big_body_bytes: n` answers 200 with an n-byte body.
+                                if let Some(n) = args["big_body_bytes"].as_u64() {
+                                    return HttpResponse::Ok()
+                                        .content_type("application/json")
+                                        .body(format!("\"{}\"", "x".repeat(n as usize)));
                                 }
                                 HttpResponse::build(
                                     actix_web::http::StatusCode::from_u16(status).unwrap(),

@@ -1122,3 +1122,46 @@ pub async fn a_new_incarnation_orphans_the_old_ones_claims(h: Harness) {
         "the new run's claim is held"
     );
 }
+
+/// A success clears the error an earlier attempt left: a completed step shows no
+/// `last_error`.
+pub async fn a_success_clears_the_last_error(h: Harness) {
+    let ns = step_with(|s| s.max_retries = Some(2));
+    let id = ns.step_id();
+    insert(&h.a, vec![ns]).await;
+    let first = claim(&h.a, "pod-a", 1).await;
+    let r = finish(
+        &h.a,
+        Lease::of(&first[0]).unwrap(),
+        Outcome::Fail {
+            error: "boom: requeued by recovery".into(),
+            retryable: true,
+        },
+    )
+    .await;
+    assert_eq!(r.applied, vec![(id, StepStatus::Pending)]);
+    assert_eq!(
+        get(&h.b, id).await.last_error.as_deref(),
+        Some("boom: requeued by recovery")
+    );
+    let store = h.a.clone();
+    let again = wait_for("the retry to be due", Duration::from_secs(10), move || {
+        let store = store.clone();
+        async move {
+            let s = claim(&store, "pod-a", 1).await;
+            (!s.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    let r = finish(
+        &h.a,
+        Lease::of(&again[0]).unwrap(),
+        Outcome::Complete { result: json!(1) },
+    )
+    .await;
+    assert_eq!(r.applied, vec![(id, StepStatus::Completed)]);
+    let done = get(&h.b, id).await;
+    assert_eq!(done.status, StepStatus::Completed);
+    assert_eq!(done.last_error, None, "a success clears the last error");
+    assert_eq!(done.retry_count, 1);
+}

@@ -109,7 +109,8 @@ macro_rules! conformance_suite {
             stats_count_by_status_priority_and_type,
             store_rejects_nothing_valid_and_survives_hostile_strings,
             pods_are_judged_by_their_own_declared_threshold,
-            a_new_incarnation_orphans_the_old_ones_claims
+            a_new_incarnation_orphans_the_old_ones_claims,
+            a_success_clears_the_last_error
         );
     };
     (@cases $open:path, $skip:path; $($case:ident),+ $(,)?) => {

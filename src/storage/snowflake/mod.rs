@@ -831,7 +831,7 @@ impl Store for SnowflakeStore {
         let set = format!(
             "status = CASE WHEN v.ok = 1 THEN 'completed' WHEN {retry} THEN 'pending' ELSE 'failed' END, \
              result = CASE WHEN v.ok = 1 THEN BASE64_DECODE_STRING(v.res) ELSE STEP_TRACKER.result END, \
-             last_error = CASE WHEN v.ok = 1 THEN STEP_TRACKER.last_error ELSE BASE64_DECODE_STRING(v.err) END, \
+             last_error = CASE WHEN v.ok = 1 THEN NULL ELSE BASE64_DECODE_STRING(v.err) END, \
              claimed_by = CASE WHEN {retry} THEN NULL ELSE STEP_TRACKER.claimed_by END, \
              run_at = CASE WHEN {retry} THEN DATEADD(millisecond, CAST(LEAST({max}, {base} * POWER(2, LEAST(STEP_TRACKER.retry_count, 30))) * (1.0 - v.cut) AS INTEGER), SYSDATE()) ELSE STEP_TRACKER.run_at END, \
              retry_count = CASE WHEN {retry} THEN STEP_TRACKER.retry_count + 1 ELSE STEP_TRACKER.retry_count END",

@@ -920,7 +920,7 @@ fn complete_chunk(
 ) -> Result<FencedReport, StoreError> {
     let op = "steps_finish";
     let sql = format!(
-        "UPDATE STEP_TRACKER SET status = 'completed', last_update_ts = ?1, result = v.column4 \
+        "UPDATE STEP_TRACKER SET status = 'completed', last_update_ts = ?1, result = v.column4, last_error = NULL \
          FROM (VALUES {}) AS v \
          WHERE STEP_TRACKER.step_id = v.column1 AND STEP_TRACKER.claimed_by = v.column2 \
          AND STEP_TRACKER.attempt = v.column3 AND +STEP_TRACKER.status = 'claimed' \
