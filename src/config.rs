@@ -65,7 +65,7 @@ keys! {
     "actor_restart_limit", "5", false, "actor restarts allowed per window across the pod; past it the pod exits (code 70) for the orchestrator to replace";
     "actor_restart_window_seconds", "30", false, "the restart budget's window, 1 to 3600";
     "log_level", "INFO", false, "TRACE, DEBUG, INFO, WARN or ERROR";
-    "log_format", "json", false, "`json` or `console`";
+    "log_format", "", false, "`json` or `console`; default: `console` when stdout is a terminal, else `json` (containers)";
     "default_max_attempts", "5", false, "attempts of a store call on transient errors, at least 1";
     "default_base_delay_ms", "100", false, "first retry delay (store calls and step retries), at least 1";
     "default_max_delay_ms", "30000", false, "cap on any retry delay, at least the base delay";
@@ -448,7 +448,7 @@ impl Parser<'_> {
         let shown = if d.secret {
             String::new()
         } else {
-            format!(" (got {:?})", self.text(key))
+            format!(" (got {:?})", crate::api::truncate(&self.text(key), 100))
         };
         self.problems.push(format!("{}: {msg}{shown}", d.env()));
     }
@@ -614,9 +614,14 @@ fn build(p: &mut Parser<'_>) -> Settings {
         )
         .replace("warning", "warn")
         .to_ascii_uppercase();
-    let log_format = match p.choice("log_format", &["json", "console"]) {
-        "console" => LogFormat::Console,
-        _ => LogFormat::Json,
+    let log_format = match p.opt("log_format") {
+        // A person at a terminal reads lines; a container's log collector parses JSON.
+        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => LogFormat::Console,
+        None => LogFormat::Json,
+        Some(_) => match p.choice("log_format", &["json", "console"]) {
+            "console" => LogFormat::Console,
+            _ => LogFormat::Json,
+        },
     };
     let default_max_attempts = p.num::<u32>("default_max_attempts", 1, 100);
     let base = p.num::<u64>("default_base_delay_ms", 1, 3_600_000);

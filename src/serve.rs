@@ -105,7 +105,7 @@ pub async fn run(
     .run();
     let handle = server.handle();
     actix_rt::spawn(server);
-    tracing::info!(pod_id = %settings.pod_id, %addr, store = ?settings.storage_mode, "serving");
+    tracing::info!(pod_id = %settings.pod_id, %addr, store = %format!("{:?}", settings.storage_mode).to_ascii_lowercase(), "serving");
 
     shutdown.await;
     tracing::info!("shutdown signal received");

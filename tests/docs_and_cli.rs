@@ -250,6 +250,11 @@ fn bench_drives_pods_and_verifies_every_step() {
     assert!(v["store_statements_per_1000_steps"].as_f64().unwrap() > 0.0);
     assert!(v["submit_to_complete_ms"]["p99"].is_number());
     assert!(v["submit_to_start_ms_at_most"]["p50"].is_number());
+    // The headline is the drain rate by store time; the verification is apart.
+    let drain = v["drain_rate_per_s"].as_f64().unwrap();
+    let drain_secs = v["drain_secs"].as_f64().unwrap();
+    assert!((drain * drain_secs - 300.0).abs() < 1.0, "{v}");
+    assert!(v["verify_secs"].as_f64().unwrap() >= 0.0);
 
     // Single submits, sleep steps, human output.
     let out = fleet_q(
@@ -269,7 +274,7 @@ fn bench_drives_pods_and_verifies_every_step() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("40 sleep steps") && text.contains("40 terminal"),
+        text.contains("40 sleep steps") && text.contains("40 terminal") && text.contains("drained"),
         "{text}"
     );
 }

@@ -460,3 +460,64 @@ fn pod_ids_are_safe_and_unique() {
         .collect();
     assert_eq!(ids.len(), 200, "incarnations of one prefix never collide");
 }
+
+/// JSON log lines carry field values, never Rust debug forms such as `Some("…")`.
+#[test]
+fn json_logs_hold_values_not_debug_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("logs.db");
+    let pod = PodProc::start(dir.path(), &db, "logs", &[]);
+    let line = wait_for("the leadership log line", Duration::from_secs(20), || {
+        pod.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == json!("leadership changed"))
+    });
+    assert_eq!(line["leader"], json!(pod.id), "{line}");
+    let text = pod.log_text();
+    assert!(
+        !text.contains("Some("),
+        "a debug form reached the logs:\n{text}"
+    );
+}
+
+/// Started on a terminal with no `FLEET_Q_LOG_FORMAT`, a pod logs readable lines
+/// (under `script`, which gives it a pseudo-terminal); elsewhere JSON stays the
+/// default (every other test reads JSON lines without setting the format).
+#[test]
+fn a_pod_on_a_terminal_logs_readable_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("tty.log");
+    let serve = format!(
+        "{} serve --host 127.0.0.1 --port {port}",
+        env!("CARGO_BIN_EXE_fleet-q")
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &serve])
+        .arg(&log)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FLEET_Q_SQLITE_DB_PATH", dir.path().join("tty.db"))
+        .env("FLEET_Q_LEDGER_PATH", ":memory:")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script runs");
+    let text = wait_for("the serving line", Duration::from_secs(20), || {
+        let t = std::fs::read_to_string(&log).ok()?;
+        t.lines().any(|l| l.contains("serving")).then_some(t)
+    });
+    // Ending `script` hangs up its terminal, which ends the pod; pkill makes sure.
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("pkill")
+        .args(["-f", "--", &format!("serve --host 127.0.0.1 --port {port}")])
+        .status();
+    let serving = text.lines().find(|l| l.contains("serving")).unwrap();
+    assert!(
+        !serving.trim_start().starts_with('{'),
+        "a terminal got JSON: {serving}"
+    );
+    assert!(serving.contains("INFO"), "{serving}");
+}

@@ -263,7 +263,7 @@ impl Pod {
         };
         let heartbeat = Supervisor::start(move |_| HeartbeatActor::new(hb_cfg, st, sa, subs));
 
-        tracing::info!(pod_id = %cfg.pod_id, max_capacity = cfg.max_capacity, handlers = ?handlers.types(), "pod started");
+        tracing::info!(pod_id = %cfg.pod_id, max_capacity = cfg.max_capacity, handlers = %handlers.types().join(","), "pod started");
         Ok(Pod {
             cfg,
             state,
@@ -353,7 +353,11 @@ impl Pod {
     /// Graceful shutdown; see the module docs.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.state.begin_shutdown();
-        tracing::info!(running = self.state.running.len(), grace = ?self.cfg.shutdown_grace, "shutting down: claiming stopped, draining");
+        tracing::info!(
+            running = self.state.running.len(),
+            grace_ms = self.cfg.shutdown_grace.as_millis() as u64,
+            "shutting down: claiming stopped, draining"
+        );
         let leftover = self
             .executor
             .send(Drain {

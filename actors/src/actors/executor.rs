@@ -194,10 +194,10 @@ impl ExecutorPool {
             outcome_kind = Some((f.step_type.clone(), kind));
             match &outcome {
                 Outcome::Complete { .. } => {
-                    tracing::debug!(pod_id = %lease.pod_id, step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, "step completed")
+                    tracing::debug!(pod_id = %lease.pod_id, step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, took_ms = took.as_millis() as u64, "step completed")
                 }
                 Outcome::Fail { error, retryable } => {
-                    tracing::info!(pod_id = %lease.pod_id, step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, ?took, retryable, %error, "step failed");
+                    tracing::info!(pod_id = %lease.pod_id, step_id = %lease.step_id, attempt = lease.attempt, step_type = %f.step_type, took_ms = took.as_millis() as u64, retryable, %error, "step failed");
                     if *retryable && f.retries_left > 0 {
                         // Wake the claimer when the retry is due (jitter only makes
                         // it due earlier), so a short backoff is not stretched to the

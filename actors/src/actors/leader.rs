@@ -135,7 +135,11 @@ impl LeaderElector {
             IS_LEADER.set(i64::from(is_leader));
             if was != is_leader {
                 CHANGES.inc();
-                tracing::info!(is_leader, leader = ?term.as_ref().map(|t| &t.pod_id), "leadership changed");
+                tracing::info!(
+                    is_leader,
+                    leader = term.as_ref().map_or("none", |t| t.pod_id.as_str()),
+                    "leadership changed"
+                );
             }
             self.last = Some(now);
             for s in &self.subscribers {

@@ -267,7 +267,7 @@ async fn run_cycle(
             .map_err(mailbox)?
             .map_err(|e| fail(e.to_string()))?;
         if !marked.is_empty() {
-            tracing::warn!(pods = ?marked, "marked dead pods down");
+            tracing::warn!(pods = %marked.join(","), "marked dead pods down");
         }
     }
     let orphans = storage
@@ -345,7 +345,7 @@ async fn run_cycle(
     }
     if summary.orphaned_steps_found > 0 || summary.dead_pods_found > 0 {
         tracing::warn!(
-            cycle_id = %summary.cycle_id, dry_run, dead_pods = ?summary.dead_pods,
+            cycle_id = %summary.cycle_id, dry_run, dead_pods = %summary.dead_pods.join(","),
             orphaned = summary.orphaned_steps_found, requeued = summary.steps_requeued,
             terminal = summary.steps_marked_terminal, skipped = summary.steps_skipped,
             pruned = summary.steps_pruned, duration_ms = summary.duration_ms,

@@ -193,7 +193,7 @@ impl StorageActor {
                             return Err(e);
                         }
                         let delay = backoff_delay(&cfg, attempt);
-                        tracing::debug!(op, attempt, ?delay, error = %e, "transient store error; retrying");
+                        tracing::debug!(op, attempt, delay_ms = delay.as_millis() as u64, error = %e, "transient store error; retrying");
                         actix_rt::time::sleep(delay).await;
                     }
                 }
@@ -269,7 +269,7 @@ impl StorageActor {
                                 act.pending.splice(0..0, retry);
                                 act.failures += 1;
                                 let delay = backoff_delay(&act.cfg, act.failures);
-                                tracing::warn!(error = %e, ?delay, "writing step outcomes failed; will retry");
+                                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "writing step outcomes failed; will retry");
                                 ctx.run_later(delay, |act, ctx| act.flush(ctx));
                             }
                             Err(p) => {

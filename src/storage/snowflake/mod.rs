@@ -781,7 +781,7 @@ impl Store for SnowflakeStore {
             match self.read_steps(op, &select).await {
                 Ok(s) => break s,
                 Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, ?delay, "claim read-back failed; retrying");
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "claim read-back failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.max_delay);
                 }
