@@ -234,7 +234,8 @@ impl ApiError {
             detail: detail.into(),
             error_type: kind,
             timestamp: Utc::now(),
-            path: path.to_string(),
+            // A client's path can be tens of kilobytes: quote only its start.
+            path: truncate(path, 2 * QUOTE_MAX),
             status: None,
             close: false,
         }
@@ -1211,7 +1212,11 @@ fn path_error(err: actix_web::error::PathError, req: &HttpRequest) -> actix_web:
 async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorType::NotFound,
-        format!("no route {} {}", req.method(), req.path()),
+        format!(
+            "no route {} {}",
+            req.method(),
+            truncate(req.path(), QUOTE_MAX)
+        ),
         &req,
     )
     .error_response()
@@ -1220,7 +1225,11 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorType::NotFound,
-        format!("{} is not allowed on {}", req.method(), req.path()),
+        format!(
+            "{} is not allowed on {}",
+            req.method(),
+            truncate(req.path(), QUOTE_MAX)
+        ),
         &req,
     )
     .with_status(StatusCode::METHOD_NOT_ALLOWED)

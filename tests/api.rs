@@ -1007,3 +1007,91 @@ fn logs_are_structured_with_step_fields_and_request_ids() {
     );
     assert_eq!(r["span"]["http.status_code"], json!(201), "{r}");
 }
+
+/// The small promises of the HTTP layer: the bearer scheme in any case, auth
+/// before the query string, `limit=0` refused alike on every paged route, bodies
+/// in an undecoded encoding refused, sub-millisecond timeouts refused, HEAD on
+/// GET routes, and error bodies that quote only the start of a client's value.
+#[test]
+fn http_details_hold_for_hostile_and_careless_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let u = |p: &str| pod.url(p);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = c
+            .get(u("/admin/queue"))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "scheme {scheme}");
+    }
+    // No credentials: 401 whatever the query string holds.
+    for p in ["/admin/failed?limit=abc", "/admin/recovery?limit=-1&x=1"] {
+        let v = expect(c.get(u(p)).send().unwrap(), 401);
+        assert_eq!(v["error_type"], json!("unauthorized"), "{p}");
+    }
+    for p in ["/admin/failed", "/admin/recovery"] {
+        for bad in ["0", "1001"] {
+            let v = expect(
+                admin(&c, reqwest::Method::GET, u(&format!("{p}?limit={bad}")))
+                    .send()
+                    .unwrap(),
+                400,
+            );
+            assert!(
+                v["detail"].as_str().unwrap().contains("between 1 and 1000"),
+                "{p} {v}"
+            );
+        }
+        expect(
+            admin(&c, reqwest::Method::GET, u(&format!("{p}?limit=1")))
+                .send()
+                .unwrap(),
+            200,
+        );
+    }
+    let v = expect(
+        c.post(u("/submit"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(r#"{"type":"noop"}"#)
+            .send()
+            .unwrap(),
+        415,
+    );
+    assert_eq!(v["error_type"], json!("unsupported_media_type"));
+    for t in [0.0, 0.0004] {
+        let v = expect(
+            c.post(u("/submit"))
+                .json(&json!({"type": "noop", "timeout_seconds": t}))
+                .send()
+                .unwrap(),
+            400,
+        );
+        assert!(
+            v["detail"].as_str().unwrap().contains("timeout_seconds"),
+            "{v}"
+        );
+    }
+    for p in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        let r = c.head(u(p)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "HEAD {p}");
+        assert!(r.bytes().unwrap().is_empty(), "HEAD {p} has no body");
+    }
+    let long = "z".repeat(20_000);
+    for p in [format!("/status/{long}"), format!("/{long}")] {
+        let r = c.get(u(&p)).send().unwrap();
+        assert!(r.status().is_client_error());
+        let text = r.text().unwrap();
+        assert!(
+            text.len() < 1000,
+            "an error body echoed the path: {} bytes",
+            text.len()
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v["error_type"].is_string());
+    }
+    let obs = Observer::open(&dir.path().join("api.db"));
+    assert_eq!(obs.stats().counts.total(), 0, "nothing above stored a step");
+}
