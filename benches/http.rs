@@ -8,7 +8,11 @@
 //!   worker count, same client;
 //! - `POST /submit`: one step per request, 32 concurrent keep-alive connections,
 //!   into the embedded SQLite store (group commit);
-//! - `POST /submit/batch`: 1,000 `noop` steps per request, 4 connections.
+//! - `POST /submit/batch`: 1,000 `noop` steps per request, 4 connections;
+//! - stalled bodies: 5,000 connections that send a request head and part of a body,
+//!   against a fresh pod with the default limits. `/health` latency is sampled every
+//!   20 ms throughout (the target: every answer within 100 ms), and the pod's RSS
+//!   before, at the peak and 25 s after the connections close.
 //!
 //! The load generator runs in this process (tokio + reqwest); server and client
 //! share the machine's cores, for the ceiling and for fleet-q alike.
@@ -170,6 +174,109 @@ fn main() {
         "POST /submit/batch of 1,000, 4 connections: {:.0} steps/s ({batches:.1} requests/s, {bad} errors)",
         batches * 1000.0
     );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    stalled_bodies(5_000);
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Opens `n` connections with stalled bodies against a fresh pod while sampling
+/// `/health`; reports probe latency and memory.
+fn stalled_bodies(n: usize) {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, mut child) = fleet_q_server(dir.path());
+    let pid = child.id();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let before = rss_mib(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let c = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let mut lat = Vec::new();
+            let mut failures = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match c.get(format!("{url}/health")).send() {
+                    Ok(r) if r.status().is_success() => lat.push(t.elapsed().as_secs_f64() * 1e3),
+                    _ => failures += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20)); // sampling period
+            }
+            (lat, failures)
+        })
+    };
+    let t0 = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    let mut peak = before;
+    for i in 0..n {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(
+                b"POST /submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\":",
+            );
+            conns.push(s);
+        }
+        if i % 500 == 0 {
+            peak = peak.max(rss_mib(pid));
+        }
+    }
+    let opened = t0.elapsed();
+    // Read every answer (408 after the body deadline, or 503 past the cap).
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for s in &mut conns {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut buf = [0u8; 64];
+        let got = s.read(&mut buf).unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..got]).to_string();
+        let status = head.split(' ').nth(1).unwrap_or("none").to_string();
+        *answers.entry(status).or_default() += 1;
+        if answers.values().sum::<usize>() % 500 == 0 {
+            peak = peak.max(rss_mib(pid));
+        }
+    }
+    drop(conns);
+    let during = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(25)); // jemalloc returns freed pages over ~10-20 s
+    stop.store(true, Ordering::Relaxed);
+    let (mut lat, failures) = prober.join().unwrap();
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let after = rss_mib(pid);
+    println!(
+        "stalled bodies: {n} connections opened in {:.1} s, all answered in {:.1} s: {answers:?}",
+        opened.as_secs_f64(),
+        during.as_secs_f64()
+    );
+    println!(
+        "  /health during the attack: {} probes, {failures} failed, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    println!("  pod RSS: {before:.1} MiB before, {peak:.1} MiB peak, {after:.1} MiB 25 s after the connections closed");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_q::config::{self, Sources, KEYS};
 
+/// jemalloc gives freed memory back to the OS soon after it is freed, so a pod's
+/// RSS falls again after a burst (thousands of connections, a large backlog).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fleet-q",
