@@ -15,6 +15,7 @@
 //!   place SQL lives. [`storage::sqlite`] is the embedded store.
 //! - [`handlers`]: the built-in step handlers (`noop`, `sleep`, `http`).
 //! - [`api`]: the HTTP API; [`serve`]: the composition root of `fleet-q serve`;
+//!   [`http_io`]: the JSON error body for requests the HTTP parser rejects;
 //!   [`telemetry`]: logging.
 //! - [`cli`]: the client commands (`fleet-q submit`, `status`, `queue`, `leader`,
 //!   `recover`) that talk to a running pod.
@@ -28,6 +29,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod handlers;
+pub mod http_io;
 pub mod serve;
 pub mod storage;
 pub mod telemetry;

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use fleet_q_actors::{Backoff, Pod, PodConfig};
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::http_io::ErrorBodyIo;
 use crate::{handlers, storage};
 
 /// The pod settings derived from the validated settings.
@@ -70,9 +71,7 @@ pub async fn run(
         settings.heartbeat_interval * 2 + std::time::Duration::from_secs(5),
     ));
     let limits = api::HttpLimits::new(settings.http_body_timeout, settings.http_max_connections);
-    let open = limits.open.clone();
-    let server = HttpServer::new(move || {
-        let limits = limits.clone();
+    let server = http_server(listener, limits, move |limits| {
         App::new()
             .app_data(state.clone())
             .configure(|c| api::routes(c, max_payload))
@@ -90,19 +89,7 @@ pub async fn run(
                 api::observe(meta, call)
             })
             .wrap(tracing_actix_web::TracingLogger::default())
-    })
-    .on_connect(api::on_connect(open))
-    // Connections that never finish their request head are dropped after this;
-    // bodies have their own deadline (`FLEET_Q_HTTP_BODY_TIMEOUT_SECONDS`).
-    .client_request_timeout(std::time::Duration::from_secs(5))
-    // Per worker; above the refusal cap so that probes still connect while
-    // requests past the cap are answered 503.
-    .max_connections(settings.http_max_connections + 256)
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
+    })?;
     let handle = server.handle();
     actix_rt::spawn(server);
     tracing::info!(pod_id = %settings.pod_id, %addr, store = %format!("{:?}", settings.storage_mode).to_ascii_lowercase(), "serving");
@@ -113,6 +100,70 @@ pub async fn run(
     handle.stop(true).await;
     tracing::info!(released = report.released, "stopped");
     Ok(())
+}
+
+/// The HTTP server of a pod, on `listener`, serving the app `make_app` builds
+/// (once per worker) over connections wrapped in [`ErrorBodyIo`], so that even
+/// requests the HTTP parser rejects get the JSON error body. (This is what
+/// `actix_web::HttpServer` assembles, minus HTTP/2 and TLS, plus the wrapper.)
+///
+/// - Each connection is counted while open (`limits.open`), for the refusal past
+///   `FLEET_Q_HTTP_MAX_CONNECTIONS` (see [`api::admit`]).
+/// - A request head must arrive within 5 s; bodies have their own deadline.
+/// - actix-server stops accepting past the cap + 256 per worker, so probes can
+///   still connect while requests past the cap are refused with 503.
+pub fn http_server<F, A, B>(
+    listener: TcpListener,
+    limits: api::HttpLimits,
+    make_app: F,
+) -> std::io::Result<actix_server::Server>
+where
+    F: Fn(api::HttpLimits) -> App<A> + Send + Clone + 'static,
+    A: actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let max_conn = limits.max_connections + 256;
+    Ok(actix_server::Server::build()
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .max_concurrent_connections(max_conn)
+        .listen("fleet-q-http", listener, move || {
+            let open = limits.open.clone();
+            let count = api::on_connect(open);
+            let app = make_app(limits.clone())
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            let http = actix_http::HttpService::build()
+                .client_request_timeout(std::time::Duration::from_secs(5))
+                .local_addr(addr)
+                .on_connect_ext(move |io: &ErrorBodyIo<actix_rt::net::TcpStream>, ext| {
+                    count(io.get_ref(), ext)
+                })
+                .finish(map_config(app, move |_| {
+                    actix_web::dev::AppConfig::default()
+                }));
+            fn_service(|io: actix_rt::net::TcpStream| async move {
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    ErrorBodyIo::new(io),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            })
+            .and_then(http)
+        })?
+        .run())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1092,6 +1092,34 @@ fn http_details_hold_for_hostile_and_careless_clients() {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert!(v["error_type"].is_string());
     }
+    // Requests the HTTP parser itself rejects get the JSON error body too.
+    let raw = |req: Vec<u8>| -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", pod.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    };
+    let many_headers: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
+    for (req, want) in [
+        (b"GET /status/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        (
+            b"POST /submit HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec(),
+            400,
+        ),
+        (format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(), 431),
+        (format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(), 400),
+    ] {
+        let (status, v) = raw(req);
+        assert_eq!(status, want, "{v}");
+        assert_eq!(v["error_type"], json!("validation_error"), "{v}");
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    }
     let obs = Observer::open(&dir.path().join("api.db"));
     assert_eq!(obs.stats().counts.total(), 0, "nothing above stored a step");
 }
