@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_q::config::{self, Sources, KEYS};
 
-/// jemalloc gives freed memory back to the OS soon after it is freed, so a pod's
-/// RSS falls again after a burst (thousands of connections, a large backlog).
+/// jemalloc gives freed memory back to the OS within seconds of its being freed
+/// (one background thread, see `main`), so a pod's RSS falls again after a burst
+/// (thousands of connections, a large backlog); glibc's malloc keeps it.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -237,6 +238,11 @@ fn serve(mut settings: config::Settings, port: Option<u16>, host: Option<String>
 }
 
 fn main() -> ExitCode {
+    // One jemalloc background thread returns freed pages to the OS on a timer,
+    // also while the pod is idle (without it, pages are returned only as the
+    // process allocates). One, not one per core: several pods share a machine.
+    let _ = tikv_jemalloc_ctl::max_background_threads::write(1);
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
     match cli.command {
         Command::Submit {
