@@ -1,16 +1,18 @@
 //! Chaos: three pod processes on one SQLite file run 20,000 steps (`noop`-like,
 //! short sleeps, some failing on purpose) while a random pod, the leader
-//! included, is SIGKILLed every 1–3 s and restarted. Afterwards: every step is
-//! terminal and none is lost; a step ran successfully more than once only when the
-//! earlier run was on a pod that was killed; surviving pods counted any result
-//! they had overwritten. Bounded to about three minutes.
+//! included, is SIGKILLed every 1–3 s and restarted, while a client keeps
+//! submitting. Afterwards: every accepted step is terminal and none is lost; kills
+//! hit pods holding work, and that work was re-run; a step ran successfully more
+//! than once only when the earlier run was on a pod that was killed (or presumed
+//! dead and rejoined); surviving pods counted any result they had overwritten.
+//! Bounded to about three minutes.
 
 mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use fleet_q_actors::StepStatus;
+use fleet_q_actors::{StepStatus, Store};
 use serde_json::{json, Value};
 use support::*;
 
@@ -42,18 +44,64 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     let mut killed: HashSet<String> = HashSet::new();
     let c = client();
 
-    // Submit everything first, in batches.
+    // Half is submitted first; the other half while pods are being killed, by a
+    // client that moves to another pod when one refuses or is gone. A step counts
+    // as accepted once a pod answered 201 for its batch.
     let bodies: Vec<Value> = (0..STEPS).map(body).collect();
-    let ids = submit_batches(&c, &pods[0], &bodies, 500);
+    let mut ids = submit_batches(&c, &pods[0], &bodies[..STEPS / 2], 500);
+    let ports = std::sync::Arc::new(std::sync::Mutex::new(
+        pods.iter().map(|p| p.port).collect::<Vec<u16>>(),
+    ));
+    let submitter = {
+        let (ports, rest) = (ports.clone(), bodies[STEPS / 2..].to_vec());
+        std::thread::spawn(move || {
+            let c = client();
+            let mut accepted = Vec::new();
+            for (n, part) in rest.chunks(250).enumerate() {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let v: Value = loop {
+                    let port = {
+                        let p = ports.lock().unwrap();
+                        p[n % p.len()]
+                    };
+                    let r = c
+                        .post(format!("http://127.0.0.1:{port}/submit/batch"))
+                        .json(&json!({ "steps": part }))
+                        .send();
+                    if let Some(r) = r.ok().filter(|r| r.status().as_u16() == 201) {
+                        break r.json().unwrap();
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no pod accepted a batch for 60 s"
+                    );
+                    std::thread::sleep(Duration::from_millis(50)); // retry backoff
+                };
+                accepted.extend(
+                    v["step_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.as_str().unwrap().to_string()),
+                );
+                std::thread::sleep(Duration::from_millis(100)); // spread over the kills
+            }
+            accepted
+        })
+    };
 
     // Chaos: kill a random pod (a third of the time the leader) every 1-3 s and
     // restart it, for at most 90 s or until the queue drained.
     let obs = Observer::open(&db);
     let chaos_until = Instant::now() + Duration::from_secs(90);
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut kills = 0;
+    let mut kills_with_work = 0;
+    let mut leader_kills = 0;
     while Instant::now() < chaos_until {
         let s = obs.stats();
-        if s.counts.pending == 0 && s.counts.claimed == 0 {
+        if s.counts.pending == 0 && s.counts.claimed == 0 && submitter.is_finished() {
             break;
         }
         fault_interval();
@@ -62,10 +110,26 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
             Some(l) if rand::random::<u8>().is_multiple_of(3) => l,
             _ => (rand::random::<u32>() % 3) as usize,
         };
+        leader_kills += usize::from(leader == Some(victim));
+        let holds: i64 = reader
+            .query_row(
+                "SELECT COUNT(*) FROM STEP_TRACKER WHERE status = 'claimed' AND claimed_by = ?1",
+                [&pods[victim].id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        kills_with_work += usize::from(holds > 0);
         kill_and_restart(&mut pods, victim, dir.path(), &db, &env, &mut killed);
+        ports.lock().unwrap()[victim] = pods[victim].port;
         kills += 1;
     }
     assert!(kills >= 3, "only {kills} kills happened");
+    assert!(
+        kills_with_work >= 1,
+        "no kill hit a pod holding work ({kills} kills)"
+    );
+    ids.extend(submitter.join().unwrap());
+    assert_eq!(ids.len(), STEPS, "every batch was accepted by some pod");
 
     let stats = obs.wait_all_terminal(STEPS as u64, Duration::from_secs(120));
     let terminal_fails = (0..STEPS).filter(|i| i.is_multiple_of(97)).count() as u64;
@@ -80,7 +144,13 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     );
     assert_eq!(stats.counts.completed, STEPS as u64 - terminal_fails);
 
-    let duplicated = assert_duplicates_only_from_killed(&rec, &ids, &killed);
+    let rows = obs.block(obs.store.pods_list()).unwrap();
+    let rejoined = rejoined_pods(&rows);
+    let duplicated = assert_duplicates_only_from_lost_pods(&rec, &ids, &killed, &rejoined);
+    assert!(
+        duplicated >= 1,
+        "kills hit pods holding work, yet no step was re-run: recovery never requeued"
+    );
     let execs = rec.executions();
     // Fenced results: a live pod whose successful run was superseded must have
     // counted the rejection of its late result.
@@ -105,8 +175,9 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
         fenced >= superseded,
         "{superseded} superseded results, {fenced} counted"
     );
-    println!(
-        "chaos: {kills} kills, {duplicated} steps re-ran after a kill, {fenced} fenced results"
+    eprintln!(
+        "chaos: {kills} kills ({leader_kills} of the leader, {kills_with_work} holding work), {duplicated} steps re-ran after a kill, {fenced} fenced results, {} pods rejoined",
+        rejoined.len()
     );
     let s = obs.step(&ids[0]);
     assert!(s.status.is_terminal() && s.status != StepStatus::Cancelled);

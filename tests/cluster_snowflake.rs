@@ -86,7 +86,7 @@ impl Fleet {
 fn python() -> Option<std::path::PathBuf> {
     let py = emulator::python();
     if py.is_none() {
-        println!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
+        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
     }
     py
 }

@@ -56,7 +56,7 @@ fn fleet_q(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
 #[test]
 fn key_pair_authentication_and_fleet_q_check_and_schema() {
     let Some(py) = emulator::python() else {
-        println!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
+        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
         return;
     };
     let emu = emulator::Emulator::start(&py);

@@ -477,10 +477,15 @@ pub fn kill_and_restart(
     env: &[(&str, String)],
     killed: &mut std::collections::HashSet<String>,
 ) {
-    killed.insert(pods[victim].id.clone());
+    let old_id = pods[victim].id.clone();
+    killed.insert(old_id.clone());
     pods[victim].kill9();
     let name = pods[victim].name.clone();
     pods[victim] = PodProc::start(dir, db, &name, env);
+    assert_ne!(
+        pods[victim].id, old_id,
+        "the restarted pod must run under a new incarnation"
+    );
 }
 
 /// True when every pod's `/ready` answers `ready` (2xx) or, with `false`, 503.
@@ -507,6 +512,31 @@ pub fn assert_duplicates_only_from_killed(
     ids: &[String],
     killed: &std::collections::HashSet<String>,
 ) -> usize {
+    assert_duplicates_only_from_lost_pods(rec, ids, killed, &[])
+}
+
+/// Pod ids the store shows were presumed dead and rejoined (a row `<id>` marked
+/// down with a successor row `<id>-r<n>`): a starved pod may lose its lease
+/// without being killed, and its steps then legitimately run again.
+pub fn rejoined_pods(rows: &[fleet_q_actors::PodRecord]) -> Vec<String> {
+    rows.iter()
+        .filter(|p| p.status == fleet_q_actors::PodStatus::Down)
+        .filter(|p| {
+            rows.iter()
+                .any(|q| q.pod_id.starts_with(&format!("{}-r", p.pod_id)))
+        })
+        .map(|p| p.pod_id.clone())
+        .collect()
+}
+
+/// Like [`assert_duplicates_only_from_killed`], also allowing earlier runs on the
+/// pods in `rejoined` (presumed dead, see [`rejoined_pods`]).
+pub fn assert_duplicates_only_from_lost_pods(
+    rec: &Recorder,
+    ids: &[String],
+    killed: &std::collections::HashSet<String>,
+    rejoined: &[String],
+) -> usize {
     let execs = rec.executions();
     let mut duplicated = 0;
     for id in ids {
@@ -518,8 +548,8 @@ pub fn assert_duplicates_only_from_killed(
             duplicated += 1;
             for c in &ok[..ok.len() - 1] {
                 assert!(
-                    killed.contains(&c.pod_id),
-                    "step {id} succeeded twice; the earlier run was on {}, which was never killed",
+                    killed.contains(&c.pod_id) || rejoined.contains(&c.pod_id),
+                    "step {id} succeeded twice; the earlier run was on {}, which was never killed nor presumed dead",
                     c.pod_id
                 );
             }

@@ -40,7 +40,7 @@ impl Harness {
     pub fn skip_without(&self, case: &str, feature: &str) -> bool {
         match self.lacks.iter().find(|(f, _)| *f == feature) {
             Some((_, why)) => {
-                println!("skipped {case}: backend lacks {feature}: {why}");
+                eprintln!("skipped {case}: backend lacks {feature}: {why}");
                 true
             }
             None => false,
@@ -118,7 +118,7 @@ macro_rules! conformance_suite {
             #[test]
             fn $case() {
                 if let Some(why) = $skip() {
-                    println!("skipped {}: {why}", stringify!($case));
+                    eprintln!("skipped {}: {why}", stringify!($case));
                     return;
                 }
                 $crate::testkit::run_case($open, $crate::testkit::cases::$case);
