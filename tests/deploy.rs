@@ -451,10 +451,16 @@ fn metrics_named_by_the_hpa_alerts_and_dashboard_are_exported_after_real_traffic
     let id = submit(&c, &pod, json!({"type": "noop"}));
     submit(&c, &pod, json!({"type": "unknown-type"}));
     let later = submit(&c, &pod, json!({"type": "noop", "delay_seconds": 600}));
-    c.delete(pod.url(&format!("/steps/{later}")))
+    let r = c
+        .delete(pod.url(&format!("/steps/{later}")))
         .send()
         .unwrap();
-    c.post(pod.url("/admin/recovery/run")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "cancel");
+    wait_for("the pod to lead", Duration::from_secs(20), || {
+        pod.is_leader().then_some(())
+    });
+    let r = c.post(pod.url("/admin/recovery/run")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "recovery run");
     let obs = Observer::open(&dir.path().join("m.db"));
     wait_for("the step to complete", Duration::from_secs(20), || {
         (obs.step(&id).status == fleet_q_actors::StepStatus::Completed).then_some(())

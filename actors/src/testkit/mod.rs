@@ -126,3 +126,39 @@ macro_rules! conformance_suite {
         )+
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every case defined in `cases.rs` is in the suite's list, and every listed
+    /// case exists: a case written but not registered would never run.
+    #[test]
+    fn every_defined_case_is_registered() {
+        let cases = include_str!("cases.rs");
+        let suite = include_str!("mod.rs");
+        let list_start = suite.find("@cases $open, $skip;").expect("the case list");
+        let list_end = list_start + suite[list_start..].find(");").expect("its end");
+        let listed: std::collections::BTreeSet<&str> = suite[list_start..list_end]
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().trim_end_matches(','))
+            .filter(|l| !l.is_empty())
+            .collect();
+        let defined: std::collections::BTreeSet<&str> = cases
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub async fn "))
+            .filter(|l| l.contains("(h: Harness)"))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert!(defined.len() >= 25, "found the cases: {defined:?}");
+        let unlisted: Vec<_> = defined.difference(&listed).collect();
+        let missing: Vec<_> = listed.difference(&defined).collect();
+        assert!(
+            unlisted.is_empty(),
+            "cases defined but never run: {unlisted:?}"
+        );
+        assert!(
+            missing.is_empty(),
+            "listed cases that do not exist: {missing:?}"
+        );
+    }
+}
