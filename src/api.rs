@@ -1120,6 +1120,13 @@ async fn inject_fault(
     }
 }
 
+/// `POST /debug/panic`: a request handler that panics, registered only in builds
+/// with fault injection compiled in (tests), to prove a panic answers 500 and
+/// takes nothing down.
+async fn panic_in_handler() -> HttpResponse {
+    panic!("injected panic in a request handler");
+}
+
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]
 #[openapi(
@@ -1291,6 +1298,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_payload_bytes: usize) {
     .service(res("/openapi.json").route(get_or_head().to(openapi_json)));
     if fleet_q_actors::supervision::FAILPOINTS_ENABLED {
         cfg.route("/debug/fault/{actor}/{kind}", web::post().to(inject_fault));
+        cfg.route("/debug/panic", web::post().to(panic_in_handler));
     }
     cfg.default_service(web::to(not_found));
 }

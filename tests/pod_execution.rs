@@ -548,3 +548,44 @@ fn with_pod_cfg_on<F, Fut>(
         pod.shutdown().await;
     });
 }
+
+/// The leader's recovery cycles prune finished steps older than the retention,
+/// and leave live and recent ones alone. (The setting's floor is 60 s; the
+/// engine takes any retention, which lets this test use one second.)
+#[test]
+fn retention_prunes_old_finished_steps() {
+    let mut h = HandlerRegistry::new();
+    h.register("ok", Counts(Arc::new(AtomicU32::new(0))));
+    let tune = |c: &mut PodConfig| c.retention = Duration::from_secs(1);
+    with_pod_cfg(tune, h, |pod| async move {
+        let done = submit_one(&pod, spec("ok", |_| {})).await;
+        wait_step(&pod, done, "the step to complete", |s| {
+            s.status == StepStatus::Completed
+        })
+        .await;
+        let waiting = submit_one(
+            &pod,
+            spec("ok", |s| s.run_at = RunAt::After(Duration::from_secs(3600))),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pod.step(done).await.unwrap().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the finished step was never pruned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+        }
+        let s = pod
+            .step(waiting)
+            .await
+            .unwrap()
+            .expect("a pending step is kept");
+        assert_eq!(s.status, StepStatus::Pending);
+        let cycles = pod.recovery_history(50).await.unwrap();
+        assert!(
+            cycles.iter().map(|c| c.steps_pruned).sum::<u64>() >= 1,
+            "the recovery summaries count the prune"
+        );
+    });
+}

@@ -300,6 +300,8 @@ pub struct Call {
     pub at: Instant,
     /// The recorder answered 2xx (a successful run).
     pub ok: bool,
+    /// The `Idempotency-Key` header the pod sent.
+    pub idempotency_key: String,
 }
 
 /// A step service the pods call through their `http` handler. It records every
@@ -355,6 +357,7 @@ impl Recorder {
                                     pod_id: h("x-fleet-q-pod-id"),
                                     at: Instant::now(),
                                     ok: (200..300).contains(&status),
+                                    idempotency_key: h("idempotency-key"),
                                 };
                                 calls.lock().unwrap().push(call.clone());
                                 if let Some(ms) = args["sleep_ms"].as_u64() {
