@@ -51,38 +51,59 @@ fn fleet_q(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
 }
 
 /// Key-pair authentication, end to end: settings → PEM file → JWT login → queries.
-/// (The emulator accepts any credentials, so this proves the client side: the key
-/// is read, a JWT is made and sent, and the session works.)
+/// The emulator verifies the JWT against the public key registered for the user
+/// (as Snowflake does), so this proves sign-in: the right key gets a session, a
+/// wrong key is refused.
 #[test]
 fn key_pair_authentication_and_fleet_q_check_and_schema() {
     let Some(py) = emulator::python() else {
         eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
         return;
     };
-    let emu = emulator::Emulator::start(&py);
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("rsa_key.p8");
-    let gen = std::process::Command::new(&py)
-        .args([
-            "-c",
-            "import sys\nfrom cryptography.hazmat.primitives.asymmetric import rsa\n\
-             from cryptography.hazmat.primitives import serialization as s\n\
-             k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n\
-             open(sys.argv[1], 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))",
-        ])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(gen.success());
-    let mut env: Vec<(&str, String)> = emu
-        .env()
-        .into_iter()
-        .filter(|(k, _)| *k != "FLEET_Q_SNOWFLAKE_PASSWORD")
-        .collect();
-    env.push((
-        "FLEET_Q_SNOWFLAKE_PRIVATE_KEY_PATH",
-        key.display().to_string(),
-    ));
+    // Two key pairs: the user's (its public half registered) and a stranger's.
+    let keygen = |name: &str| {
+        let private = dir.path().join(format!("{name}.p8"));
+        let public = dir.path().join(format!("{name}.pub"));
+        let ok = std::process::Command::new(&py)
+            .args([
+                "-c",
+                "import sys\nfrom cryptography.hazmat.primitives.asymmetric import rsa\n\
+                 from cryptography.hazmat.primitives import serialization as s\n\
+                 k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n\
+                 open(sys.argv[1], 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))\n\
+                 open(sys.argv[2], 'wb').write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))",
+            ])
+            .arg(&private)
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        (private, public)
+    };
+    let (key, public) = keygen("user");
+    let (wrong_key, _) = keygen("stranger");
+    let emu = emulator::Emulator::start_with_keys(&py, vec![("fleetq".into(), public)]);
+    let key_env = |k: &std::path::Path| -> Vec<(&str, String)> {
+        let mut env: Vec<(&str, String)> = emu
+            .env()
+            .into_iter()
+            .filter(|(k, _)| *k != "FLEET_Q_SNOWFLAKE_PASSWORD")
+            .collect();
+        env.push((
+            "FLEET_Q_SNOWFLAKE_PRIVATE_KEY_PATH",
+            k.display().to_string(),
+        ));
+        env
+    };
+    // A key whose public half is not registered is refused at sign-in.
+    let out = fleet_q(&key_env(&wrong_key), &["check"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wrong key signed in:\n{text}");
+    assert!(text.contains("JWT") || text.contains("390144"), "{text}");
+    let env = key_env(&key);
     let out = fleet_q(&env, &["check"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -48,6 +48,8 @@ pub struct Emulator {
     child: Option<Child>,
     python: PathBuf,
     db_path: Option<PathBuf>,
+    /// `(user, public key PEM file)` registered for key-pair sign-in.
+    rsa_keys: Vec<(String, PathBuf)>,
 }
 
 impl Emulator {
@@ -64,11 +66,32 @@ impl Emulator {
     /// An emulator on `port`, keeping its data under `db_path` when given (so it
     /// survives [`Emulator::stop`] and [`Emulator::restart`]).
     pub fn start_on(python: &std::path::Path, port: u16, db_path: Option<PathBuf>) -> Emulator {
+        Self::start_with(python, port, db_path, Vec::new())
+    }
+
+    /// An emulator with `rsa_keys` (`(user, public key PEM file)`) registered for
+    /// key-pair sign-in: JWT logins are verified against them.
+    pub fn start_with_keys(python: &std::path::Path, rsa_keys: Vec<(String, PathBuf)>) -> Emulator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_with(python, port, None, rsa_keys)
+    }
+
+    fn start_with(
+        python: &std::path::Path,
+        port: u16,
+        db_path: Option<PathBuf>,
+        rsa_keys: Vec<(String, PathBuf)>,
+    ) -> Emulator {
         let mut e = Emulator {
             port,
             child: None,
             python: python.to_path_buf(),
             db_path,
+            rsa_keys,
         };
         e.restart();
         e
@@ -84,6 +107,10 @@ impl Emulator {
             .stdout(Stdio::null());
         if let Some(d) = &self.db_path {
             cmd.arg("--db-path").arg(d);
+        }
+        for (user, pem) in &self.rsa_keys {
+            cmd.arg("--rsa-public-key")
+                .arg(format!("{user}={}", pem.display()));
         }
         self.child = Some(cmd.spawn().expect("start the emulator"));
         let deadline = Instant::now() + Duration::from_secs(30);
