@@ -1120,6 +1120,27 @@ async fn inject_fault(
     }
 }
 
+/// `POST /debug/heartbeat-failure/{seconds}`: this pod's heartbeats fail for that
+/// long (builds with fault injection only; not part of the documented API).
+async fn inject_heartbeat_failure(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    secs: web::Path<u64>,
+) -> ApiResult {
+    if st
+        .pod
+        .inject_heartbeat_failure(Duration::from_secs(secs.into_inner()))
+    {
+        Ok(HttpResponse::Accepted().json(json!({ "injected": true })))
+    } else {
+        Err(ApiError::new(
+            ErrorType::NotFound,
+            "fault injection is not compiled in",
+            &req,
+        ))
+    }
+}
+
 /// `POST /debug/panic`: a request handler that panics, registered only in builds
 /// with fault injection compiled in (tests), to prove a panic answers 500 and
 /// takes nothing down.
@@ -1299,6 +1320,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_payload_bytes: usize) {
     if fleet_q_actors::supervision::FAILPOINTS_ENABLED {
         cfg.route("/debug/fault/{actor}/{kind}", web::post().to(inject_fault));
         cfg.route("/debug/panic", web::post().to(panic_in_handler));
+        cfg.route(
+            "/debug/heartbeat-failure/{seconds}",
+            web::post().to(inject_heartbeat_failure),
+        );
     }
     cfg.default_service(web::to(not_found));
 }

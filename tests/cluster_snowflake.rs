@@ -200,7 +200,9 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
     }
 }
 
-/// Chaos at a smaller scale on the emulator: random SIGKILLs and restarts.
+/// Chaos at a smaller scale on the emulator: SIGKILLs and restarts with the SQLite
+/// chaos test's kill loop (a third of the kills aimed at the leader, and at
+/// least one kill of the leader in every run), while steps are outstanding.
 #[test]
 fn snowflake_chaos_loses_nothing() {
     let Some(py) = python() else { return };
@@ -212,11 +214,20 @@ fn snowflake_chaos_loses_nothing() {
     let ids = submit_batches(&c, &f.pods[0], &bodies, 200);
     let mut killed = HashSet::new();
     let (dir, db, env) = (f.dir.path().to_path_buf(), f.unused_db(), f.env.clone());
-    for _ in 0..4 {
+    let mut leader_kills = 0;
+    for round in 0..4 {
         fault_interval();
-        let victim = (rand::random::<u32>() % 3) as usize;
+        let leader = (0..3).find(|i| f.pods[*i].is_leader());
+        // The last round kills the leader if no earlier round did.
+        let victim = match leader {
+            Some(l) if rand::random::<u8>().is_multiple_of(3) => l,
+            Some(l) if round == 3 && leader_kills == 0 => l,
+            _ => (rand::random::<u32>() % 3) as usize,
+        };
+        leader_kills += usize::from(leader == Some(victim));
         kill_and_restart(&mut f.pods, victim, &dir, &db, &env, &mut killed);
     }
+    assert!(leader_kills >= 1, "the leader was never killed");
     let stats = f.wait_completed(600, Duration::from_secs(240));
     assert_eq!(stats.counts.total(), 600, "{stats:?}");
     assert_duplicates_only_from_killed(&f.rec, &ids, &killed);

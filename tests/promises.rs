@@ -288,3 +288,45 @@ fn detection_and_leader_takeover_stay_within_the_documented_bounds() {
         "takeover took {takeover:?}"
     );
 }
+
+/// A pod whose own heartbeat fails stops claiming, though the store would take
+/// its claims; once its heartbeat is written again it claims at once. (The
+/// failure is injected into the pod's HeartbeatActor, in test builds only.)
+#[test]
+fn a_pod_stops_claiming_while_its_own_heartbeat_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pod = PodProc::start(dir.path(), &db, "lonely", &[]);
+    let c = client();
+    let r = c
+        .post(pod.url("/debug/heartbeat-failure/6"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    wait_for(
+        "the heartbeat to be unhealthy",
+        Duration::from_secs(10),
+        || (pod.health()?["heartbeat_healthy"] == json!(false)).then_some(()),
+    );
+    let injected_at = Instant::now();
+    // Submits still work (they are writes of their own), and wake the claimer.
+    let ids: Vec<String> = (0..5)
+        .map(|_| submit(&c, &pod, json!({"type": "noop"})))
+        .collect();
+    let obs = Observer::open(&db);
+    // While the heartbeat fails, nothing is claimed.
+    while injected_at.elapsed() < Duration::from_secs(4) {
+        let s = obs.stats();
+        assert_eq!(
+            s.counts.pending, 5,
+            "a step was claimed while the heartbeat failed: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // poll interval
+    }
+    // After the failure ends, the steps run.
+    for id in &ids {
+        wait_for("the step to complete", Duration::from_secs(30), || {
+            (obs.step(id).status == fleet_q_actors::StepStatus::Completed).then_some(())
+        });
+    }
+}

@@ -397,6 +397,21 @@ impl Pod {
         report
     }
 
+    /// Makes this pod's heartbeats fail for `d`. Only with feature `failpoints`
+    /// (test builds); otherwise returns false.
+    pub fn inject_heartbeat_failure(&self, d: Duration) -> bool {
+        #[cfg(feature = "failpoints")]
+        {
+            self.state.inject_heartbeat_failure(d);
+            true
+        }
+        #[cfg(not(feature = "failpoints"))]
+        {
+            let _ = d;
+            false
+        }
+    }
+
     /// Injects a fault into the named actor. Only with feature `failpoints` (test
     /// builds); otherwise, and for an unknown actor name, returns false.
     #[cfg(not(feature = "failpoints"))]

@@ -71,6 +71,9 @@ pub struct PodState {
     budget_exhausted: AtomicBool,
     fenced_results: AtomicU64,
     recovery: Mutex<(u32, Option<String>)>,
+    /// Heartbeats fail until then (fault injection, test builds only).
+    #[cfg(feature = "failpoints")]
+    heartbeat_fail_until: Mutex<Option<Instant>>,
 }
 
 impl PodState {
@@ -97,6 +100,8 @@ impl PodState {
             budget_exhausted: AtomicBool::new(false),
             fenced_results: AtomicU64::new(0),
             recovery: Mutex::new((0, None)),
+            #[cfg(feature = "failpoints")]
+            heartbeat_fail_until: Mutex::new(None),
         }
     }
 
@@ -248,6 +253,20 @@ impl PodState {
 
     pub(crate) fn add_fenced(&self, n: u64) {
         self.fenced_results.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Makes this pod's heartbeats fail for `d` (fault injection, test builds).
+    #[cfg(feature = "failpoints")]
+    pub fn inject_heartbeat_failure(&self, d: Duration) {
+        *self.heartbeat_fail_until.lock().expect("failpoint lock") = Some(Instant::now() + d);
+    }
+
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn heartbeat_failure_injected(&self) -> bool {
+        self.heartbeat_fail_until
+            .lock()
+            .expect("failpoint lock")
+            .is_some_and(|t| Instant::now() < t)
     }
 
     pub(crate) fn recovery_result(&self, r: Result<(), String>) {

@@ -100,6 +100,15 @@ impl HeartbeatActor {
         if is_stale(self.last_ok, Instant::now(), self.cfg.dead_threshold) {
             self.set_health(false);
         }
+        #[cfg(feature = "failpoints")]
+        if self.state.heartbeat_failure_injected() {
+            // As a heartbeat write that failed (test builds only).
+            tracing::warn!("heartbeat failed (injected)");
+            self.set_health(false);
+            let next = self.cfg.interval.min(UNHEALTHY_RETRY);
+            self.schedule(ctx, next);
+            return;
+        }
         self.beating = true;
         let params = HeartbeatParams {
             pod_id: self.state.pod_id(),
