@@ -75,7 +75,9 @@ fn sigkill_of_a_worker_and_of_the_leader_loses_nothing() {
     });
     let n = 600;
     let bodies: Vec<Value> = (0..n)
-        .map(|i| json!({ "type": "rec", "args": { "i": i, "sleep_ms": 40 }, "max_retries": 5 }))
+        // Long enough (600 × 300 ms over 24 slots: about 8 s of work) that the
+        // victim still holds steps after the submits, on a loaded machine too.
+        .map(|i| json!({ "type": "rec", "args": { "i": i, "sleep_ms": 300 }, "max_retries": 5 }))
         .collect();
     let ids = submit_many(&pods[(leader + 1) % 3], bodies, 4);
     let obs = Observer::open(&db);
