@@ -80,6 +80,12 @@ static CANCELLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["type"],
     )
 });
+static OPEN_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    metrics::gauge(
+        "fleet_q_http_open_connections",
+        "HTTP connections open on this pod now (requests past FLEET_Q_HTTP_MAX_CONNECTIONS are refused).",
+    )
+});
 static STATEMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     metrics::counter_vec(
         "fleet_q_store_statements_total",
@@ -97,6 +103,7 @@ fn register_metrics() {
     LazyLock::force(&ACTIVE_PODS);
     LazyLock::force(&CANCELLED);
     LazyLock::force(&STATEMENTS);
+    LazyLock::force(&OPEN_CONNECTIONS);
 }
 
 /// How long queue statistics are reused before the store is asked again.
@@ -1464,7 +1471,8 @@ struct ConnGuard(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let n = self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        OPEN_CONNECTIONS.set(n.saturating_sub(1) as i64);
     }
 }
 
@@ -1473,15 +1481,17 @@ pub fn on_connect(
     open: Arc<std::sync::atomic::AtomicUsize>,
 ) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
     move |_, ext| {
-        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OPEN_CONNECTIONS.set(n as i64 + 1);
         ext.insert(ConnGuard(open.clone()));
     }
 }
 
-/// Probes answer whatever the load: a liveness probe that cannot connect would
-/// have the orchestrator kill a pod that is only busy.
+/// Probes and scrapes answer whatever the load: a liveness probe that cannot
+/// connect would have the orchestrator kill a pod that is only busy, and an
+/// overload is when the metrics matter most.
 fn is_probe(path: &str) -> bool {
-    matches!(path, "/health" | "/ready")
+    matches!(path, "/health" | "/ready" | "/metrics")
 }
 
 /// Checks a request before it is routed: refuses it past the connection cap

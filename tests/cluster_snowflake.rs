@@ -143,7 +143,11 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
     let bodies: Vec<Value> = (0..200)
         .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}}))
         .collect();
-    submit_batches(&c, &f.pods[0], &bodies, 200);
+    let ids = submit_batches(&c, &f.pods[0], &bodies, 200);
+    // Work is running when the store goes away.
+    wait_for("steps to be running", Duration::from_secs(60), || {
+        (!f.rec.calls().is_empty()).then_some(())
+    });
 
     f.emu.stop();
     let down_at = std::time::Instant::now();
@@ -188,6 +192,14 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
     });
     let stats = f.wait_completed(201, Duration::from_secs(180));
     assert_eq!(stats.counts.total(), 201, "nothing lost: {stats:?}");
+    // No pod died and the dead threshold outlasts the outage: each step ran once.
+    let execs = f.rec.executions();
+    for id in &ids {
+        let ok = execs
+            .get(id)
+            .map_or(0, |c| c.iter().filter(|c| c.ok).count());
+        assert_eq!(ok, 1, "step {id} ran {ok} times successfully");
+    }
     for p in &f.pods {
         assert!(p.health().is_some(), "{} died during the outage", p.name);
         let log = p.log_text();
