@@ -5,7 +5,8 @@
 //! hit pods holding work, and that work was re-run; a step ran successfully more
 //! than once only when the earlier run was on a pod that was killed (or presumed
 //! dead and rejoined); surviving pods counted any result they had overwritten.
-//! Bounded to about three minutes.
+//! Bounded: 90 s of kills, then at most 6 minutes to drain (under 1 minute on an
+//! idle machine).
 
 mod support;
 
@@ -131,7 +132,8 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     ids.extend(submitter.join().unwrap());
     assert_eq!(ids.len(), STEPS, "every batch was accepted by some pod");
 
-    let stats = obs.wait_all_terminal(STEPS as u64, Duration::from_secs(120));
+    // Bounded, with room for a machine that is also building something else.
+    let stats = obs.wait_all_terminal(STEPS as u64, Duration::from_secs(360));
     let terminal_fails = (0..STEPS).filter(|i| i.is_multiple_of(97)).count() as u64;
     assert_eq!(
         stats.counts.total(),
@@ -145,7 +147,8 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     assert_eq!(stats.counts.completed, STEPS as u64 - terminal_fails);
 
     let rows = obs.block(obs.store.pods_list()).unwrap();
-    let rejoined = rejoined_pods(&rows);
+    let mut rejoined = rejoined_pods(&rows);
+    rejoined.extend(rejoined_processes(&pods));
     let duplicated = assert_duplicates_only_from_lost_pods(&rec, &ids, &killed, &rejoined);
     assert!(
         duplicated >= 1,

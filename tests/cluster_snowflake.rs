@@ -114,7 +114,10 @@ fn three_pods_on_snowflake_survive_a_sigkill_and_lose_nothing() {
     f.pods[victim].kill9();
     let stats = f.wait_completed(1000, Duration::from_secs(240));
     assert_eq!(stats.counts.total(), 1000, "{stats:?}");
-    assert_duplicates_only_from_killed(&f.rec, &ids, &killed);
+    // A pod starved on a loaded machine may be presumed dead and rejoin without
+    // being killed: its earlier runs may legitimately repeat too.
+    let rejoined = rejoined_processes(&f.pods);
+    assert_duplicates_only_from_lost_pods(&f.rec, &ids, &killed, &rejoined);
 }
 
 /// The emulator stops for about 10 s and comes back: pods stay up, submits get
@@ -242,7 +245,10 @@ fn snowflake_chaos_loses_nothing() {
     assert!(leader_kills >= 1, "the leader was never killed");
     let stats = f.wait_completed(600, Duration::from_secs(240));
     assert_eq!(stats.counts.total(), 600, "{stats:?}");
-    assert_duplicates_only_from_killed(&f.rec, &ids, &killed);
+    // A pod starved on a loaded machine may be presumed dead and rejoin without
+    // being killed: its earlier runs may legitimately repeat too.
+    let rejoined = rejoined_processes(&f.pods);
+    assert_duplicates_only_from_lost_pods(&f.rec, &ids, &killed, &rejoined);
 }
 
 /// `fleet-q bench --store snowflake` starts pods on the configured account (here

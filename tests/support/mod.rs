@@ -532,6 +532,24 @@ pub fn rejoined_pods(rows: &[fleet_q_actors::PodRecord]) -> Vec<String> {
         .collect()
 }
 
+/// The ids under which live pod processes were presumed dead and rejoined, from
+/// their `/health` (`generation` n means ids `<id>`, `<id>-r1` … `<id>-r(n-1)`
+/// were given up).
+pub fn rejoined_processes(pods: &[PodProc]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in pods {
+        let g = p
+            .health()
+            .and_then(|h| h["generation"].as_u64())
+            .unwrap_or(0);
+        if g >= 1 {
+            out.push(p.id.clone());
+            out.extend((1..g).map(|i| format!("{}-r{i}", p.id)));
+        }
+    }
+    out
+}
+
 /// Like [`assert_duplicates_only_from_killed`], also allowing earlier runs on the
 /// pods in `rejoined` (presumed dead, see [`rejoined_pods`]).
 pub fn assert_duplicates_only_from_lost_pods(
