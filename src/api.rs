@@ -1471,8 +1471,8 @@ struct ConnGuard(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let n = self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        OPEN_CONNECTIONS.set(n.saturating_sub(1) as i64);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        OPEN_CONNECTIONS.dec();
     }
 }
 
@@ -1481,8 +1481,8 @@ pub fn on_connect(
     open: Arc<std::sync::atomic::AtomicUsize>,
 ) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
     move |_, ext| {
-        let n = open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        OPEN_CONNECTIONS.set(n as i64 + 1);
+        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OPEN_CONNECTIONS.inc();
         ext.insert(ConnGuard(open.clone()));
     }
 }
