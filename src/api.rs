@@ -1498,16 +1498,15 @@ fn is_probe(path: &str) -> bool {
 /// (503, connection closed), refuses bodies in an encoding the server does not
 /// decode (415), and puts a deadline on reading its body.
 pub fn admit(req: &mut ServiceRequest, limits: &HttpLimits) -> Result<(), ApiError> {
-    let path = req.path().to_string();
     let open = limits.open.load(std::sync::atomic::Ordering::SeqCst);
-    if open > limits.max_connections && !is_probe(&path) {
+    if open > limits.max_connections && !is_probe(req.path()) {
         return Err(ApiError::for_path(
             ErrorType::DatabaseError,
             format!(
                 "this pod has too many open connections ({open}, limit {}); retry later",
                 limits.max_connections
             ),
-            &path,
+            req.path(),
         )
         .with_status(StatusCode::SERVICE_UNAVAILABLE)
         .closing());
@@ -1520,7 +1519,7 @@ pub fn admit(req: &mut ServiceRequest, limits: &HttpLimits) -> Result<(), ApiErr
             return Err(ApiError::for_path(
                 ErrorType::UnsupportedMediaType,
                 "Content-Encoding is not supported: send the body uncompressed",
-                &path,
+                req.path(),
             )
             .closing());
         }

@@ -462,9 +462,7 @@ fn metrics_named_by_the_hpa_alerts_and_dashboard_are_exported_after_real_traffic
     let r = c.post(pod.url("/admin/recovery/run")).send().unwrap();
     assert_eq!(r.status().as_u16(), 200, "recovery run");
     let obs = Observer::open(&dir.path().join("m.db"));
-    wait_for("the step to complete", Duration::from_secs(20), || {
-        (obs.step(&id).status == fleet_q_actors::StepStatus::Completed).then_some(())
-    });
+    obs.wait_completed(&id, Duration::from_secs(20));
     let text = c.get(pod.url("/metrics")).send().unwrap().text().unwrap();
     for n in &names {
         assert!(

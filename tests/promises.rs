@@ -31,9 +31,7 @@ fn a_panicking_request_handler_answers_500_and_the_pod_lives() {
     assert_eq!(get_json(&c, &pod, "/health").0, 200);
     let id = submit(&c, &pod, json!({"type": "noop"}));
     let obs = Observer::open(&dir.path().join("p.db"));
-    wait_for("the step to complete", Duration::from_secs(20), || {
-        (obs.step(&id).status == fleet_q_actors::StepStatus::Completed).then_some(())
-    });
+    obs.wait_completed(&id, Duration::from_secs(20));
 }
 
 /// `POST /admin/recovery/run` answers 403 off the leader and 409 while a cycle
@@ -121,9 +119,7 @@ fn the_idempotency_key_header_is_the_same_on_every_attempt() {
     let plain = submit(&c, &pod, json!({"type": "rec", "args": {"fail_first": 2}}));
     let obs = Observer::open(&dir.path().join("i.db"));
     for id in [&keyed, &plain] {
-        wait_for("the step to complete", Duration::from_secs(30), || {
-            (obs.step(id).status == fleet_q_actors::StepStatus::Completed).then_some(())
-        });
+        obs.wait_completed(id, Duration::from_secs(30));
         let calls = rec.executions()[id.as_str()].clone();
         assert_eq!(calls.len(), 3, "two failed attempts, then success");
         let (_, shown) = get_json(&c, &pod, &format!("/idempotency/{id}"));
@@ -192,11 +188,7 @@ fn step_timeouts_default_from_the_setting_and_http_timeouts_are_retried() {
     );
     assert_eq!(obs.step(&slow_http).retry_count, 1);
     // The step's own timeout overrides the default.
-    wait_for(
-        "the step with its own timeout to complete",
-        Duration::from_secs(30),
-        || (obs.step(&quick).status == fleet_q_actors::StepStatus::Completed).then_some(()),
-    );
+    obs.wait_completed(&quick, Duration::from_secs(30));
 }
 
 /// `fleet-q serve` with a bad configuration lists every problem and exits 2 (the
@@ -325,8 +317,6 @@ fn a_pod_stops_claiming_while_its_own_heartbeat_fails() {
     }
     // After the failure ends, the steps run.
     for id in &ids {
-        wait_for("the step to complete", Duration::from_secs(30), || {
-            (obs.step(id).status == fleet_q_actors::StepStatus::Completed).then_some(())
-        });
+        obs.wait_completed(id, Duration::from_secs(30));
     }
 }

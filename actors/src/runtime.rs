@@ -103,9 +103,6 @@ impl Default for PodConfig {
 /// Why a pod could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    /// The recovery ledger could not be opened.
-    #[error("{0}")]
-    Ledger(String),
     /// The handler runtime could not be started.
     #[error("cannot start the handler runtime: {0}")]
     Runtime(String),

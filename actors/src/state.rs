@@ -37,13 +37,11 @@ pub struct InFlight {
     pub retry_count: u32,
 }
 
-/// What the pod last heard from its store, writes apart from reads.
+/// What the pod last heard from its store's writes (readiness means "can write").
 #[derive(Debug, Default)]
 struct StoreHealth {
     last_write_ok: Option<Instant>,
     write_error: Option<String>,
-    last_read_ok: Option<Instant>,
-    read_error: Option<String>,
 }
 
 /// What a pod knows about itself.
@@ -203,22 +201,20 @@ impl PodState {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// Records a store call's outcome. Writes and reads are kept apart: readiness
-    /// means "can write" (heartbeats are writes), and a successful read during a
-    /// write outage must not make the pod look ready.
+    /// Records a store call's outcome. Only writes count: readiness means "can
+    /// write" (heartbeats are writes), and a successful read during a write outage
+    /// must not make the pod look ready. Reads are ignored here.
     pub fn store_result(&self, write: bool, ok: Result<(), String>) {
+        if !write {
+            return;
+        }
         let mut h = self.store.lock().expect("store lock");
-        match (write, ok) {
-            (true, Ok(())) => {
+        match ok {
+            Ok(()) => {
                 h.last_write_ok = Some(Instant::now());
                 h.write_error = None;
             }
-            (true, Err(e)) => h.write_error = Some(e),
-            (false, Ok(())) => {
-                h.last_read_ok = Some(Instant::now());
-                h.read_error = None;
-            }
-            (false, Err(e)) => h.read_error = Some(e),
+            Err(e) => h.write_error = Some(e),
         }
     }
 
@@ -234,11 +230,6 @@ impl PodState {
     /// The last write error since the last successful write.
     pub fn store_write_error(&self) -> Option<String> {
         self.store.lock().expect("store lock").write_error.clone()
-    }
-
-    /// The last read error since the last successful read.
-    pub fn store_read_error(&self) -> Option<String> {
-        self.store.lock().expect("store lock").read_error.clone()
     }
 
     /// Time since the pod started.

@@ -281,6 +281,14 @@ impl Observer {
             .unwrap()
     }
 
+    /// Waits until step `id` is completed; returns it.
+    pub fn wait_completed(&self, id: &str, limit: Duration) -> fleet_q_actors::Step {
+        wait_for(&format!("step {id} to complete"), limit, || {
+            let s = self.step(id);
+            (s.status == fleet_q_actors::StepStatus::Completed).then_some(s)
+        })
+    }
+
     /// Waits until every step is in a terminal status; returns the stats.
     pub fn wait_all_terminal(&self, total: u64, limit: Duration) -> fleet_q_actors::QueueStats {
         wait_for("every step to reach a terminal status", limit, || {
