@@ -280,11 +280,12 @@ pub struct MarkDownParams {
 }
 
 /// Parameters of [`Store::steps_orphaned`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrphanParams {
-    /// Pods whose rows declare no dead threshold of their own are dead once their
-    /// heartbeat is older than this.
-    pub dead_threshold: Duration,
+    /// Holders to treat as down though their rows say `up`: a dry run lists the
+    /// steps of the pods it would mark down. Empty in a real cycle, which marks
+    /// them down first.
+    pub presumed_down: Vec<String>,
     /// At most this many steps.
     pub limit: u32,
 }
@@ -369,9 +370,17 @@ pub trait Store: Send + Sync + 'static {
     /// actually marked.
     async fn pods_mark_down(&self, params: MarkDownParams) -> Result<Vec<String>, StoreError>;
 
-    /// Claimed steps whose holder is down, dead by heartbeat age (judged by the
-    /// holder's own declared threshold), unknown, or a later incarnation of the
-    /// holder's id than the one that claimed them (claimed before the row's birth).
+    /// Claimed steps whose holder is marked down, unknown, or a later incarnation of
+    /// the holder's id than the one that claimed them (claimed before the row's
+    /// birth).
+    ///
+    /// Heartbeat age alone never makes an orphan: a pod that is merely late keeps
+    /// its claims until [`Store::pods_mark_down`] (fenced on staleness at write
+    /// time) marks it down. So whenever a pod's steps are requeued its row says
+    /// `down`, its next heartbeat tells it so, and it stops and rejoins; a late but
+    /// live pod is never left running steps that someone else also runs without
+    /// learning it (the race this rule closes: a holder judged dead by age between
+    /// the leader's mark-down and its orphan query).
     async fn steps_orphaned(&self, params: OrphanParams) -> Result<Vec<Step>, StoreError>;
 
     /// Requeues (or, with no retries left, fails) orphaned steps, fenced on the

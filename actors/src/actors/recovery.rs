@@ -260,7 +260,7 @@ async fn run_cycle(
     if !dry_run && !dead.is_empty() {
         let marked = storage
             .send(MarkPodsDown(MarkDownParams {
-                pod_ids: dead,
+                pod_ids: dead.clone(),
                 dead_threshold: cfg.dead_threshold,
             }))
             .await
@@ -272,7 +272,8 @@ async fn run_cycle(
     }
     let orphans = storage
         .send(FindOrphans(OrphanParams {
-            dead_threshold: cfg.dead_threshold,
+            // A real cycle has marked the dead pods down; a dry run has not.
+            presumed_down: if dry_run { dead.clone() } else { Vec::new() },
             limit: cfg.orphan_batch,
         }))
         .await

@@ -549,8 +549,9 @@ impl Handler<FindOrphans> for StorageActor {
     type Result = ResponseFuture<Result<Vec<Step>, StoreError>>;
     fn handle(&mut self, msg: FindOrphans, _: &mut Context<Self>) -> Self::Result {
         let p = msg.0;
-        self.call("steps_orphaned", move |s| async move {
-            s.steps_orphaned(p).await
+        self.call("steps_orphaned", move |s| {
+            let p = p.clone();
+            async move { s.steps_orphaned(p).await }
         })
     }
 }

@@ -517,11 +517,13 @@ async fn stale_pod(h: &Harness, pod: &str) -> Duration {
     threshold
 }
 
-/// Orphans are claimed steps whose holder is down, dead by heartbeat age (store
-/// time), or has no row at all; steps of live pods are not orphans.
-pub async fn orphans_found_for_dead_down_and_unknown_pods(h: Harness) {
+/// Orphans are claimed steps whose holder is marked down or has no row at all.
+/// A holder that is merely late (heartbeat older than any threshold, row still
+/// `up`) keeps its claims until a mark-down, fenced on staleness, lands: so a pod
+/// whose steps are requeued always finds its row down and rejoins.
+pub async fn orphans_found_for_down_and_unknown_pods_only(h: Harness) {
     insert(&h.a, (0..4).map(|_| step("noop")).collect()).await;
-    for pod in ["dead", "down", "ghost", "live"] {
+    for pod in ["late", "down", "ghost", "live"] {
         if pod != "ghost" {
             heartbeat(&h.a, pod).await;
         }
@@ -537,34 +539,61 @@ pub async fn orphans_found_for_dead_down_and_unknown_pods(h: Harness) {
     })
     .await
     .unwrap();
-    let threshold = stale_pod(&h, "dead").await;
+    let threshold = stale_pod(&h, "late").await;
     heartbeat(&h.a, "live").await;
+    let holders = |orphans: Vec<Step>| -> HashSet<String> {
+        orphans
+            .iter()
+            .filter_map(|s| s.claimed_by.clone())
+            .collect()
+    };
     let orphans =
         h.b.steps_orphaned(OrphanParams {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        holders(orphans),
+        ["down", "ghost"].map(String::from).into(),
+        "a late pod that is not marked down keeps its claims"
+    );
+    let dry = OrphanParams {
+        limit: 100,
+        presumed_down: vec!["late".into(), "o'brien\"; --".into()],
+    };
+    let orphans = h.b.steps_orphaned(dry).await.unwrap();
+    assert_eq!(
+        holders(orphans),
+        ["late", "down", "ghost"].map(String::from).into(),
+        "a dry run sees the steps of the pods it would mark down"
+    );
+    let marked =
+        h.b.pods_mark_down(MarkDownParams {
+            pod_ids: vec!["late".into(), "live".into()],
             dead_threshold: threshold,
-            limit: 100,
         })
         .await
         .unwrap();
-    let holders: HashSet<String> = orphans
-        .iter()
-        .filter_map(|s| s.claimed_by.clone())
-        .collect();
-    let want: HashSet<String> = ["dead", "down", "ghost"].map(String::from).into();
-    assert_eq!(holders, want);
-    // With a generous threshold only down and unknown holders are orphans.
+    assert_eq!(marked, ["late"], "only the stale pod is marked");
     let orphans =
         h.b.steps_orphaned(OrphanParams {
-            dead_threshold: Duration::from_secs(3600),
             limit: 100,
+            ..Default::default()
         })
         .await
         .unwrap();
-    let holders: HashSet<String> = orphans
-        .iter()
-        .filter_map(|s| s.claimed_by.clone())
-        .collect();
-    assert_eq!(holders, ["down", "ghost"].map(String::from).into());
+    assert_eq!(
+        holders(orphans),
+        ["late", "down", "ghost"].map(String::from).into()
+    );
+    let late = heartbeat(&h.a, "late").await;
+    assert_eq!(
+        late.status,
+        PodStatus::Down,
+        "the late pod learns it was marked down"
+    );
 }
 
 /// Two leaders requeueing the same orphans at once: each step is requeued once and
@@ -580,11 +609,11 @@ pub async fn orphan_requeue_by_two_leaders_is_harmless(h: Harness) {
     .await
     .unwrap();
     let params = OrphanParams {
-        dead_threshold: Duration::from_secs(3600),
         limit: 1000,
+        ..Default::default()
     };
-    let seen_a = h.a.steps_orphaned(params).await.unwrap();
-    let seen_b = h.b.steps_orphaned(params).await.unwrap();
+    let seen_a = h.a.steps_orphaned(params.clone()).await.unwrap();
+    let seen_b = h.b.steps_orphaned(params.clone()).await.unwrap();
     assert_eq!(seen_a.len(), 30);
     assert_eq!(seen_b.len(), 30);
     let req = |orphans: Vec<Step>| RequeueParams {
@@ -631,8 +660,8 @@ pub async fn orphan_requeue_spends_retries_then_fails(h: Harness) {
         .unwrap();
         let orphans =
             h.a.steps_orphaned(OrphanParams {
-                dead_threshold: Duration::from_secs(3600),
                 limit: 10,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -1065,16 +1094,12 @@ pub async fn pods_are_judged_by_their_own_declared_threshold(h: Harness) {
     assert!(!plain.is_alive(threshold), "judged by the default");
     let orphans =
         h.b.steps_orphaned(OrphanParams {
-            dead_threshold: threshold,
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();
-    let holders: Vec<_> = orphans
-        .iter()
-        .filter_map(|s| s.claimed_by.clone())
-        .collect();
-    assert_eq!(holders, ["plain"]);
+    assert!(orphans.is_empty(), "no holder is marked down yet");
     let marked =
         h.b.pods_mark_down(MarkDownParams {
             pod_ids: vec!["slow".into(), "plain".into()],
@@ -1087,6 +1112,18 @@ pub async fn pods_are_judged_by_their_own_declared_threshold(h: Harness) {
     let plain = pods.iter().find(|p| p.pod_id == "plain").unwrap();
     assert_eq!(plain.status, PodStatus::Down);
     assert_eq!(plain.capacity_in_use, 0, "a down pod runs nothing");
+    let orphans =
+        h.b.steps_orphaned(OrphanParams {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let holders: Vec<_> = orphans
+        .iter()
+        .filter_map(|s| s.claimed_by.clone())
+        .collect();
+    assert_eq!(holders, ["plain"]);
 }
 
 /// A heartbeat from a new incarnation of a pod id restarts the row's birth time,
@@ -1109,10 +1146,15 @@ pub async fn a_new_incarnation_orphans_the_old_ones_claims(h: Harness) {
         "same incarnation, same birth"
     );
     let generous = OrphanParams {
-        dead_threshold: Duration::from_secs(3600),
         limit: 10,
+        ..Default::default()
     };
-    assert!(h.b.steps_orphaned(generous).await.unwrap().is_empty());
+    assert!(h
+        .b
+        .steps_orphaned(generous.clone())
+        .await
+        .unwrap()
+        .is_empty());
     // Let the store's clock pass the claim, then a new run of the id heartbeats.
     let claimed_at = old[0].last_update_ts;
     let store = h.a.clone();
@@ -1127,7 +1169,7 @@ pub async fn a_new_incarnation_orphans_the_old_ones_claims(h: Harness) {
     .await;
     let second = h.b.pod_heartbeat(beat("two")).await.unwrap();
     assert!(second.birth_ts > first.birth_ts, "a new run is born anew");
-    let orphans = h.b.steps_orphaned(generous).await.unwrap();
+    let orphans = h.b.steps_orphaned(generous.clone()).await.unwrap();
     assert_eq!(
         orphans.iter().map(|s| s.step_id).collect::<Vec<_>>(),
         [old[0].step_id],

@@ -1080,9 +1080,14 @@ impl Store for SnowflakeStore {
             &format!(
                 "SELECT {STEP_COLS} FROM STEP_TRACKER s WHERE s.status = 'claimed' AND NOT EXISTS \
                  (SELECT 1 FROM POD_HEALTH p WHERE p.pod_id = s.claimed_by AND p.status = 'up' \
-                  AND p.last_heartbeat_ts > DATEADD(millisecond, -COALESCE(p.dead_after_ms, {}), SYSDATE()) \
-                  AND p.birth_ts <= s.last_update_ts) ORDER BY s.step_id LIMIT {}",
-                ms(p.dead_threshold),
+                  AND p.birth_ts <= s.last_update_ts{}) ORDER BY s.step_id LIMIT {}",
+                if p.presumed_down.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> =
+                        p.presumed_down.iter().map(|id| sql::text(id)).collect();
+                    format!(" AND p.pod_id NOT IN ({})", list.join(", "))
+                },
                 p.limit
             ),
         )

@@ -886,17 +886,18 @@ impl Store for SqliteStore {
     }
 
     async fn steps_orphaned(&self, p: OrphanParams) -> Result<Vec<Step>, StoreError> {
-        self.read("steps_orphaned", move |c, now| {
-            // A claim is held while its holder is up, heartbeats within its own
-            // declared threshold (the default for rows that declare none), and is
-            // the incarnation that made the claim (born no later than it).
+        self.read("steps_orphaned", move |c, _now| {
+            // A claim is held while its holder's row is up and is the incarnation
+            // that made the claim (born no later than it). Heartbeat age is judged
+            // only by pods_mark_down (see the trait's docs).
             let mut st = c.prepare_cached(&format!(
                 "SELECT {STEP_COLS} FROM STEP_TRACKER s WHERE s.status = 'claimed' AND s.{LIVE} AND NOT EXISTS \
                  (SELECT 1 FROM POD_HEALTH p WHERE p.pod_id = s.claimed_by AND p.status = 'up' \
-                  AND p.last_heartbeat_ts > ?1 - COALESCE(p.dead_after_ms, ?2) \
-                  AND p.birth_ts <= s.last_update_ts) ORDER BY s.step_id LIMIT ?3"
+                  AND p.birth_ts <= s.last_update_ts \
+                  AND p.pod_id NOT IN (SELECT value FROM json_each(?2))) ORDER BY s.step_id LIMIT ?1"
             ))?;
-            let rows = st.query_map(params![now, ms(p.dead_threshold), p.limit], step_from_row)?;
+            let presumed = serde_json::to_string(&p.presumed_down).unwrap_or_else(|_| "[]".into());
+            let rows = st.query_map(params![p.limit, presumed], step_from_row)?;
             rows.collect()
         })
         .await
