@@ -16,8 +16,9 @@ struct Line {
     ms: f64,
 }
 
-/// Runs the checks; returns the exit code (0 when every check passed).
-pub fn run(settings: &Settings, json_out: bool) -> i32 {
+/// Runs the checks (and with `smoke`, [`crate::smoke`]); returns the exit code
+/// (0 when every check passed).
+pub fn run(settings: &Settings, json_out: bool, smoke: bool) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -28,7 +29,19 @@ pub fn run(settings: &Settings, json_out: bool) -> i32 {
             return 1;
         }
     };
-    let lines = rt.block_on(checks(settings));
+    let mut lines = rt.block_on(checks(settings));
+    if smoke && lines.iter().all(|l| l.ok) {
+        lines.extend(
+            rt.block_on(crate::smoke::smoke(settings))
+                .into_iter()
+                .map(|l| Line {
+                    name: format!("smoke: {}", l.name),
+                    ok: l.ok,
+                    detail: l.detail,
+                    ms: l.ms,
+                }),
+        );
+    }
     let ok = lines.iter().all(|l| l.ok);
     if json_out {
         let v: Vec<Value> = lines
@@ -88,6 +101,24 @@ async fn checks(settings: &Settings) -> Vec<Line> {
             return out;
         }
     };
+    if settings.storage_mode == StorageMode::Snowflake {
+        let t0 = Instant::now();
+        let r = match crate::storage::snowflake::SnowflakeStore::open(
+            &settings.snowflake,
+            settings.default_max_attempts,
+            settings.default_base_delay,
+            settings.default_max_delay,
+        ) {
+            Ok(sf) => sf.session_report().await.map(|ps| {
+                ps.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+            Err(e) => Err(e),
+        };
+        push("session parameters", t0, r.map_err(|e| e.to_string()));
+    }
     let t0 = Instant::now();
     let r = store.now().await.map(|n| format!("store time {n}"));
     push("store clock", t0, r.map_err(|e| e.to_string()));

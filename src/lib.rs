@@ -31,6 +31,7 @@ pub mod config;
 pub mod handlers;
 pub mod http_io;
 pub mod serve;
+pub mod smoke;
 pub mod storage;
 pub mod telemetry;
 

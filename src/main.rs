@@ -136,6 +136,11 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also run every statement shape the store sends, once, in a scratch
+        /// schema that is dropped afterwards (the first thing to run against a
+        /// new Snowflake account; leaves the configured schema untouched).
+        #[arg(long)]
+        smoke: bool,
     },
     /// Print the store's DDL (STEP_TRACKER, POD_HEALTH), or apply it.
     Schema {
@@ -309,8 +314,8 @@ fn main() -> ExitCode {
             });
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
-        Command::Check { json } => with_settings(cli.config.as_deref(), |s| {
-            code(fleet_q::check::run(&s, json))
+        Command::Check { json, smoke } => with_settings(cli.config.as_deref(), |s| {
+            code(fleet_q::check::run(&s, json, smoke))
         }),
         Command::Schema { apply } => with_settings(cli.config.as_deref(), |s| {
             code(fleet_q::check::schema(&s, apply))

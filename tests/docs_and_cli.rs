@@ -175,6 +175,20 @@ fn serve_with_zero_configuration_uses_the_embedded_default_and_stops_on_sigterm(
     assert_eq!(status.code(), Some(0));
 }
 
+/// The statement shapes `fleet-q check --smoke` reports, one line each.
+const SMOKE_SHAPES: [&str; 10] = [
+    "insert",
+    "keyed insert",
+    "heartbeat",
+    "claim and read-back",
+    "finish (fenced)",
+    "release (fenced)",
+    "mark down and requeue orphans",
+    "lists and stats",
+    "cancel and retry",
+    "prune",
+];
+
 #[test]
 fn check_reports_each_step_and_schema_prints_or_applies_the_ddl() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,6 +208,18 @@ fn check_reports_each_step_and_schema_prints_or_applies_the_ddl() {
             text.lines()
                 .any(|l| l.starts_with("ok") && l.contains(check)),
             "{check} missing:\n{text}"
+        );
+    }
+    // The smoke test runs every statement shape on a scratch file and leaves the
+    // configured file as it was.
+    let out = fleet_q(&[("FLEET_Q_SQLITE_DB_PATH", db)], &["check", "--smoke"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    for shape in SMOKE_SHAPES {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(&format!("smoke: {shape}"))),
+            "{shape} missing:\n{text}"
         );
     }
     let out = fleet_q(

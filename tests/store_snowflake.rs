@@ -117,7 +117,13 @@ fn key_pair_authentication_and_fleet_q_check_and_schema() {
     );
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        5,
+        6,
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("ok")
+            && l.contains("session parameters")
+            && l.contains("AUTOCOMMIT=TRUE")),
         "{text}"
     );
     // The key itself never shows in output.
@@ -134,4 +140,283 @@ fn key_pair_authentication_and_fleet_q_check_and_schema() {
         !ddl.contains("PRIMARY KEY"),
         "Snowflake does not enforce keys; none declared"
     );
+}
+
+fn keyed(key: &str) -> fleet_q_actors::NewStep {
+    fleet_q_actors::NewStep::new(fleet_q_actors::StepSpec {
+        step_type: "noop".into(),
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn plain() -> fleet_q_actors::NewStep {
+    fleet_q_actors::NewStep::new(fleet_q_actors::StepSpec {
+        step_type: "noop".into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn stores(emu: &emulator::Emulator) -> (SnowflakeStore, SnowflakeStore) {
+    let s = emu.settings();
+    let d = Duration::from_millis(50);
+    (
+        SnowflakeStore::open(&s, 5, d, d * 10).unwrap(),
+        SnowflakeStore::open(&s, 5, d, d * 10).unwrap(),
+    )
+}
+
+/// Snowflake runs INSERTs in parallel, each on its own snapshot, and enforces no
+/// UNIQUE constraint: two submits of one key at once would both insert with
+/// `INSERT … WHERE NOT EXISTS`. The emulator models that (each INSERT commits
+/// 400 ms after its snapshot); keyed steps go through MERGE, which takes the table
+/// lock, so each key makes one step and both callers get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_of_one_key_make_one_step() {
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start_with_args(&py, &["--insert-commit-delay-ms", "400"]);
+    let (a, b) = stores(&emu);
+    a.schema_init().await.unwrap();
+    // Unkeyed inserts still run concurrently (the model is live: two at once
+    // take about one delay, not two).
+    for round in 0..4 {
+        let key = format!("k-{round}");
+        let (x, y) = (keyed(&key), keyed(&key));
+        let (rx, ry) = tokio::join!(
+            a.steps_insert(vec![x.clone()]),
+            b.steps_insert(vec![y.clone()])
+        );
+        let (rx, ry) = (rx.unwrap(), ry.unwrap());
+        assert_eq!(
+            rx[0].step_id, ry[0].step_id,
+            "round {round}: both callers get one step"
+        );
+        assert_eq!(
+            usize::from(rx[0].created) + usize::from(ry[0].created),
+            1,
+            "round {round}: exactly one created"
+        );
+        let loser = if rx[0].created {
+            y.step_id()
+        } else {
+            x.step_id()
+        };
+        assert!(
+            a.step_get(loser).await.unwrap().is_none(),
+            "round {round}: a second row was written"
+        );
+    }
+}
+
+/// Should duplicate keys exist anyway (rows written before keyed MERGE), every
+/// lookup answers with the oldest step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_resolve_to_the_oldest_step() {
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start(&py);
+    let (a, _) = stores(&emu);
+    a.schema_init().await.unwrap();
+    let ids = [
+        "01900000-0000-7000-8000-000000000002",
+        "01900000-0000-7000-8000-000000000001",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        // The first row written (higher id) is the older by created_ts.
+        a.admin(&format!(
+            "INSERT INTO STEP_TRACKER (step_id, status, last_update_ts, payload, retry_count, priority, \
+             created_ts, max_retries, attempt, run_at, idempotency_key, step_type) \
+             SELECT '{id}', 'pending', SYSDATE(), '{{\"type\":\"noop\",\"args\":{{}},\"metadata\":{{}}}}', 0, 0, \
+             DATEADD(second, {}, SYSDATE()), 3, 0, SYSDATE(), 'dup', 'noop'",
+            i as i64 * 10 - 100
+        ))
+        .await
+        .unwrap();
+    }
+    for _ in 0..3 {
+        let got = a.steps_insert(vec![keyed("dup")]).await.unwrap();
+        assert_eq!(
+            got[0].step_id.to_string(),
+            ids[0],
+            "the oldest step holds the key"
+        );
+        assert!(!got[0].created);
+    }
+}
+
+/// An administrator may make `AUTOCOMMIT = FALSE` a user's default; every write
+/// would then be rolled back when the session ends. Each session sets what
+/// fleet-q relies on before its first statement, and `session_report` reads it
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_set_autocommit_timeouts_and_time_parameters() {
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start_with_args(&py, &["--default-autocommit", "false"]);
+    let (a, b) = stores(&emu);
+    a.schema_init().await.unwrap();
+    let s = plain();
+    a.steps_insert(vec![s.clone()]).await.unwrap();
+    assert!(
+        b.step_get(s.step_id()).await.unwrap().is_some(),
+        "another session sees the committed insert"
+    );
+    let params: std::collections::HashMap<String, String> =
+        a.session_report().await.unwrap().into_iter().collect();
+    assert_eq!(params["AUTOCOMMIT"], "TRUE");
+    assert_eq!(params["TIMEZONE"], "UTC");
+    // The server gives up before the client (30 s timeout in these settings).
+    assert_eq!(a.server_timeout_secs(), 14);
+    for k in [
+        "STATEMENT_TIMEOUT_IN_SECONDS",
+        "STATEMENT_QUEUED_TIMEOUT_IN_SECONDS",
+        "LOCK_TIMEOUT",
+    ] {
+        assert_eq!(params[k], "14", "{k}");
+    }
+}
+
+/// Snowflake allows LIMIT only in uncorrelated scalar subqueries; the emulator
+/// refuses `IN (SELECT … LIMIT n)` as Snowflake does (so the conformance suite
+/// would fail on the old claim and prune forms), and the store's claim and prune
+/// put their limited selection in FROM / USING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_inside_in_is_refused_and_claims_and_prunes_avoid_it() {
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start(&py);
+    let (a, _) = stores(&emu);
+    a.schema_init().await.unwrap();
+    let e = a
+        .admin(
+            "UPDATE STEP_TRACKER SET status = 'claimed' WHERE step_id IN \
+             (SELECT step_id FROM STEP_TRACKER WHERE status = 'pending' ORDER BY priority DESC LIMIT 5)",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("002031"), "{e}");
+    a.steps_insert((0..5).map(|_| plain()).collect())
+        .await
+        .unwrap();
+    let claimed = a
+        .steps_claim(fleet_q_actors::ClaimParams {
+            pod_id: "p".into(),
+            limit: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+}
+
+/// One finish the server refuses (here: a statement longer than the emulator
+/// accepts, standing in for any row Snowflake refuses) must not hold back the
+/// rest of its batch, nor stay claimed forever: the others land, and it fails with
+/// the store's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_does_not_hold_back_its_batch() {
+    use fleet_q_actors::*;
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start_with_args(&py, &["--max-statement-bytes", "150000"]);
+    let (a, _) = stores(&emu);
+    a.schema_init().await.unwrap();
+    a.steps_insert((0..3).map(|_| plain()).collect())
+        .await
+        .unwrap();
+    let claimed = a
+        .steps_claim(ClaimParams {
+            pod_id: "p".into(),
+            limit: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let big = serde_json::json!("x".repeat(120_000));
+    let finishes: Vec<Finish> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Finish {
+            lease: Lease::of(s).unwrap(),
+            outcome: Outcome::Complete {
+                result: if i == 1 {
+                    big.clone()
+                } else {
+                    serde_json::json!({"i": i})
+                },
+            },
+        })
+        .collect();
+    let report = a
+        .steps_finish(FinishParams {
+            finishes,
+            backoff: Backoff::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.applied.len(), 3, "{report:?}");
+    for (i, s) in claimed.iter().enumerate() {
+        let after = a.step_get(s.step_id).await.unwrap().unwrap();
+        if i == 1 {
+            assert_eq!(after.status, StepStatus::Failed);
+            assert!(
+                after
+                    .last_error
+                    .unwrap()
+                    .contains("the store refused this step's outcome"),
+                "the reason is kept"
+            );
+        } else {
+            assert_eq!(after.status, StepStatus::Completed);
+        }
+    }
+}
+
+/// `fleet-q check --smoke` against the account: every statement shape once, in
+/// a scratch schema that is dropped afterwards.
+#[test]
+fn check_smoke_runs_every_statement_shape_in_a_scratch_schema() {
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start(&py);
+    let out = fleet_q(&emu.env(), &["check", "--smoke"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shape in [
+        "create scratch schema",
+        "session parameters",
+        "schema",
+        "insert",
+        "keyed insert",
+        "heartbeat",
+        "claim and read-back",
+        "finish (fenced)",
+        "release (fenced)",
+        "mark down and requeue orphans",
+        "lists and stats",
+        "cancel and retry",
+        "prune",
+        "drop scratch schema",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(&format!("smoke: {shape}"))),
+            "{shape} missing:\n{text}"
+        );
+    }
+    // Nothing was left behind: the configured schema holds no smoke steps, and
+    // no scratch schema remains.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, _) = stores(&emu);
+    rt.block_on(async {
+        a.schema_init().await.unwrap();
+        assert_eq!(a.queue_stats().await.unwrap().counts.total(), 0);
+        let left = a
+            .admin(
+                "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'FLEET_Q_SMOKE_%'",
+            )
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "the scratch schema was dropped");
+    });
 }

@@ -47,6 +47,10 @@ pub struct StoreError {
     pub operation: &'static str,
     /// What went wrong; never contains SQL text or secrets.
     pub message: String,
+    /// The call may have taken effect though no answer came (a timeout, a
+    /// dropped connection): a write must not be resent while its first copy may
+    /// still run.
+    pub outcome_unknown: bool,
 }
 
 impl StoreError {
@@ -56,6 +60,7 @@ impl StoreError {
             kind: StoreErrorKind::Transient,
             operation,
             message: message.into(),
+            outcome_unknown: false,
         }
     }
 
@@ -65,12 +70,24 @@ impl StoreError {
             kind: StoreErrorKind::Fatal,
             operation,
             message: message.into(),
+            outcome_unknown: false,
         }
     }
 
     /// True when the same call may succeed later.
     pub fn is_transient(&self) -> bool {
         self.kind == StoreErrorKind::Transient
+    }
+
+    /// Marks that the call may have taken effect (see [`StoreError::outcome_unknown`]).
+    pub fn with_unknown_outcome(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
+    }
+
+    /// True when the call may have taken effect though it failed.
+    pub fn outcome_unknown(&self) -> bool {
+        self.outcome_unknown
     }
 }
 

@@ -11,8 +11,34 @@ Fixes (all here, none in fleet-q's src/):
 - error replies lack parts of `data` (errorCode, age, internalError, queryId,
   sqlState), and internal failures come back as plain-text HTTP 500: every error
   becomes Snowflake's JSON error shape;
-- concurrent statements conflict in DuckDB (the second writer fails at once, where
-  Snowflake queues it behind the table lock): statements are serialised.
+- concurrency is Snowflake's, not DuckDB's (where a second writer fails at once):
+  SELECTs and INSERTs run concurrently, each on its session's own snapshot;
+  UPDATE, DELETE and MERGE queue behind a lock on their target table (an INSERT
+  never waits for it, as on Snowflake); DDL runs alone. When 20 statements already
+  wait for a table's lock, a newcomer is aborted with Snowflake's error 000625.
+  `--insert-commit-delay-ms` holds each INSERT's transaction open that long after
+  it ran, so two INSERTs whose snapshots overlap both miss each other's rows, as
+  two concurrent Snowflake INSERTs do (Snowflake enforces no UNIQUE constraint).
+
+Strictness (forms Snowflake rejects that DuckDB would run):
+- `LIMIT`/`FETCH` inside an `IN (subquery)`: Snowflake allows a limit only in an
+  uncorrelated scalar subquery and answers 002031 "Unsupported subquery type
+  cannot be evaluated"; so does this emulator.
+
+Fault injection: `--max-statement-bytes N` refuses longer statements with a
+compile error (001003), standing in for any row the server refuses (Snowflake
+itself runs statements over its advised 1 MB).
+
+Session parameters: `ALTER SESSION SET k = v, …` is answered here (fakesnow
+knows only AUTOCOMMIT): AUTOCOMMIT is applied, LOCK_TIMEOUT bounds the wait for a
+table lock (then 000625), the others are recorded; `SHOW PARAMETERS [LIKE …] IN
+SESSION` lists them (key, value, level). An unknown parameter is refused with
+001008, as Snowflake refuses it.
+
+Session defaults an administrator may have set: `--default-autocommit false` logs
+every session in with AUTOCOMMIT off unless the client sets it (as a user whose
+default is `AUTOCOMMIT = FALSE`): its writes are rolled back when the session ends
+unless committed.
 fleet-q never selects a raw timestamp (it reads epoch milliseconds), so the
 emulator's NULL-timestamp Arrow encoding does not matter.
 
@@ -32,9 +58,11 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -42,7 +70,47 @@ from starlette.routing import Route
 # `fakesnow.server` is also a function exported by the package: import the module.
 fs = importlib.import_module("fakesnow.server")
 
-LOCK = asyncio.Lock()
+from sqlglot import exp
+
+from fakesnow.dialect import parse_one
+
+# Tuned from the command line in main().
+INSERT_COMMIT_DELAY = 0.0
+DEFAULT_AUTOCOMMIT = None
+LOCK_WAITERS_LIMIT = 20
+MAX_STATEMENT_BYTES = 0
+
+
+class RWLock:
+    """Shared for statements that may run together, exclusive for DDL."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, exclusive: bool) -> None:
+        async with self._cond:
+            if exclusive:
+                await self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+                self._writer = True
+            else:
+                await self._cond.wait_for(lambda: not self._writer)
+                self._readers += 1
+
+    async def release(self, exclusive: bool) -> None:
+        async with self._cond:
+            if exclusive:
+                self._writer = False
+            else:
+                self._readers -= 1
+            self._cond.notify_all()
+
+
+CATALOG = RWLock()
+# Table name (upper case) -> its DML lock and how many statements wait for it.
+TABLE_LOCKS: dict = {}
+TABLE_WAITERS: dict = {}
 # USER (upper case) -> the registered RSA public key (PEM bytes).
 RSA_KEYS: dict = {}
 SESSION_IDS = iter(range(1, 1 << 62))
@@ -55,7 +123,7 @@ def _body(resp) -> dict:
         return {}
 
 
-def _error(code: str, message: str) -> JSONResponse:
+def _error(code: str, message: str, sql_state: str = "XX000") -> JSONResponse:
     return JSONResponse(
         {
             "data": {
@@ -63,7 +131,7 @@ def _error(code: str, message: str) -> JSONResponse:
                 "age": 0,
                 "internalError": False,
                 "queryId": "00000000-0000-0000-0000-000000000000",
-                "sqlState": "XX000",
+                "sqlState": sql_state,
                 "line": None,
                 "pos": None,
             },
@@ -119,6 +187,13 @@ async def _login_data(request: Request) -> dict:
 
 async def login(request: Request) -> JSONResponse:
     data = await _login_data(request)
+    if DEFAULT_AUTOCOMMIT is not None:
+        params = data.setdefault("SESSION_PARAMETERS", {})
+        params.setdefault("AUTOCOMMIT", DEFAULT_AUTOCOMMIT)
+        body = json.dumps({"data": data}).encode()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.compress(body)
+        request._body = body
     if str(data.get("AUTHENTICATOR") or "").upper() == "SNOWFLAKE_JWT":
         problem = _jwt_problem(data)
         if problem is not None:
@@ -138,12 +213,201 @@ async def login(request: Request) -> JSONResponse:
     return _error(str((data or {}).get("errorCode") or "390100"), body.get("message") or "login failed")
 
 
+# Session token -> {PARAMETER: value as text}.
+SESSION_PARAMS: dict = {}
+KNOWN_PARAMS = {
+    "AUTOCOMMIT",
+    "TIMEZONE",
+    "TIMESTAMP_INPUT_FORMAT",
+    "TIMESTAMP_TYPE_MAPPING",
+    "TIMESTAMP_OUTPUT_FORMAT",
+    "QUOTED_IDENTIFIERS_IGNORE_CASE",
+    "STATEMENT_TIMEOUT_IN_SECONDS",
+    "STATEMENT_QUEUED_TIMEOUT_IN_SECONDS",
+    "LOCK_TIMEOUT",
+    "QUERY_TAG",
+    "ABORT_DETACHED_QUERY",
+}
+ALTER_SESSION = re.compile(r"^\s*ALTER\s+SESSION\s+SET\s+(.*?)\s*;?\s*$", re.I | re.S)
+SHOW_PARAMS = re.compile(r"^\s*SHOW\s+PARAMETERS(?:\s+LIKE\s+'([^']*)')?\s+IN\s+SESSION\s*;?\s*$", re.I)
+PARAM_ITEM = re.compile(r"\s*(\w+)\s*=\s*('(?:[^']|'')*'|[^,\s]+)\s*(?:,|$)")
+
+
+def _rewrite(request: Request, raw: bytes, sql_text: str) -> None:
+    """Makes the request carry `sql_text` instead of its statement."""
+    body = json.loads(raw)
+    body["sqlText"] = sql_text
+    new = json.dumps(body).encode()
+    if request.headers.get("Content-Encoding") == "gzip":
+        new = gzip.compress(new)
+    request._body = new
+
+
+def _lit(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+async def _session_statement(request: Request, raw: bytes, sql_text: str, conn, token):
+    """Answers ALTER SESSION SET and SHOW PARAMETERS IN SESSION; None for others."""
+    params = SESSION_PARAMS.setdefault(token, {})
+    m = ALTER_SESSION.match(sql_text)
+    if m:
+        items, rest = [], m.group(1)
+        while rest:
+            im = PARAM_ITEM.match(rest)
+            if not im:
+                return _error("001003", f"SQL compilation error: syntax error near '{rest[:20]}'", sql_state="42000")
+            items.append((im.group(1).upper(), im.group(2)))
+            rest = rest[im.end():]
+        for name, _ in items:
+            if name not in KNOWN_PARAMS:
+                return _error("001008", f"invalid parameter '{name}'", sql_state="22023")
+        for name, value in items:
+            value = value[1:-1].replace("''", "'") if value.startswith("'") else value.upper()
+            params[name] = value
+            if name == "AUTOCOMMIT" and conn is not None:
+                await run_in_threadpool(conn.autocommit, value == "TRUE")
+        _rewrite(request, raw, "SELECT 'Statement executed successfully.' AS \"status\"")
+        return await fs.query_request(request)
+    m = SHOW_PARAMS.match(sql_text)
+    if m:
+        shown = dict(params)
+        if "AUTOCOMMIT" not in shown:
+            shown["AUTOCOMMIT"] = "TRUE" if conn is None or conn._autocommit else "FALSE"
+        like = re.compile("^" + re.escape(m.group(1) or "%").replace("%", ".*").replace("_", ".") + "$", re.I)
+        rows = [
+            f"({_lit(k)}, {_lit(v)}, 'SESSION')"
+            for k, v in sorted(shown.items())
+            if like.match(k)
+        ]
+        if not rows:
+            rows = ["(NULL, NULL, NULL)"]
+            where = " WHERE \"key\" IS NOT NULL"
+        else:
+            where = ""
+        _rewrite(
+            request,
+            raw,
+            f"SELECT * FROM (VALUES {', '.join(rows)}) AS t(\"key\", \"value\", \"level\"){where}",
+        )
+        return await fs.query_request(request)
+    return None
+
+
+def _classify(sql_text: str):
+    """(kind, table, problem): kind is read, insert, dml or ddl; problem is a
+    Snowflake compile error for a form Snowflake rejects, or None."""
+    try:
+        e = parse_one(sql_text)
+    except Exception:
+        return "ddl", None, None
+    for node in e.find_all(exp.In):
+        q = node.args.get("query")
+        if q is not None and q.find(exp.Limit, exp.Fetch) is not None:
+            return "ddl", None, ("002031", "SQL compilation error:\nUnsupported subquery type cannot be evaluated")
+    if isinstance(e, (exp.Select, exp.Union, exp.Describe, exp.Show)):
+        return "read", None, None
+    target = e.this
+    if isinstance(target, exp.Schema):
+        target = target.this
+    name = target.name.upper() if isinstance(target, exp.Table) else None
+    if isinstance(e, exp.Insert):
+        return "insert", name, None
+    if isinstance(e, (exp.Update, exp.Delete, exp.Merge)) and name:
+        return "dml", name, None
+    return "ddl", None, None
+
+
+async def _run(request: Request, conn, kind: str):
+    """Runs the statement; an INSERT in an autocommit session keeps its
+    transaction open for INSERT_COMMIT_DELAY after it ran."""
+    hold = kind == "insert" and INSERT_COMMIT_DELAY > 0 and conn is not None and conn._autocommit
+    if not hold:
+        return await fs.query_request(request)
+    await run_in_threadpool(conn._duck_conn.begin)
+    try:
+        resp = await fs.query_request(request)
+    except BaseException:
+        await run_in_threadpool(conn._duck_conn.rollback)
+        raise
+    if _body(resp).get("success"):
+        await asyncio.sleep(INSERT_COMMIT_DELAY)
+        await run_in_threadpool(conn._duck_conn.commit)
+    else:
+        await run_in_threadpool(conn._duck_conn.rollback)
+    return resp
+
+
 async def query(request: Request) -> JSONResponse:
-    async with LOCK:
+    raw = await request.body()
+    try:
+        raw = gzip.decompress(raw)
+    except OSError:
+        pass
+    try:
+        sql_text = json.loads(raw).get("sqlText") or ""
+    except Exception:
+        sql_text = ""
+    try:
+        token = fs.to_token(request)
+        conn = fs.to_conn(token)
+    except Exception:
+        token, conn = None, None
+    if conn is not None:
+        resp = await _session_statement(request, raw, sql_text, conn, token)
+        if resp is not None:
+            return _answer(resp)
+    if MAX_STATEMENT_BYTES and len(sql_text.encode()) > MAX_STATEMENT_BYTES:
+        return _error(
+            "001003",
+            f"SQL compilation error: statement text of {len(sql_text.encode())} bytes exceeds --max-statement-bytes {MAX_STATEMENT_BYTES}",
+            sql_state="42000",
+        )
+    kind, table, problem = _classify(sql_text)
+    if problem is not None:
+        return _error(problem[0], problem[1], sql_state="42601")
+    lock_timeout = None
+    if token is not None:
+        lt = SESSION_PARAMS.get(token, {}).get("LOCK_TIMEOUT")
+        if lt is not None and lt.isdigit():
+            lock_timeout = int(lt)
+    exclusive = kind == "ddl"
+    await CATALOG.acquire(exclusive)
+    try:
+        lock = None
+        if kind == "dml":
+            lock = TABLE_LOCKS.setdefault(table, asyncio.Lock())
+            if lock.locked() and TABLE_WAITERS.get(table, 0) >= LOCK_WAITERS_LIMIT:
+                return _error(
+                    "000625",
+                    f"Statement was aborted because the number of waiters for this lock exceeds the {LOCK_WAITERS_LIMIT} statements limit.",
+                    sql_state="57014",
+                )
+            TABLE_WAITERS[table] = TABLE_WAITERS.get(table, 0) + 1
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout=lock_timeout)
+            except asyncio.TimeoutError:
+                return _error(
+                    "000625",
+                    f"Statement was aborted: it waited more than LOCK_TIMEOUT ({lock_timeout} s) for the lock on table {table}.",
+                    sql_state="57014",
+                )
+            finally:
+                TABLE_WAITERS[table] -= 1
         try:
-            resp = await fs.query_request(request)
+            resp = await _run(request, conn, kind)
         except Exception as e:  # plain-text 500s and anything unexpected
             return _error("261000", f"emulator failure: {e}")
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        await CATALOG.release(exclusive)
+    return _answer(resp)
+
+
+def _answer(resp) -> JSONResponse:
+    """fakesnow's answer in the shape the Rust client expects."""
     body = _body(resp)
     if not body.get("success"):
         data = body.get("data") or {}
@@ -172,7 +436,26 @@ def main() -> None:
         metavar="USER=PEM_FILE",
         help="register USER's RSA public key for key-pair sign-in (repeatable)",
     )
+    p.add_argument(
+        "--insert-commit-delay-ms",
+        type=float,
+        default=0,
+        help="hold each INSERT's transaction open this long after it ran (models statement latency)",
+    )
+    p.add_argument("--default-autocommit", choices=["true", "false"], help="the users' default AUTOCOMMIT")
+    p.add_argument("--lock-waiters-limit", type=int, default=20, help="statements that may wait for one table lock")
+    p.add_argument(
+        "--max-statement-bytes",
+        type=int,
+        default=0,
+        help="refuse statements longer than this (fault injection: a row the server refuses; 0: no limit)",
+    )
     a = p.parse_args()
+    global INSERT_COMMIT_DELAY, DEFAULT_AUTOCOMMIT, LOCK_WAITERS_LIMIT, MAX_STATEMENT_BYTES
+    MAX_STATEMENT_BYTES = a.max_statement_bytes
+    INSERT_COMMIT_DELAY = a.insert_commit_delay_ms / 1000.0
+    DEFAULT_AUTOCOMMIT = None if a.default_autocommit is None else a.default_autocommit == "true"
+    LOCK_WAITERS_LIMIT = a.lock_waiters_limit
     for item in a.rsa_public_key:
         user, _, path = item.partition("=")
         with open(path, "rb") as f:

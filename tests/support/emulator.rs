@@ -50,6 +50,8 @@ pub struct Emulator {
     db_path: Option<PathBuf>,
     /// `(user, public key PEM file)` registered for key-pair sign-in.
     rsa_keys: Vec<(String, PathBuf)>,
+    /// More command-line options (see `tests/snowflake/emulator.py --help`).
+    args: Vec<String>,
 }
 
 impl Emulator {
@@ -66,7 +68,19 @@ impl Emulator {
     /// An emulator on `port`, keeping its data under `db_path` when given (so it
     /// survives [`Emulator::stop`] and [`Emulator::restart`]).
     pub fn start_on(python: &std::path::Path, port: u16, db_path: Option<PathBuf>) -> Emulator {
-        Self::start_with(python, port, db_path, Vec::new())
+        Self::start_with(python, port, db_path, Vec::new(), Vec::new())
+    }
+
+    /// An in-memory emulator started with more options, e.g.
+    /// `--insert-commit-delay-ms 300` or `--default-autocommit false`.
+    pub fn start_with_args(python: &std::path::Path, args: &[&str]) -> Emulator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Self::start_with(python, port, None, Vec::new(), args)
     }
 
     /// An emulator with `rsa_keys` (`(user, public key PEM file)`) registered for
@@ -77,7 +91,7 @@ impl Emulator {
             .local_addr()
             .unwrap()
             .port();
-        Self::start_with(python, port, None, rsa_keys)
+        Self::start_with(python, port, None, rsa_keys, Vec::new())
     }
 
     fn start_with(
@@ -85,6 +99,7 @@ impl Emulator {
         port: u16,
         db_path: Option<PathBuf>,
         rsa_keys: Vec<(String, PathBuf)>,
+        args: Vec<String>,
     ) -> Emulator {
         let mut e = Emulator {
             port,
@@ -92,6 +107,7 @@ impl Emulator {
             python: python.to_path_buf(),
             db_path,
             rsa_keys,
+            args,
         };
         e.restart();
         e
@@ -108,6 +124,7 @@ impl Emulator {
         if let Some(d) = &self.db_path {
             cmd.arg("--db-path").arg(d);
         }
+        cmd.args(&self.args);
         for (user, pem) in &self.rsa_keys {
             cmd.arg("--rsa-public-key")
                 .arg(format!("{user}={}", pem.display()));

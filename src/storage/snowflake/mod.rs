@@ -107,6 +107,31 @@ const CHUNK: usize = 500;
 /// still goes in one statement of its own.
 const MAX_STATEMENT_TEXT: usize = 512 * 1024;
 
+/// Splits `items` into runs of at most `max_rows` items whose `lens` add up to at
+/// most `max_bytes`; an item larger than `max_bytes` gets a run of its own.
+fn chunk_by_size<T: Copy>(
+    items: &[T],
+    lens: impl IntoIterator<Item = usize>,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut size = 0usize;
+    for (&item, len) in items.iter().zip(lens) {
+        match out.last_mut() {
+            Some(c) if c.len() < max_rows && size + len <= max_bytes => {
+                c.push(item);
+                size += len;
+            }
+            _ => {
+                out.push(vec![item]);
+                size = len;
+            }
+        }
+    }
+    out
+}
+
 /// One decoded cell.
 #[derive(Clone, Debug, PartialEq)]
 enum Cell {
@@ -324,15 +349,43 @@ fn pod_from_row(op: &'static str, r: &Row) -> Result<PodRecord, StoreError> {
     })
 }
 
+/// The VALUES columns of a failed outcome (error cut to [`MAX_ERROR_BYTES`]).
+fn failure_row(error: &str, retryable: bool, b: &Backoff) -> String {
+    let cut = (b.jitter.clamp(0.0, 1.0) * rand::random::<f64>()).clamp(0.0, 1.0);
+    format!(
+        ", 0, {}, CAST(NULL AS VARCHAR), {}, {}",
+        u8::from(retryable),
+        sql::b64_lit(&cut_to(error, MAX_ERROR_BYTES)),
+        sql::float(cut)
+    )
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Rewrites `https://{account}.snowflakecomputing.com` to the configured endpoint.
+/// Only requests to the account's own host are rewritten: result chunks live on
+/// cloud storage (their URLs name another host) and must be fetched from there.
 struct Endpoint {
+    account_host: String,
     scheme: String,
     host: String,
     port: u16,
+}
+
+impl Endpoint {
+    fn rewrite(&self, url: &mut reqwest::Url) {
+        if !url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&self.account_host))
+        {
+            return;
+        }
+        let _ = url.set_scheme(&self.scheme);
+        let _ = url.set_host(Some(&self.host));
+        let _ = url.set_port(Some(self.port));
+    }
 }
 
 #[async_trait]
@@ -343,10 +396,7 @@ impl reqwest_middleware::Middleware for Endpoint {
         extensions: &mut http::Extensions,
         next: reqwest_middleware::Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let url = req.url_mut();
-        let _ = url.set_scheme(&self.scheme);
-        let _ = url.set_host(Some(&self.host));
-        let _ = url.set_port(Some(self.port));
+        self.rewrite(req.url_mut());
         next.run(req, extensions).await
     }
 }
@@ -356,6 +406,20 @@ const SESSION_LOST: [&str; 4] = ["390104", "390111", "390112", "390114"];
 
 fn session_lost(e: &SnowflakeApiError) -> bool {
     matches!(e, SnowflakeApiError::ApiError(code, _) if SESSION_LOST.contains(&code.as_str()))
+}
+
+/// True when the request surely never reached the server (no connection was
+/// made), so resending it cannot run it twice.
+fn never_sent(e: &SnowflakeApiError) -> bool {
+    use snowflake_api::connection::ConnectionError as C;
+    match e {
+        SnowflakeApiError::RequestError(C::RequestError(r)) => r.is_connect() || r.is_builder(),
+        SnowflakeApiError::RequestError(C::RequestMiddlewareError(
+            reqwest_middleware::Error::Reqwest(r),
+        )) => r.is_connect() || r.is_builder(),
+        SnowflakeApiError::RequestError(C::UrlParsing(_) | C::InvalidHeader(_)) => true,
+        _ => false,
+    }
 }
 
 /// Classifies a client error: network, server and lock-wait failures are
@@ -368,7 +432,12 @@ fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
         | E::BrokenResponse
         | E::UnexpectedResponse
         | E::TokioTaskJoinError(_) => {
-            StoreError::transient(op, format!("Snowflake unavailable: {e}"))
+            let err = StoreError::transient(op, format!("Snowflake unavailable: {e}"));
+            if never_sent(&e) {
+                err
+            } else {
+                err.with_unknown_outcome()
+            }
         }
         // 000625/000630: lock wait; 000604/000605: statement cancelled/timed out;
         // session lost or expired (a new session is made before the retry).
@@ -383,11 +452,18 @@ fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
     }
 }
 
+/// One pooled session; `configured` once [`SnowflakeStore::session_parameters`]
+/// ran on it (again after every re-login).
+struct Session {
+    api: SnowflakeApi,
+    configured: bool,
+}
+
 /// The Snowflake implementation of [`Store`].
 pub struct SnowflakeStore {
     settings: SnowflakeSettings,
     key_pem: Option<String>,
-    sessions: Vec<tokio::sync::Mutex<SnowflakeApi>>,
+    sessions: Vec<tokio::sync::Mutex<Session>>,
     next: AtomicUsize,
     statements: AtomicU64,
     by_op: std::sync::Mutex<BTreeMap<&'static str, u64>>,
@@ -435,7 +511,10 @@ impl SnowflakeStore {
         };
         for _ in 0..s.pool_size.max(1) {
             let api = store.session()?;
-            store.sessions.push(tokio::sync::Mutex::new(api));
+            store.sessions.push(tokio::sync::Mutex::new(Session {
+                api,
+                configured: false,
+            }));
         }
         Ok(store)
     }
@@ -451,6 +530,7 @@ impl SnowflakeStore {
         let mut client = reqwest_middleware::ClientBuilder::new(http);
         if let Some(host) = &s.host {
             client = client.with(Endpoint {
+                account_host: format!("{}.snowflakecomputing.com", s.account),
                 scheme: s.protocol.clone(),
                 host: host.clone(),
                 port: s.port,
@@ -480,11 +560,85 @@ impl SnowflakeStore {
             .map_err(|e| StoreError::fatal("open", e.to_string()))
     }
 
-    /// Runs one statement on a free session, retrying transient failures.
+    /// The server-side limit, in whole seconds, on each statement's running time,
+    /// on its time queued for the warehouse, and on its wait for a lock: below
+    /// half the client's timeout, so by the time the client gives up on a
+    /// statement the server has given up on it too (Snowflake's defaults would
+    /// let a detached statement run, or wait for a lock, for hours).
+    pub fn server_timeout_secs(&self) -> u64 {
+        (self.timeout.as_secs() / 2).saturating_sub(1).max(1)
+    }
+
+    /// The longest a statement can live on the server after it was sent: queued
+    /// plus running, plus a second of slack.
+    fn server_bound(&self) -> Duration {
+        Duration::from_secs(2 * self.server_timeout_secs() + 1)
+    }
+
+    /// What every session sets before its first statement, so nothing an
+    /// administrator set as a user or account default changes fleet-q's meaning:
+    /// `AUTOCOMMIT` off would roll back every write when the session ends; the
+    /// timestamp parameters change how `SYSDATE()` values and literals are read;
+    /// the timeouts make the server give up before the client does.
+    pub fn session_parameters(&self) -> Vec<(&'static str, String)> {
+        let t = self.server_timeout_secs().to_string();
+        vec![
+            ("AUTOCOMMIT", "TRUE".into()),
+            ("TIMEZONE", "'UTC'".into()),
+            ("TIMESTAMP_INPUT_FORMAT", "'AUTO'".into()),
+            ("TIMESTAMP_TYPE_MAPPING", "'TIMESTAMP_NTZ'".into()),
+            ("QUOTED_IDENTIFIERS_IGNORE_CASE", "FALSE".into()),
+            ("STATEMENT_TIMEOUT_IN_SECONDS", t.clone()),
+            ("STATEMENT_QUEUED_TIMEOUT_IN_SECONDS", t.clone()),
+            ("LOCK_TIMEOUT", t),
+        ]
+    }
+
+    /// Runs one administrative statement outside the [`Store`] contract (`fleet-q
+    /// check --smoke` creates and drops its scratch schema); returns the rows read.
+    pub async fn admin(&self, sql_text: &str) -> Result<usize, StoreError> {
+        Ok(self.exec("admin", sql_text).await?.len())
+    }
+
+    /// Reads back the session parameters fleet-q sets ([`Self::session_parameters`])
+    /// with `SHOW PARAMETERS IN SESSION`: `(name, value)` for each, or an error
+    /// naming every parameter whose value differs from the one set.
+    pub async fn session_report(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let op = "session_report";
+        let rows = self.exec(op, "SHOW PARAMETERS IN SESSION").await?;
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for r in &rows {
+            if let (Some(k), Some(v)) = (r.text("key"), r.text("value")) {
+                seen.insert(k.to_ascii_uppercase(), v);
+            }
+        }
+        let mut out = Vec::new();
+        let mut wrong = Vec::new();
+        for (name, want) in self.session_parameters() {
+            let want = want.trim_matches('\'');
+            match seen.get(name) {
+                Some(v) if v.eq_ignore_ascii_case(want) => out.push((name.to_string(), v.clone())),
+                Some(v) => wrong.push(format!("{name} is {v}, not {want}")),
+                None => wrong.push(format!("{name} is not reported")),
+            }
+        }
+        if wrong.is_empty() {
+            Ok(out)
+        } else {
+            Err(StoreError::fatal(op, wrong.join("; ")))
+        }
+    }
+
+    /// Runs one statement on a free session, retrying transient failures. A write
+    /// whose outcome is unknown (no answer) is resent only once the server's own
+    /// timeouts guarantee the first copy is no longer running, so two copies of
+    /// one write never run at once.
     async fn exec(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
+        let read = sql.trim_start().starts_with("SELECT");
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let sent = std::time::Instant::now();
             let r = self.exec_once(op, sql).await;
             match r {
                 Err(e) if e.is_transient() && attempt < self.attempts => {
@@ -493,13 +647,18 @@ impl SnowflakeStore {
                         max: self.max_delay,
                         jitter: 0.5,
                     };
-                    tokio::time::sleep(b.jittered(attempt - 1, rand::random())).await;
+                    let mut wait = b.jittered(attempt - 1, rand::random());
+                    if !read && e.outcome_unknown() {
+                        wait = wait.max(self.server_bound().saturating_sub(sent.elapsed()));
+                    }
+                    tokio::time::sleep(wait).await;
                 }
                 other => return other,
             }
         }
     }
 
+    /// One statement, no retry.
     async fn exec_once(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
         let n = self.sessions.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -507,6 +666,25 @@ impl SnowflakeStore {
             Some(g) => g,
             None => self.sessions[start].lock().await,
         };
+        if !guard.configured {
+            let set: Vec<String> = self
+                .session_parameters()
+                .into_iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            let stmt = format!("ALTER SESSION SET {}", set.join(", "));
+            self.run_on(&mut guard, "session_init", &stmt).await?;
+            guard.configured = true;
+        }
+        self.run_on(&mut guard, op, sql).await
+    }
+
+    async fn run_on(
+        &self,
+        session: &mut Session,
+        op: &'static str,
+        sql: &str,
+    ) -> Result<Vec<Row>, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         *self
             .by_op
@@ -514,10 +692,11 @@ impl SnowflakeStore {
             .expect("statement counts")
             .entry(op)
             .or_default() += 1;
-        let r = tokio::time::timeout(self.timeout, guard.exec(sql))
+        let r = tokio::time::timeout(self.timeout, session.api.exec(sql))
             .await
             .map_err(|_| {
                 StoreError::transient(op, format!("no answer within {:?}", self.timeout))
+                    .with_unknown_outcome()
             })?;
         match r {
             Ok(r) => decode(op, r),
@@ -526,7 +705,10 @@ impl SnowflakeStore {
                     // The server dropped the session (restart, expiry): log in again
                     // on the next statement; the retry loop runs it.
                     tracing::warn!(op, "Snowflake session lost; opening a new one");
-                    *guard = self.session()?;
+                    *session = Session {
+                        api: self.session()?,
+                        configured: false,
+                    };
                 }
                 Err(classify(op, e))
             }
@@ -542,69 +724,154 @@ impl SnowflakeStore {
     }
 
     /// Applies a fenced `UPDATE … FROM (VALUES …) v` tagged with a token, then
-    /// reads back which leases held.
+    /// reads back which leases held. Rows go in statements bounded by rows and by
+    /// text size. A statement that fails fatally (not a transient error) is split
+    /// until the rows that fail alone are found: the others land, and the failing
+    /// ones are returned apart (with their error) for the caller to settle.
     async fn fenced(
         &self,
         op: &'static str,
         set: &str,
         cols: &str,
         rows: Vec<(Lease, String)>,
-    ) -> Result<FencedReport, StoreError> {
+    ) -> Result<(FencedReport, Vec<(Lease, StoreError)>), StoreError> {
         let mut report = FencedReport::default();
-        for chunk in rows.chunks(CHUNK) {
-            let token = uuid::Uuid::now_v7();
-            let values: Vec<String> = chunk
-                .iter()
-                .map(|(l, extra)| {
-                    format!(
-                        "({}, {}, {}{})",
-                        sql::id(l.step_id),
-                        sql::b64_lit(&l.pod_id),
-                        sql::int(l.attempt.into()),
-                        extra
-                    )
-                })
-                .collect();
-            let stmt = format!(
-                "UPDATE STEP_TRACKER SET {set}, last_update_ts = SYSDATE(), op_token = {tok} \
-                 FROM (SELECT column1 AS sid, column2 AS pod, column3 AS att{cols} FROM VALUES {v}) v \
-                 WHERE STEP_TRACKER.step_id = v.sid AND STEP_TRACKER.claimed_by = BASE64_DECODE_STRING(v.pod) \
-                 AND STEP_TRACKER.attempt = v.att AND STEP_TRACKER.status = 'claimed'",
-                tok = sql::token(&token),
-                v = values.join(", ")
-            );
-            // The token makes a retried UPDATE report what an earlier attempt did.
-            let first = self.exec(op, &stmt).await;
-            let applied = self
-                .exec(
-                    op,
-                    &format!(
-                        "SELECT step_id AS step_id, status AS status FROM STEP_TRACKER WHERE op_token = {}",
-                        sql::token(&token)
-                    ),
-                )
-                .await?;
-            if applied.is_empty() {
-                first?;
-            }
-            let mut got: HashMap<String, StepStatus> = HashMap::new();
-            for r in &applied {
-                if let (Some(id), Some(st)) = (
-                    r.text("step_id"),
-                    r.text("status").and_then(|s| s.parse().ok()),
-                ) {
-                    got.insert(id, st);
+        let mut refused = Vec::new();
+        let idx: Vec<usize> = (0..rows.len()).collect();
+        let lens = rows
+            .iter()
+            .map(|(l, extra)| extra.len() + l.pod_id.len() * 4 / 3 + 96);
+        let mut todo: Vec<Vec<usize>> = chunk_by_size(&idx, lens, CHUNK, MAX_STATEMENT_TEXT);
+        todo.reverse();
+        while let Some(chunk) = todo.pop() {
+            let part: Vec<&(Lease, String)> = chunk.iter().map(|&i| &rows[i]).collect();
+            match self.fenced_chunk(op, set, cols, &part).await {
+                Ok((applied, rejected)) => {
+                    report.applied.extend(applied);
+                    report.rejected.extend(rejected);
                 }
-            }
-            for (l, _) in chunk {
-                match got.get(&l.step_id.to_string()) {
-                    Some(st) => report.applied.push((l.step_id, *st)),
-                    None => report.rejected.push(l.clone()),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if chunk.len() == 1 => refused.push((rows[chunk[0]].0.clone(), e)),
+                Err(_) => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push(b.to_vec());
+                    todo.push(a.to_vec());
                 }
             }
         }
+        Ok((report, refused))
+    }
+
+    async fn fenced_chunk(
+        &self,
+        op: &'static str,
+        set: &str,
+        cols: &str,
+        chunk: &[&(Lease, String)],
+    ) -> Result<(Vec<(StepId, StepStatus)>, Vec<Lease>), StoreError> {
+        let token = uuid::Uuid::now_v7();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(l, extra)| {
+                format!(
+                    "({}, {}, {}{})",
+                    sql::id(l.step_id),
+                    sql::b64_lit(&l.pod_id),
+                    sql::int(l.attempt.into()),
+                    extra
+                )
+            })
+            .collect();
+        let stmt = format!(
+            "UPDATE STEP_TRACKER SET {set}, last_update_ts = SYSDATE(), op_token = {tok} \
+             FROM (SELECT column1 AS sid, column2 AS pod, column3 AS att{cols} FROM VALUES {v}) v \
+             WHERE STEP_TRACKER.step_id = v.sid AND STEP_TRACKER.claimed_by = BASE64_DECODE_STRING(v.pod) \
+             AND STEP_TRACKER.attempt = v.att AND STEP_TRACKER.status = 'claimed'",
+            tok = sql::token(&token),
+            v = values.join(", ")
+        );
+        // The token makes a retried UPDATE report what an earlier attempt did.
+        let first = self.exec(op, &stmt).await;
+        if let Err(e) = &first {
+            if !e.is_transient() {
+                return Err(e.clone());
+            }
+        }
+        let applied = self
+            .exec(
+                op,
+                &format!(
+                    "SELECT step_id AS step_id, status AS status FROM STEP_TRACKER WHERE op_token = {}",
+                    sql::token(&token)
+                ),
+            )
+            .await?;
+        if applied.is_empty() {
+            first?;
+        }
+        let mut got: HashMap<String, StepStatus> = HashMap::new();
+        for r in &applied {
+            if let (Some(id), Some(st)) = (
+                r.text("step_id"),
+                r.text("status").and_then(|s| s.parse().ok()),
+            ) {
+                got.insert(id, st);
+            }
+        }
+        let mut ok = Vec::new();
+        let mut rejected = Vec::new();
+        for (l, _) in chunk {
+            match got.get(&l.step_id.to_string()) {
+                Some(st) => ok.push((l.step_id, *st)),
+                None => rejected.push(l.clone()),
+            }
+        }
+        Ok((ok, rejected))
+    }
+
+    /// [`Self::fenced`] for statements whose rows carry nothing but their lease:
+    /// a row refused alone (it cannot be, short of a bug) is logged and reported
+    /// as not applied.
+    async fn fenced_leases(
+        &self,
+        op: &'static str,
+        set: &str,
+        leases: Vec<Lease>,
+    ) -> Result<FencedReport, StoreError> {
+        let (mut report, refused) = self
+            .fenced(
+                op,
+                set,
+                "",
+                leases.into_iter().map(|l| (l, String::new())).collect(),
+            )
+            .await?;
+        for (lease, e) in refused {
+            tracing::error!(op, step_id = %lease.step_id, error = %e, "the store refused this row; left as it was");
+            report.rejected.push(lease);
+        }
         Ok(report)
     }
+}
+
+/// Longest error text stored with a step (bytes); longer ones are cut.
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// Largest result stored with a step (bytes of JSON): Snowflake advises statement
+/// text under 1 MB, and a result travels base64-encoded in one. A larger result
+/// fails the step (not retried) with an error saying so.
+pub const MAX_RESULT_BYTES: usize = 512 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn cut_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 #[async_trait]
@@ -653,22 +920,23 @@ impl Store for SnowflakeStore {
         }
         // Chunks bounded by rows and by statement text (base64 payloads grow by 4/3):
         // Snowflake limits the size of a statement's text.
-        let mut chunks: Vec<Vec<usize>> = Vec::new();
-        let mut size = 0usize;
-        for &i in &unique {
-            let len = steps[i].payload_json().len() * 4 / 3 + 256;
-            match chunks.last_mut() {
-                Some(c) if c.len() < CHUNK && size + len <= MAX_STATEMENT_TEXT => {
-                    c.push(i);
-                    size += len;
-                }
-                _ => {
-                    chunks.push(vec![i]);
-                    size = len;
-                }
+        // Keyed steps go in MERGE statements (which take the table lock, so two
+        // concurrent submits of one key cannot both insert: Snowflake enforces no
+        // UNIQUE constraint, and its INSERTs run in parallel on snapshots); the
+        // rest in plain INSERTs, which do not wait for the lock.
+        let (keyed, plain): (Vec<usize>, Vec<usize>) = unique
+            .iter()
+            .partition(|&&i| steps[i].idempotency_key().is_some());
+        let mut chunks: Vec<(bool, Vec<usize>)> = Vec::new();
+        for (is_keyed, group) in [(true, keyed), (false, plain)] {
+            let lens = group
+                .iter()
+                .map(|&i| steps[i].payload_json().len() * 4 / 3 + 256);
+            for c in chunk_by_size(&group, lens, CHUNK, MAX_STATEMENT_TEXT) {
+                chunks.push((is_keyed, c));
             }
         }
-        for chunk in &chunks {
+        for (is_keyed, chunk) in &chunks {
             let values: Vec<String> = chunk
                 .iter()
                 .map(|&i| {
@@ -693,19 +961,33 @@ impl Store for SnowflakeStore {
                     )
                 })
                 .collect();
-            let stmt = format!(
-                "INSERT INTO STEP_TRACKER (step_id, status, last_update_ts, payload, retry_count, priority, \
-                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type) \
-                 SELECT v.sid, 'pending', SYSDATE(), BASE64_DECODE_STRING(v.p), 0, v.prio, SYSDATE(), v.mr, 0, \
-                 CASE WHEN v.at_ms IS NULL THEN DATEADD(millisecond, v.delay_ms, SYSDATE()) \
-                      ELSE DATEADD(millisecond, v.at_ms, CAST('1970-01-01 00:00:00' AS TIMESTAMP_NTZ)) END, \
-                 BASE64_DECODE_STRING(v.k), v.t, BASE64_DECODE_STRING(v.ty) \
-                 FROM (SELECT column1 AS sid, column2 AS p, column3 AS prio, column4 AS mr, column5 AS delay_ms, \
-                 column6 AS at_ms, column7 AS k, column8 AS t, column9 AS ty FROM VALUES {}) v \
-                 WHERE NOT EXISTS (SELECT 1 FROM STEP_TRACKER s WHERE s.step_id = v.sid \
-                 OR (v.k IS NOT NULL AND s.idempotency_key = BASE64_DECODE_STRING(v.k)))",
+            let cols = "step_id, status, last_update_ts, payload, retry_count, priority, \
+                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type";
+            // Values are decoded and computed in the source, so the inserted row
+            // names plain columns only (fakesnow's MERGE rewrite sees only those).
+            let row = "v.sid, 'pending', SYSDATE(), v.p, 0, v.prio, SYSDATE(), v.mr, 0, v.run_at, v.k, v.t, v.ty";
+            let source = format!(
+                "(SELECT column1 AS sid, BASE64_DECODE_STRING(column2) AS p, column3 AS prio, column4 AS mr, \
+                 CASE WHEN column6 IS NULL THEN DATEADD(millisecond, column5, SYSDATE()) \
+                      ELSE DATEADD(millisecond, column6, CAST('1970-01-01 00:00:00' AS TIMESTAMP_NTZ)) END AS run_at, \
+                 BASE64_DECODE_STRING(column7) AS k, column8 AS t, BASE64_DECODE_STRING(column9) AS ty \
+                 FROM VALUES {}) v",
                 values.join(", ")
             );
+            // Both forms match on the step id too, so a resent statement never
+            // adds a second row.
+            let stmt = if *is_keyed {
+                format!(
+                    "MERGE INTO STEP_TRACKER USING {source} \
+                     ON STEP_TRACKER.step_id = v.sid OR STEP_TRACKER.idempotency_key = v.k \
+                     WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({row})"
+                )
+            } else {
+                format!(
+                    "INSERT INTO STEP_TRACKER ({cols}) SELECT {row} FROM {source} \
+                     WHERE NOT EXISTS (SELECT 1 FROM STEP_TRACKER s WHERE s.step_id = v.sid)"
+                )
+            };
             self.exec(op, &stmt).await?;
         }
         // Which step holds each key now (ours, or one inserted earlier).
@@ -718,16 +1000,19 @@ impl Store for SnowflakeStore {
                     .exec(
                         op,
                         &format!(
-                            "SELECT step_id AS step_id, idempotency_key AS k FROM STEP_TRACKER WHERE idempotency_key IN ({})",
+                            "SELECT step_id AS step_id, idempotency_key AS k FROM STEP_TRACKER \
+                             WHERE idempotency_key IN ({}) ORDER BY created_ts, step_id",
                             list.join(", ")
                         ),
                     )
                     .await?;
+                // Should duplicates ever exist (rows written by an older version),
+                // the oldest step holds the key, for every caller alike.
                 for r in rows {
                     if let (Some(id), Some(k)) =
                         (r.text("step_id").and_then(|s| s.parse().ok()), r.text("k"))
                     {
-                        by_key.insert(k, id);
+                        by_key.entry(k).or_insert(id);
                     }
                 }
             }
@@ -760,9 +1045,11 @@ impl Store for SnowflakeStore {
         }
         let token = uuid::Uuid::now_v7();
         let update = format!(
-            "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = {pod}, attempt = attempt + 1, \
-             last_update_ts = SYSDATE(), op_token = {tok} WHERE step_id IN (SELECT step_id FROM STEP_TRACKER \
-             WHERE status = 'pending' AND run_at <= SYSDATE() ORDER BY priority DESC, created_ts, step_id LIMIT {n})",
+            "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = {pod}, attempt = STEP_TRACKER.attempt + 1, \
+             last_update_ts = SYSDATE(), op_token = {tok} \
+             FROM (SELECT step_id AS sid FROM STEP_TRACKER WHERE status = 'pending' AND run_at <= SYSDATE() \
+             ORDER BY priority DESC, created_ts, step_id LIMIT {n}) c \
+             WHERE STEP_TRACKER.step_id = c.sid AND STEP_TRACKER.status = 'pending'",
             pod = sql::text(&p.pod_id),
             tok = sql::token(&token),
             n = p.limit
@@ -771,6 +1058,14 @@ impl Store for SnowflakeStore {
         // trying through an outage: a claim that committed must reach its claimer,
         // or its steps would stay claimed by a live pod that never runs them.
         let first = self.exec(op, &update).await;
+        if let Err(e) = &first {
+            if e.outcome_unknown() {
+                // The UPDATE may still be running on the server: read back only
+                // once the server's own timeouts have ended it, or a claim that
+                // commits after the read-back would strand its steps.
+                tokio::time::sleep(self.server_bound()).await;
+            }
+        }
         let select = format!(
             "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE op_token = {}",
             sql::token(&token)
@@ -802,30 +1097,32 @@ impl Store for SnowflakeStore {
             return Ok(FencedReport::default());
         }
         let b = p.backoff;
+        let row = |outcome: Outcome| -> String {
+            match outcome {
+                Outcome::Complete { result } => {
+                    let text = result.to_string();
+                    if text.len() > MAX_RESULT_BYTES {
+                        return failure_row(
+                            &format!(
+                                "the result ({} bytes) exceeds the store's limit of {MAX_RESULT_BYTES} bytes",
+                                text.len()
+                            ),
+                            false,
+                            &b,
+                        );
+                    }
+                    format!(
+                        ", 1, 0, {}, CAST(NULL AS VARCHAR), 0.0",
+                        sql::b64_lit(&text)
+                    )
+                }
+                Outcome::Fail { error, retryable } => failure_row(&error, retryable, &b),
+            }
+        };
         let rows: Vec<(Lease, String)> = p
             .finishes
             .into_iter()
-            .map(|f| {
-                let extra = match f.outcome {
-                    Outcome::Complete { result } => {
-                        format!(
-                            ", 1, 0, {}, CAST(NULL AS VARCHAR), 0.0",
-                            sql::b64_lit(&result.to_string())
-                        )
-                    }
-                    Outcome::Fail { error, retryable } => {
-                        let cut =
-                            (b.jitter.clamp(0.0, 1.0) * rand::random::<f64>()).clamp(0.0, 1.0);
-                        format!(
-                            ", 0, {}, CAST(NULL AS VARCHAR), {}, {}",
-                            u8::from(retryable),
-                            sql::b64_lit(&error),
-                            sql::float(cut)
-                        )
-                    }
-                };
-                (f.lease, extra)
-            })
+            .map(|f| (f.lease, row(f.outcome)))
             .collect();
         let retry = "(v.ok = 0 AND v.retryable = 1 AND STEP_TRACKER.retry_count < STEP_TRACKER.max_retries)";
         let set = format!(
@@ -838,24 +1135,38 @@ impl Store for SnowflakeStore {
             max = ms(b.max),
             base = ms(b.base)
         );
-        self.fenced(
-            "steps_finish",
-            &set,
-            ", column4 AS ok, column5 AS retryable, column6 AS res, column7 AS err, column8 AS cut",
-            rows,
-        )
-        .await
+        let cols =
+            ", column4 AS ok, column5 AS retryable, column6 AS res, column7 AS err, column8 AS cut";
+        let (mut report, refused) = self.fenced("steps_finish", &set, cols, rows).await?;
+        if refused.is_empty() {
+            return Ok(report);
+        }
+        // A row the store refuses alone must not hold the others back, nor stay
+        // claimed forever: it is failed (not retried) with the store's reason.
+        let again: Vec<(Lease, String)> = refused
+            .iter()
+            .map(|(lease, e)| {
+                tracing::error!(step_id = %lease.step_id, error = %e,
+                    "the store refused this step's outcome; failing the step");
+                let why = format!("the store refused this step's outcome: {}", e.message);
+                (lease.clone(), failure_row(&why, false, &b))
+            })
+            .collect();
+        let (second, still) = self.fenced("steps_finish", &set, cols, again).await?;
+        report.applied.extend(second.applied);
+        report.rejected.extend(second.rejected);
+        report.rejected.extend(still.into_iter().map(|(l, _)| l));
+        Ok(report)
     }
 
     async fn steps_release(&self, leases: Vec<Lease>) -> Result<FencedReport, StoreError> {
         if leases.is_empty() {
             return Ok(FencedReport::default());
         }
-        self.fenced(
+        self.fenced_leases(
             "steps_release",
             "status = 'pending', claimed_by = NULL, run_at = SYSDATE()",
-            "",
-            leases.into_iter().map(|l| (l, String::new())).collect(),
+            leases,
         )
         .await
     }
@@ -932,11 +1243,13 @@ impl Store for SnowflakeStore {
             .exec(
                 "steps_prune",
                 &format!(
-                    "DELETE FROM STEP_TRACKER WHERE step_id IN (SELECT step_id FROM STEP_TRACKER \
+                    "DELETE FROM STEP_TRACKER USING (SELECT step_id AS sid FROM STEP_TRACKER \
                      WHERE status IN ('completed', 'failed', 'cancelled') \
-                     AND last_update_ts < DATEADD(millisecond, {}, SYSDATE()) LIMIT {})",
-                    -ms(p.retention),
-                    p.limit
+                     AND last_update_ts < DATEADD(millisecond, {cut}, SYSDATE()) LIMIT {n}) c \
+                     WHERE STEP_TRACKER.step_id = c.sid AND STEP_TRACKER.status IN ('completed', 'failed', 'cancelled') \
+                     AND STEP_TRACKER.last_update_ts < DATEADD(millisecond, {cut}, SYSDATE())",
+                    cut = -ms(p.retention),
+                    n = p.limit
                 ),
             )
             .await?;
@@ -1107,6 +1420,49 @@ impl Store for SnowflakeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_override_rewrites_only_the_account_host() {
+        let e = Endpoint {
+            account_host: "acme-prod.snowflakecomputing.com".into(),
+            scheme: "http".into(),
+            host: "127.0.0.1".into(),
+            port: 8080,
+        };
+        let mut api: reqwest::Url =
+            "https://ACME-PROD.snowflakecomputing.com/queries/v1/query-request?x=1"
+                .parse()
+                .unwrap();
+        e.rewrite(&mut api);
+        assert_eq!(
+            api.as_str(),
+            "http://127.0.0.1:8080/queries/v1/query-request?x=1"
+        );
+        let chunk = "https://sfc-eu-ds1.s3.amazonaws.com/results/0/main/data_0_0_1?sig=abc";
+        let mut url: reqwest::Url = chunk.parse().unwrap();
+        e.rewrite(&mut url);
+        assert_eq!(
+            url.as_str(),
+            chunk,
+            "result chunks are fetched from cloud storage"
+        );
+    }
+
+    #[test]
+    fn statements_are_chunked_by_rows_and_bytes() {
+        let items: Vec<usize> = (0..7).collect();
+        let lens = [10, 10, 100, 10, 10, 10, 10];
+        let c = chunk_by_size(&items, lens, 3, 50);
+        assert_eq!(c, vec![vec![0, 1], vec![2], vec![3, 4, 5], vec![6]]);
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(100);
+        let cut = cut_to(&s, 51);
+        assert!(cut.len() <= 51 && cut.ends_with('…'));
+        assert_eq!(cut_to("short", 51), "short");
+    }
 
     #[test]
     fn errors_are_classified_for_the_retry_policy() {
