@@ -60,6 +60,7 @@ keys! {
     "claim_interval_seconds", "5", false, "idle claim period, at least 1 (busy pods claim at once)";
     "claim_batch_size", "100", false, "most steps claimed at once, 1 to 10000";
     "recovery_interval_seconds", "300", false, "leader's recovery period, at least 1";
+    "reconcile_interval_seconds", "60", false, "each pod's self-reconciliation period: claims the store says it holds but it never received, older than one period, are released (0: off)";
     "dead_pod_threshold_seconds", "180", false, "a pod is dead after this long without a heartbeat; more than 2 x heartbeat interval";
     "leader_check_interval_seconds", "60", false, "leader election period, at least 1";
     "actor_restart_limit", "5", false, "actor restarts allowed per window across the pod; past it the pod exits (code 70) for the orchestrator to replace";
@@ -206,6 +207,8 @@ pub struct Settings {
     pub claim_batch_size: u32,
     /// Recovery period.
     pub recovery_interval: Duration,
+    /// Self-reconciliation period (zero: off).
+    pub reconcile_interval: Duration,
     /// Dead pod threshold.
     pub dead_pod_threshold: Duration,
     /// Leader check period.
@@ -286,6 +289,7 @@ impl Settings {
                 .as_ref()
                 .map_or(":memory:".to_string(), |p| p.display().to_string()),
             "recovery_interval_seconds" => secs(self.recovery_interval),
+            "reconcile_interval_seconds" => secs(self.reconcile_interval),
             "dead_pod_threshold_seconds" => secs(self.dead_pod_threshold),
             "leader_check_interval_seconds" => secs(self.leader_check_interval),
             "actor_restart_limit" => self.actor_restart_limit.to_string(),
@@ -594,6 +598,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
     let claim_interval = p.secs("claim_interval_seconds", 1, 86_400);
     let claim_batch_size = p.num::<u32>("claim_batch_size", 1, 10_000);
     let recovery_interval = p.secs("recovery_interval_seconds", 1, 86_400);
+    let reconcile_interval = p.secs("reconcile_interval_seconds", 0, 86_400);
     let dead_pod_threshold = p.secs("dead_pod_threshold_seconds", 1, 86_400);
     if dead_pod_threshold <= heartbeat_interval * 2 {
         p.problem(
@@ -758,6 +763,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
         claim_interval,
         claim_batch_size,
         recovery_interval,
+        reconcile_interval,
         dead_pod_threshold,
         leader_check_interval,
         actor_restart_limit,

@@ -23,6 +23,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         claim_interval: s.claim_interval,
         leader_check_interval: s.leader_check_interval,
         recovery_interval: s.recovery_interval,
+        reconcile_interval: (!s.reconcile_interval.is_zero()).then_some(s.reconcile_interval),
         dead_pod_threshold: s.dead_pod_threshold,
         step_timeout: s.step_timeout,
         shutdown_grace: s.shutdown_grace,

@@ -511,6 +511,77 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
     });
 }
 
+/// A claim whose answer never reached the pod (here: made in the pod's name by
+/// another handle on the file, as a claim the server committed after the client
+/// gave up would be) is invisible to recovery, since its holder is alive. The
+/// pod's self-reconciliation finds it, releases it without spending a retry, and
+/// the step then runs.
+#[test]
+fn a_claim_the_pod_never_received_is_released_by_reconciliation_and_runs() {
+    let count = Arc::new(AtomicU32::new(0));
+    let mut h = HandlerRegistry::new();
+    h.register("ok", Counts(count.clone()));
+    // The pod claims only when a local submit wakes it, so the stray below is
+    // surely the one claim it holds but never received.
+    let tune = |c: &mut PodConfig| {
+        c.claim_interval = Duration::from_secs(3600);
+        c.reconcile_interval = Some(Duration::from_secs(1));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stray.db");
+    let db2 = db.clone();
+    with_pod_cfg_on(tune, h, db, move |pod| async move {
+        // Past start-up (whose first claim tick could take the step itself).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !pod.state().is_leader() {
+            assert!(Instant::now() < deadline, "the pod never led");
+            actix_rt::time::sleep(Duration::from_millis(10)).await; // poll interval
+        }
+        let other = SqliteStore::open(&db2, SqliteOptions::default()).unwrap();
+        let stray = spec("ok", |_| {});
+        let id = stray.step_id();
+        other.steps_insert(vec![stray]).await.unwrap();
+        let me = pod.state().pod_id();
+        let got = other
+            .steps_claim(ClaimParams {
+                pod_id: me.clone(),
+                limit: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "claimed in the pod's name");
+        // Released (pending again, no retry spent), then claimed for real once a
+        // local submit wakes the claimer, and run.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = pod.step(id).await.unwrap().unwrap();
+            if s.status == StepStatus::Completed {
+                assert_eq!(s.retry_count, 0, "a release spends no retry");
+                assert_eq!(
+                    s.attempt, 2,
+                    "claimed once in the lost answer, once for real"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stray claim was never released and run: {s:?}"
+            );
+            if s.status == StepStatus::Pending {
+                submit_one(&pod, spec("ok", |_| {})).await;
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await; // poll interval
+        }
+        let metrics = fleet_q_actors::metrics::render();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("fleet_q_reconciled_claims_total ") && !l.ends_with(" 0")),
+            "counted"
+        );
+    });
+}
+
 /// Runs a recovery cycle, waiting while another (the new leader's own first
 /// cycle, say) is still running.
 async fn recover(pod: &Pod, dry_run: bool) -> RecoverySummary {

@@ -50,6 +50,6 @@ pub use step::{
 };
 pub use store::{
     Backoff, CancelOutcome, ClaimParams, FencedReport, Finish, FinishParams, HeartbeatParams,
-    Inserted, Lease, MarkDownParams, OrphanParams, Outcome, PageParams, PruneParams, RequeueParams,
-    RetryOutcome, Store, StoreError, StoreErrorKind,
+    HeldStep, Inserted, Lease, MarkDownParams, OrphanParams, Outcome, PageParams, PruneParams,
+    RequeueParams, RetryOutcome, Store, StoreError, StoreErrorKind,
 };

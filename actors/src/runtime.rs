@@ -45,6 +45,9 @@ pub struct PodConfig {
     pub leader_check_interval: Duration,
     /// Recovery period (leader only).
     pub recovery_interval: Duration,
+    /// Self-reconciliation period (`None`: off); see
+    /// [`crate::actors::storage::StorageConfig::reconcile_interval`].
+    pub reconcile_interval: Option<Duration>,
     /// Liveness threshold.
     pub dead_pod_threshold: Duration,
     /// Default handler timeout.
@@ -83,6 +86,7 @@ impl Default for PodConfig {
             claim_interval: Duration::from_secs(5),
             leader_check_interval: Duration::from_secs(60),
             recovery_interval: Duration::from_secs(300),
+            reconcile_interval: Some(Duration::from_secs(60)),
             dead_pod_threshold: Duration::from_secs(180),
             step_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(20),
@@ -207,6 +211,7 @@ impl Pod {
             base_delay: cfg.store_base_delay,
             max_delay: cfg.store_max_delay,
             step_backoff: cfg.step_backoff,
+            reconcile_interval: cfg.reconcile_interval,
             ..Default::default()
         };
         let (s, st) = (store.clone(), state.clone());

@@ -307,6 +307,15 @@ pub struct OrphanParams {
     pub limit: u32,
 }
 
+/// A claim as [`Store::steps_held`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldStep {
+    /// The lease.
+    pub lease: Lease,
+    /// When it was claimed (store time).
+    pub claimed_at: DateTime<Utc>,
+}
+
 /// Result of [`Store::step_cancel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -399,6 +408,15 @@ pub trait Store: Send + Sync + 'static {
     /// learning it (the race this rule closes: a holder judged dead by age between
     /// the leader's mark-down and its orphan query).
     async fn steps_orphaned(&self, params: OrphanParams) -> Result<Vec<Step>, StoreError>;
+
+    /// The claimed steps `pod_id` holds (at most `limit`, oldest claims first), and
+    /// the store's time. A pod compares them with what it runs, to release claims
+    /// whose answer it never got (self-reconciliation). Reads live rows only.
+    async fn steps_held(
+        &self,
+        pod_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<HeldStep>, DateTime<Utc>), StoreError>;
 
     /// Requeues (or, with no retries left, fails) orphaned steps, fenced on the
     /// leases read by [`Store::steps_orphaned`]: a second leader doing the same finds

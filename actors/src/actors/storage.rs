@@ -37,6 +37,12 @@ static SUBMITTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["type"],
     )
 });
+static RECONCILED: LazyLock<IntCounter> = LazyLock::new(|| {
+    metrics::counter(
+        "fleet_q_reconciled_claims_total",
+        "Claims this pod held in the store but never received (lost claim answers), released by self-reconciliation.",
+    )
+});
 static CLAIMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     metrics::counter_vec(
         "fleet_q_steps_claimed_total",
@@ -104,6 +110,7 @@ pub fn register_metrics() {
     LazyLock::force(&STORE_CALLS);
     LazyLock::force(&STORE_LATENCY);
     LazyLock::force(&FENCED);
+    LazyLock::force(&RECONCILED);
 }
 
 /// StorageActor settings.
@@ -119,6 +126,14 @@ pub struct StorageConfig {
     pub step_backoff: Backoff,
     /// Most outcomes written in one call (default 512).
     pub finish_batch: usize,
+    /// Self-reconciliation period (default 60 s; `None`: off). Each period the
+    /// pod reads the claims the store says it holds and releases, fenced and
+    /// without spending a retry, those it is neither running nor finishing and
+    /// that are older than one period: claims whose answer never reached it (a
+    /// lost reply, a claim the server committed after the client gave up). A
+    /// live pod's strays are invisible to recovery, which only requeues the
+    /// claims of dead pods.
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl Default for StorageConfig {
@@ -129,6 +144,7 @@ impl Default for StorageConfig {
             max_delay: Duration::from_secs(30),
             step_backoff: Backoff::default(),
             finish_batch: 512,
+            reconcile_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -146,6 +162,8 @@ pub struct StorageActor {
     flushed_waiters: Vec<oneshot::Sender<()>>,
     /// How each outcome not yet written is to be counted once accepted.
     counted_as: std::collections::HashMap<StepId, (String, &'static str)>,
+    /// A reconciliation is under way.
+    reconciling: bool,
 }
 
 impl StorageActor {
@@ -160,6 +178,7 @@ impl StorageActor {
             flushing: false,
             failures: 0,
             flushed_waiters: Vec::new(),
+            reconciling: false,
             counted_as: std::collections::HashMap::new(),
         }
     }
@@ -199,6 +218,71 @@ impl StorageActor {
                 }
             }
         })
+    }
+
+    /// Releases the claims this pod holds in the store but neither runs nor is
+    /// finishing, once they are older than `grace` by store time (see
+    /// [`StorageConfig::reconcile_interval`]). Reads live rows only (this pod's
+    /// claims).
+    fn reconcile(&mut self, grace: Duration, ctx: &mut Context<Self>) {
+        if self.reconciling {
+            return;
+        }
+        self.reconciling = true;
+        let store = self.store.clone();
+        let pod_id = self.state.pod_id();
+        let fut = async move {
+            let t0 = std::time::Instant::now();
+            let r = store.steps_held(&pod_id, 10_000).await;
+            observe("steps_held", t0, &r);
+            r
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.reconciling = false;
+            let (held, now) = match res {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read this pod's claims to reconcile them");
+                    return;
+                }
+            };
+            let busy: std::collections::HashSet<StepId> = act
+                .pending
+                .iter()
+                .chain(act.writing.iter().flatten())
+                .map(|f| f.lease.step_id)
+                .collect();
+            let strays: Vec<Lease> = held
+                .into_iter()
+                .filter(|h| {
+                    !act.state.running.contains_key(&h.lease.step_id)
+                        && !busy.contains(&h.lease.step_id)
+                        && (now - h.claimed_at).to_std().unwrap_or_default() > grace
+                })
+                .map(|h| h.lease)
+                .collect();
+            if strays.is_empty() {
+                return;
+            }
+            tracing::warn!(
+                steps = strays.len(),
+                ids = %strays.iter().take(20).map(|l| l.step_id.to_string()).collect::<Vec<_>>().join(","),
+                "releasing claims this pod holds in the store but never received (lost claim answers)"
+            );
+            RECONCILED.inc_by(strays.len() as u64);
+            let store = act.store.clone();
+            ctx.spawn(
+                async move {
+                    let t0 = std::time::Instant::now();
+                    let r = store.steps_release(strays).await;
+                    observe("steps_release", t0, &r);
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "could not release stray claims; the next reconciliation retries");
+                    }
+                }
+                .into_actor(act),
+            );
+        }));
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -303,6 +387,10 @@ impl Actor for StorageActor {
         ctx.set_mailbox_capacity(65_536);
         self.state.actor_started(Self::NAME);
         self.flushing = false;
+        self.reconciling = false;
+        if let Some(every) = self.cfg.reconcile_interval {
+            ctx.run_interval(every, move |act, ctx| act.reconcile(every, ctx));
+        }
         // Outcomes kept across a restart are written now.
         self.flush(ctx);
     }

@@ -596,6 +596,36 @@ pub async fn orphans_found_for_down_and_unknown_pods_only(h: Harness) {
     );
 }
 
+/// `steps_held` lists the claims one pod holds, with their claim times and the
+/// store's time, and nothing of other pods or finished steps.
+pub async fn steps_held_lists_one_pods_claims(h: Harness) {
+    insert(&h.a, (0..3).map(|_| step("noop")).collect()).await;
+    let mine = claim(&h.a, "me", 2).await;
+    let theirs = claim(&h.a, "them", 1).await;
+    assert_eq!((mine.len(), theirs.len()), (2, 1));
+    let (held, now) = h.b.steps_held("me", 100).await.unwrap();
+    let mut got: Vec<Lease> = held.iter().map(|h| h.lease.clone()).collect();
+    got.sort_by_key(|l| l.step_id);
+    let mut want: Vec<Lease> = mine.iter().filter_map(Lease::of).collect();
+    want.sort_by_key(|l| l.step_id);
+    assert_eq!(got, want);
+    for h in &held {
+        assert!(h.claimed_at <= now, "claim times are store times");
+    }
+    h.a.steps_finish(FinishParams {
+        finishes: vec![Finish {
+            lease: Lease::of(&mine[0]).unwrap(),
+            outcome: Outcome::Complete { result: json!(1) },
+        }],
+        backoff: IMMEDIATE,
+    })
+    .await
+    .unwrap();
+    let (held, _) = h.b.steps_held("me", 100).await.unwrap();
+    assert_eq!(held.len(), 1, "a finished step is no longer held");
+    assert!(h.b.steps_held("nobody", 100).await.unwrap().0.is_empty());
+}
+
 /// Two leaders requeueing the same orphans at once: each step is requeued once and
 /// spends exactly one retry.
 pub async fn orphan_requeue_by_two_leaders_is_harmless(h: Harness) {

@@ -95,6 +95,7 @@ macro_rules! conformance_suite {
             terminal_failure_skips_retries,
             release_spends_no_retry,
             orphans_found_for_down_and_unknown_pods_only,
+            steps_held_lists_one_pods_claims,
             orphan_requeue_by_two_leaders_is_harmless,
             orphan_requeue_spends_retries_then_fails,
             heartbeat_keeps_birth_and_ages_by_store_time,

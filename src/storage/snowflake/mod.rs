@@ -1407,6 +1407,49 @@ impl Store for SnowflakeStore {
         .await
     }
 
+    async fn steps_held(
+        &self,
+        pod_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<HeldStep>, DateTime<Utc>), StoreError> {
+        let op = "steps_held";
+        let rows = self
+            .exec(
+                op,
+                &format!(
+                    "SELECT step_id AS step_id, claimed_by AS claimed_by, attempt AS attempt, \
+                     DATE_PART(EPOCH_MILLISECOND, last_update_ts) AS claimed_ms, \
+                     DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms FROM STEP_TRACKER \
+                     WHERE status = 'claimed' AND claimed_by = {} ORDER BY last_update_ts LIMIT {limit}",
+                    sql::text(pod_id)
+                ),
+            )
+            .await?;
+        let mut held = Vec::with_capacity(rows.len());
+        let mut now = None;
+        for r in &rows {
+            now = now.or(r.int("now_ms"));
+            held.push(HeldStep {
+                lease: Lease {
+                    step_id: r
+                        .text("step_id")
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| bad(op, "step_id"))?,
+                    pod_id: r.text("claimed_by").ok_or_else(|| bad(op, "claimed_by"))?,
+                    attempt: r.int("attempt").ok_or_else(|| bad(op, "attempt"))? as u32,
+                },
+                claimed_at: ts(r
+                    .int("claimed_ms")
+                    .ok_or_else(|| bad(op, "last_update_ts"))?),
+            });
+        }
+        let now = match now {
+            Some(n) => ts(n),
+            None => self.now().await?,
+        };
+        Ok((held, now))
+    }
+
     fn statement_count(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }

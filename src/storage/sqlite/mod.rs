@@ -903,6 +903,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn steps_held(
+        &self,
+        pod_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<HeldStep>, DateTime<Utc>), StoreError> {
+        let pod_id = pod_id.to_string();
+        self.read("steps_held", move |c, now| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT step_id, claimed_by, attempt, last_update_ts FROM STEP_TRACKER \
+                 WHERE status = 'claimed' AND {LIVE} AND claimed_by = ?1 ORDER BY last_update_ts LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![pod_id, limit], |r| {
+                Ok(HeldStep {
+                    lease: Lease {
+                        step_id: id_at(r, 0)?,
+                        pod_id: r.get(1)?,
+                        attempt: r.get(2)?,
+                    },
+                    claimed_at: ts(r.get(3)?),
+                })
+            })?;
+            Ok((rows.collect::<rusqlite::Result<Vec<_>>>()?, ts(now)))
+        })
+        .await
+    }
+
     fn statement_count(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }
