@@ -366,7 +366,7 @@ pub async fn smoke(settings: &Settings) -> Vec<Line> {
                 Err(e) => return vec![line("scratch file", t0, Err(e.to_string()))],
             };
             let store =
-                match SqliteStore::open(&dir.path().join("smoke.db"), SqliteOptions::default()) {
+                match SqliteStore::open(dir.path().join("smoke.db"), SqliteOptions::default()) {
                     Ok(s) => s,
                     Err(e) => return vec![line("scratch file", t0, Err(e.to_string()))],
                 };
