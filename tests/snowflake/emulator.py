@@ -25,6 +25,11 @@ Strictness (forms Snowflake rejects that DuckDB would run):
   uncorrelated scalar subquery and answers 002031 "Unsupported subquery type
   cannot be evaluated"; so does this emulator.
 
+Result chunks: `--chunk-rows N [--inline-rows M]` splits an Arrow result of more
+than max(M, N) rows as Snowflake does: M rows inline (`returned` = M, possibly 0:
+snowflake-api 0.14 then answers "no rows"), the rest in chunks of N rows the
+client downloads from `/chunks/{id}` (`chunks`, `chunkHeaders`).
+
 Fault injection: `--max-statement-bytes N` refuses longer statements with a
 compile error (001003), standing in for any row the server refuses (Snowflake
 itself runs statements over its advised 1 MB).
@@ -64,7 +69,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 # `fakesnow.server` is also a function exported by the package: import the module.
@@ -79,23 +84,36 @@ INSERT_COMMIT_DELAY = 0.0
 DEFAULT_AUTOCOMMIT = None
 LOCK_WAITERS_LIMIT = 20
 MAX_STATEMENT_BYTES = 0
+# Result chunking: an Arrow result with more than INLINE_ROWS rows keeps that many
+# inline and serves the rest as chunks of CHUNK_ROWS rows (0: never chunk).
+INLINE_ROWS = 0
+CHUNK_ROWS = 0
+CHUNKS: dict = {}
+CHUNK_IDS = iter(range(1, 1 << 62))
 
 
 class RWLock:
-    """Shared for statements that may run together, exclusive for DDL."""
+    """Shared for statements that may run together, exclusive for DDL. A waiting
+    DDL statement holds back new shared holders, so a busy fleet cannot starve a
+    starting pod's schema statements."""
 
     def __init__(self) -> None:
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
         self._cond = asyncio.Condition()
 
     async def acquire(self, exclusive: bool) -> None:
         async with self._cond:
             if exclusive:
-                await self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+                self._writers_waiting += 1
+                try:
+                    await self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+                finally:
+                    self._writers_waiting -= 1
                 self._writer = True
             else:
-                await self._cond.wait_for(lambda: not self._writer)
+                await self._cond.wait_for(lambda: not self._writer and self._writers_waiting == 0)
                 self._readers += 1
 
     async def release(self, exclusive: bool) -> None:
@@ -403,10 +421,51 @@ async def query(request: Request) -> JSONResponse:
                 lock.release()
     finally:
         await CATALOG.release(exclusive)
-    return _answer(resp)
+    return _answer(resp, request)
 
 
-def _answer(resp) -> JSONResponse:
+def _chunked(request: Request, data: dict) -> None:
+    """Splits a large Arrow result the way Snowflake does: the first rows inline
+    (`rowsetBase64`, `returned` = their count), the rest in chunks the client
+    fetches by URL (`chunks`, `chunkHeaders`)."""
+    import pyarrow as pa
+
+    rowset = data.get("rowsetBase64") or ""
+    if not CHUNK_ROWS or data.get("queryResultFormat") != "arrow" or not rowset:
+        return
+    table = pa.ipc.open_stream(base64.b64decode(rowset)).read_all()
+    if table.num_rows <= max(INLINE_ROWS, CHUNK_ROWS):
+        return
+
+    def ipc(t) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        return sink.getvalue().to_pybytes()
+
+    inline = table.slice(0, INLINE_ROWS)
+    data["rowsetBase64"] = base64.b64encode(ipc(inline)).decode() if INLINE_ROWS else ""
+    data["returned"] = INLINE_ROWS
+    chunks = []
+    base = f"{request.url.scheme}://{request.url.netloc}/chunks"
+    for start in range(INLINE_ROWS, table.num_rows, CHUNK_ROWS):
+        part = table.slice(start, CHUNK_ROWS)
+        body = ipc(part)
+        cid = next(CHUNK_IDS)
+        CHUNKS[cid] = body
+        chunks.append({"url": f"{base}/{cid}", "rowCount": part.num_rows, "uncompressedSize": len(body)})
+    data["chunks"] = chunks
+    data["chunkHeaders"] = {}
+
+
+async def chunk(request: Request) -> Response:
+    body = CHUNKS.pop(int(request.path_params["cid"]), None)
+    if body is None:
+        return Response(status_code=404)
+    return Response(body, media_type="application/octet-stream")
+
+
+def _answer(resp, request: Request = None) -> JSONResponse:
     """fakesnow's answer in the shape the Rust client expects."""
     body = _body(resp)
     if not body.get("success"):
@@ -417,6 +476,8 @@ def _answer(resp) -> JSONResponse:
     data.setdefault("finalRoleName", "SYSADMIN")
     data.setdefault("version", 1)
     data.setdefault("parameters", [])
+    if request is not None:
+        _chunked(request, data)
     return JSONResponse(body)
 
 
@@ -450,7 +511,16 @@ def main() -> None:
         default=0,
         help="refuse statements longer than this (fault injection: a row the server refuses; 0: no limit)",
     )
+    p.add_argument("--inline-rows", type=int, default=0, help="rows kept inline when a result is chunked")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=0,
+        help="split Arrow results of more than max(inline, this) rows into chunks of this many (0: never)",
+    )
     a = p.parse_args()
+    global INLINE_ROWS, CHUNK_ROWS
+    INLINE_ROWS, CHUNK_ROWS = a.inline_rows, a.chunk_rows
     global INSERT_COMMIT_DELAY, DEFAULT_AUTOCOMMIT, LOCK_WAITERS_LIMIT, MAX_STATEMENT_BYTES
     MAX_STATEMENT_BYTES = a.max_statement_bytes
     INSERT_COMMIT_DELAY = a.insert_commit_delay_ms / 1000.0
@@ -469,6 +539,7 @@ def main() -> None:
             Route("/session/v1/login-request", login, methods=["POST"]),
             Route("/queries/v1/query-request", query, methods=["POST"]),
             Route("/session", session, methods=["POST"]),
+            Route("/chunks/{cid:int}", chunk, methods=["GET"]),
         ]
     )
     logging.getLogger("fakesnow.server").setLevel(logging.WARNING)

@@ -715,6 +715,102 @@ impl SnowflakeStore {
         }
     }
 
+    /// Steps matching `cond` (on `STEP_TRACKER s`), in step-id order, at most
+    /// `limit`, with their count proven (see [`Self::read_checked`]).
+    async fn read_steps_checked(
+        &self,
+        op: &'static str,
+        cond: &str,
+        limit: u32,
+    ) -> Result<Vec<Step>, StoreError> {
+        self.read_checked(op, STEP_COLS, cond, limit)
+            .await?
+            .iter()
+            .map(|r| step_from_row(op, r))
+            .collect()
+    }
+
+    /// Rows of `cols` (which must include `step_id AS step_id`) for the steps
+    /// matching `cond` (on `STEP_TRACKER s`), in step-id order, at most `limit`,
+    /// with their count proven. `snowflake-api` 0.14 answers "no rows" when a
+    /// chunked result's first part is empty, and puts the inline part last, so
+    /// each read is one statement that always returns at least one row: the
+    /// count of matching rows, joined with the rows themselves (none: one row of
+    /// NULLs). An empty answer, or fewer rows than counted, means the client lost
+    /// part of the result: it is read again in keyset pages small enough to come
+    /// back whole (halved down to one row). Still short at one row: a transient
+    /// error, never a silently shorter answer.
+    async fn read_checked(
+        &self,
+        op: &'static str,
+        cols: &str,
+        cond: &str,
+        limit: u32,
+    ) -> Result<Vec<Row>, StoreError> {
+        let query = |extra: &str, n: u32| {
+            format!(
+                "SELECT t.*, c.total_rows AS total_rows FROM \
+                 (SELECT COUNT(*) AS total_rows FROM (SELECT 1 AS one FROM STEP_TRACKER s WHERE {cond}{extra} LIMIT {n}) x) c \
+                 LEFT JOIN (SELECT {cols} FROM STEP_TRACKER s WHERE {cond}{extra} ORDER BY s.step_id LIMIT {n}) t ON TRUE"
+            )
+        };
+        let id_of = |r: &Row| r.text("step_id").unwrap_or_default();
+        // One read and the number of rows it should have returned (`None`: the
+        // answer was lost whole).
+        let read = |extra: String, n: u32| async move {
+            let rows = self.exec(op, &query(&extra, n)).await?;
+            let expected = match rows.first() {
+                None => None,
+                Some(r) => Some(
+                    r.int("total_rows")
+                        .ok_or_else(|| bad(op, "row count"))?
+                        .max(0) as usize,
+                ),
+            };
+            let mut rows: Vec<Row> = rows
+                .into_iter()
+                .filter(|r| r.text("step_id").is_some())
+                .collect();
+            rows.sort_by_key(|r| id_of(r));
+            Ok::<_, StoreError>((rows, expected))
+        };
+        let (rows, expected) = read(String::new(), limit).await?;
+        if expected.is_some_and(|e| rows.len() >= e) {
+            return Ok(rows);
+        }
+        let expected = expected.unwrap_or(limit as usize);
+        tracing::warn!(
+            op,
+            expected,
+            got = rows.len(),
+            "a result came back short (a chunked result the client lost); reading it again in pages"
+        );
+        let mut out: Vec<Row> = Vec::new();
+        let mut page = 16u32;
+        while out.len() < expected {
+            let want = page.min((expected - out.len()) as u32);
+            let extra = out.last().map_or(String::new(), |l| {
+                format!(" AND s.step_id > {}", sql::text(&id_of(l)))
+            });
+            let (got, due) = read(extra, want).await?;
+            if let Some(due) = due.filter(|d| got.len() >= *d) {
+                let done = due < want as usize;
+                out.extend(got);
+                if done {
+                    break; // fewer rows remain than were expected at first
+                }
+            } else if page > 1 {
+                page /= 2;
+            } else {
+                return Err(StoreError::transient(
+                    op,
+                    "a one-row result came back empty (the client lost a chunked result)",
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     async fn read_steps(&self, op: &'static str, sql: &str) -> Result<Vec<Step>, StoreError> {
         self.exec(op, sql)
             .await?
@@ -798,12 +894,11 @@ impl SnowflakeStore {
             }
         }
         let applied = self
-            .exec(
+            .read_checked(
                 op,
-                &format!(
-                    "SELECT step_id AS step_id, status AS status FROM STEP_TRACKER WHERE op_token = {}",
-                    sql::token(&token)
-                ),
+                "step_id AS step_id, status AS status",
+                &format!("s.op_token = {}", sql::token(&token)),
+                chunk.len() as u32,
             )
             .await?;
         if applied.is_empty() {
@@ -1066,14 +1161,11 @@ impl Store for SnowflakeStore {
                 tokio::time::sleep(self.server_bound()).await;
             }
         }
-        let select = format!(
-            "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE op_token = {}",
-            sql::token(&token)
-        );
+        let by_token = format!("s.op_token = {}", sql::token(&token));
         let deadline = std::time::Instant::now() + CLAIM_READ_BACK_LIMIT;
         let mut delay = self.base_delay;
         let mut steps = loop {
-            match self.read_steps(op, &select).await {
+            match self.read_steps_checked(op, &by_token, p.limit).await {
                 Ok(s) => break s,
                 Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "claim read-back failed; retrying");
@@ -1227,13 +1319,10 @@ impl Store for SnowflakeStore {
 
     async fn steps_failed_list(&self, p: PageParams) -> Result<Vec<Step>, StoreError> {
         let after = p.after.map_or("''".to_string(), sql::id);
-        self.read_steps(
+        self.read_steps_checked(
             "steps_failed_list",
-            &format!(
-                "SELECT {STEP_COLS} FROM STEP_TRACKER WHERE status = 'failed' AND step_id > {after} \
-                 ORDER BY step_id LIMIT {}",
-                p.limit
-            ),
+            &format!("s.status = 'failed' AND s.step_id > {after}"),
+            p.limit,
         )
         .await
     }
@@ -1350,7 +1439,13 @@ impl Store for SnowflakeStore {
         .await?
         .iter()
         .map(|r| pod_from_row(op, r))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(|mut pods| {
+            // A chunked result arrives out of order (snowflake-api 0.14 puts the
+            // inline part last): order again.
+            pods.sort_by(|a, b| (a.birth_ts, &a.pod_id).cmp(&(b.birth_ts, &b.pod_id)));
+            pods
+        })
     }
 
     async fn pods_mark_down(&self, p: MarkDownParams) -> Result<Vec<String>, StoreError> {
@@ -1388,12 +1483,12 @@ impl Store for SnowflakeStore {
     }
 
     async fn steps_orphaned(&self, p: OrphanParams) -> Result<Vec<Step>, StoreError> {
-        self.read_steps(
+        self.read_steps_checked(
             "steps_orphaned",
             &format!(
-                "SELECT {STEP_COLS} FROM STEP_TRACKER s WHERE s.status = 'claimed' AND NOT EXISTS \
+                "s.status = 'claimed' AND NOT EXISTS \
                  (SELECT 1 FROM POD_HEALTH p WHERE p.pod_id = s.claimed_by AND p.status = 'up' \
-                  AND p.birth_ts <= s.last_update_ts{}) ORDER BY s.step_id LIMIT {}",
+                  AND p.birth_ts <= s.last_update_ts{})",
                 if p.presumed_down.is_empty() {
                     String::new()
                 } else {
@@ -1401,8 +1496,8 @@ impl Store for SnowflakeStore {
                         p.presumed_down.iter().map(|id| sql::text(id)).collect();
                     format!(" AND p.pod_id NOT IN ({})", list.join(", "))
                 },
-                p.limit
             ),
+            p.limit,
         )
         .await
     }
