@@ -103,21 +103,35 @@ async fn checks(settings: &Settings) -> Vec<Line> {
     };
     if settings.storage_mode == StorageMode::Snowflake {
         let t0 = Instant::now();
-        let r = match crate::storage::snowflake::SnowflakeStore::open(
+        match crate::storage::snowflake::SnowflakeStore::open(
             &settings.snowflake,
             settings.default_max_attempts,
             settings.default_base_delay,
             settings.default_max_delay,
         ) {
-            Ok(sf) => sf.session_report().await.map(|ps| {
-                ps.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }),
-            Err(e) => Err(e),
+            Ok(sf) => {
+                let r = sf.session_report().await.map(|ps| {
+                    ps.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                });
+                push("session parameters", t0, r.map_err(|e| e.to_string()));
+                let t0 = Instant::now();
+                let r = match sf.collated_columns().await {
+                    Ok(c) if c.is_empty() => Ok("none (binary comparison)".to_string()),
+                    Ok(c) => Err(format!(
+                        "columns with a collation (DEFAULT_DDL_COLLATION was set when the tables were created; recreate them without it): {}",
+                        c.join(", ")
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                push("column collations", t0, r);
+            }
+            Err(e) => {
+                push("session parameters", t0, Err(e.to_string()));
+            }
         };
-        push("session parameters", t0, r.map_err(|e| e.to_string()));
     }
     let t0 = Instant::now();
     let r = store.now().await.map(|n| format!("store time {n}"));

@@ -117,7 +117,12 @@ fn key_pair_authentication_and_fleet_q_check_and_schema() {
     );
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        6,
+        7,
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok") && l.contains("column collations")),
         "{text}"
     );
     assert!(
@@ -500,4 +505,63 @@ async fn chunked_results_with_an_empty_first_part_lose_nothing() {
         seen.extend(page.into_iter().map(|s| s.step_id));
     }
     assert_eq!(seen.len(), 20, "every failed step listed once");
+}
+
+/// A claim whose UPDATE outlives the client's timeout (slow, or queued for a
+/// lock): without a server-side timeout it commits after the client resent it and
+/// read back, claiming more steps under the same token that no one ever runs. The
+/// sessions' `STATEMENT_TIMEOUT_IN_SECONDS` (below half the client timeout) makes
+/// the server cancel it first, so every step the store says the pod holds is one
+/// the claim returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_outlives_its_client_is_cancelled_by_the_server() {
+    use fleet_q_actors::*;
+    let Some(py) = emulator::python() else { return };
+    // The first claim statement is held 6 s; the client waits 4 s (server
+    // timeouts: 1 s).
+    let emu = emulator::Emulator::start_with_args(
+        &py,
+        &["--delay-statement", "SET status = 'claimed'=6000:1"],
+    );
+    let mut settings = emu.settings();
+    settings.connection_timeout = Duration::from_secs(4);
+    let d = Duration::from_millis(50);
+    let a = SnowflakeStore::open(&settings, 5, d, d * 10).unwrap();
+    assert_eq!(a.server_timeout_secs(), 1);
+    a.schema_init().await.unwrap();
+    a.steps_insert((0..4).map(|_| plain()).collect())
+        .await
+        .unwrap();
+    let got = a
+        .steps_claim(ClaimParams {
+            pod_id: "p".into(),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    // Until the held statement is over (cancelled, or run late), then the store
+    // must hold exactly what the claim returned.
+    let url = format!("http://127.0.0.1:{}/debug/delayed", emu.port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if v["in_progress"] == 0 && v["left"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held statement never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    }
+    let (held, _) = a.steps_held("p", 100).await.unwrap();
+    let mut held: Vec<StepId> = held.into_iter().map(|h| h.lease.step_id).collect();
+    let mut returned: Vec<StepId> = got.iter().map(|s| s.step_id).collect();
+    held.sort();
+    returned.sort();
+    assert_eq!(
+        held, returned,
+        "a claim committed that its claimer never received"
+    );
 }

@@ -30,6 +30,12 @@ than max(M, N) rows as Snowflake does: M rows inline (`returned` = M, possibly 0
 snowflake-api 0.14 then answers "no rows"), the rest in chunks of N rows the
 client downloads from `/chunks/{id}` (`chunks`, `chunkHeaders`).
 
+Slow statements: `--delay-statement REGEX=MS[:COUNT]` holds the next COUNT
+statements matching REGEX for MS before running them; a session whose
+STATEMENT_TIMEOUT_IN_SECONDS is shorter gets 000630 at that timeout instead and
+the statement never runs (Snowflake cancels it); without one it runs late, after
+its client may have given up. `GET /debug/delayed` reports how many are held.
+
 Fault injection: `--max-statement-bytes N` refuses longer statements with a
 compile error (001003), standing in for any row the server refuses (Snowflake
 itself runs statements over its advised 1 MB).
@@ -89,6 +95,10 @@ MAX_STATEMENT_BYTES = 0
 INLINE_ROWS = 0
 CHUNK_ROWS = 0
 CHUNKS: dict = {}
+# Statement delays: [pattern, seconds, remaining count]; DELAYED counts those in
+# progress (GET /debug/delayed).
+DELAYS: list = []
+DELAYED = 0
 CHUNK_IDS = iter(range(1, 1 << 62))
 
 
@@ -389,6 +399,28 @@ async def query(request: Request) -> JSONResponse:
         lt = SESSION_PARAMS.get(token, {}).get("LOCK_TIMEOUT")
         if lt is not None and lt.isdigit():
             lock_timeout = int(lt)
+    global DELAYED
+    for d in DELAYS:
+        if d[2] > 0 and d[0].search(sql_text):
+            d[2] -= 1
+            # The statement is held as if it ran long; the session's
+            # STATEMENT_TIMEOUT_IN_SECONDS cancels it when shorter, as Snowflake
+            # does (without it, it runs after its client may have given up).
+            limit = SESSION_PARAMS.get(token, {}).get("STATEMENT_TIMEOUT_IN_SECONDS")
+            limit = int(limit) if limit and limit.isdigit() and int(limit) > 0 else None
+            DELAYED += 1
+            try:
+                if limit is not None and limit < d[1]:
+                    await asyncio.sleep(limit)
+                    return _error(
+                        "000630",
+                        f"Statement reached its statement or warehouse timeout of {limit} second(s) and was canceled.",
+                        sql_state="57014",
+                    )
+                await asyncio.sleep(d[1])
+            finally:
+                DELAYED -= 1
+            break
     exclusive = kind == "ddl"
     await CATALOG.acquire(exclusive)
     try:
@@ -458,6 +490,10 @@ def _chunked(request: Request, data: dict) -> None:
     data["chunkHeaders"] = {}
 
 
+async def delayed(request: Request) -> JSONResponse:
+    return JSONResponse({"in_progress": DELAYED, "left": sum(d[2] for d in DELAYS)})
+
+
 async def chunk(request: Request) -> Response:
     body = CHUNKS.pop(int(request.path_params["cid"]), None)
     if body is None:
@@ -518,7 +554,18 @@ def main() -> None:
         default=0,
         help="split Arrow results of more than max(inline, this) rows into chunks of this many (0: never)",
     )
+    p.add_argument(
+        "--delay-statement",
+        action="append",
+        default=[],
+        metavar="REGEX=MS[:COUNT]",
+        help="hold the next COUNT (default 1) statements matching REGEX for MS before running them (a slow or queued statement)",
+    )
     a = p.parse_args()
+    for item in a.delay_statement:
+        pattern, _, rest = item.rpartition("=")
+        ms, _, count = rest.partition(":")
+        DELAYS.append([re.compile(pattern), float(ms) / 1000.0, int(count or 1)])
     global INLINE_ROWS, CHUNK_ROWS
     INLINE_ROWS, CHUNK_ROWS = a.inline_rows, a.chunk_rows
     global INSERT_COMMIT_DELAY, DEFAULT_AUTOCOMMIT, LOCK_WAITERS_LIMIT, MAX_STATEMENT_BYTES
@@ -540,6 +587,7 @@ def main() -> None:
             Route("/queries/v1/query-request", query, methods=["POST"]),
             Route("/session", session, methods=["POST"]),
             Route("/chunks/{cid:int}", chunk, methods=["GET"]),
+            Route("/debug/delayed", delayed, methods=["GET"]),
         ]
     )
     logging.getLogger("fakesnow.server").setLevel(logging.WARNING)

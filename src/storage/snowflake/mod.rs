@@ -600,6 +600,31 @@ impl SnowflakeStore {
         Ok(self.exec("admin", sql_text).await?.len())
     }
 
+    /// Columns of fleet-q's tables that carry a collation (`TABLE.COLUMN (collation)`):
+    /// a `DEFAULT_DDL_COLLATION` set when the tables were created changes how
+    /// step ids, statuses and keys compare. fleet-q expects none.
+    pub async fn collated_columns(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .exec(
+                "collated_columns",
+                "SELECT table_name AS t, column_name AS c, collation_name AS k FROM information_schema.columns \
+                 WHERE table_schema = CURRENT_SCHEMA() AND table_name IN ('STEP_TRACKER', 'POD_HEALTH') \
+                 AND collation_name IS NOT NULL AND collation_name <> ''",
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}.{} ({})",
+                    r.text("t").unwrap_or_default(),
+                    r.text("c").unwrap_or_default(),
+                    r.text("k").unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+
     /// Reads back the session parameters fleet-q sets ([`Self::session_parameters`])
     /// with `SHOW PARAMETERS IN SESSION`: `(name, value)` for each, or an error
     /// naming every parameter whose value differs from the one set.
