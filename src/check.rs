@@ -110,12 +110,7 @@ async fn checks(settings: &Settings) -> Vec<Line> {
             settings.default_max_delay,
         ) {
             Ok(sf) => {
-                let r = sf.session_report().await.map(|ps| {
-                    ps.iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                });
+                let r = sf.session_report_line().await;
                 push("session parameters", t0, r.map_err(|e| e.to_string()));
                 let t0 = Instant::now();
                 let r = match sf.collated_columns().await {

@@ -66,6 +66,20 @@ fn new_step(ty: &str, key: Option<&str>) -> NewStep {
     .expect("a valid smoke step")
 }
 
+/// The statement shapes [`shapes`] reports, one line each, in order.
+pub const SHAPES: [&str; 10] = [
+    "insert",
+    "keyed insert",
+    "heartbeat",
+    "claim and read-back",
+    "finish (fenced)",
+    "release (fenced)",
+    "mark down and requeue orphans",
+    "lists and stats",
+    "cancel and retry",
+    "prune",
+];
+
 /// Runs every shape on `store`, which must hold an empty schema.
 pub async fn shapes(store: Arc<dyn Store>) -> Vec<Line> {
     let mut out = Vec::new();
@@ -412,12 +426,7 @@ pub async fn smoke(settings: &Settings) -> Vec<Line> {
             let t0 = Instant::now();
             match open(&scratch) {
                 Ok(store) => {
-                    let params = store.session_report().await.map(|ps| {
-                        ps.iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    });
+                    let params = store.session_report_line().await;
                     out.push(line("session parameters", t0, params.map_err(err)));
                     let t0 = Instant::now();
                     let init = store

@@ -175,20 +175,6 @@ fn serve_with_zero_configuration_uses_the_embedded_default_and_stops_on_sigterm(
     assert_eq!(status.code(), Some(0));
 }
 
-/// The statement shapes `fleet-q check --smoke` reports, one line each.
-const SMOKE_SHAPES: [&str; 10] = [
-    "insert",
-    "keyed insert",
-    "heartbeat",
-    "claim and read-back",
-    "finish (fenced)",
-    "release (fenced)",
-    "mark down and requeue orphans",
-    "lists and stats",
-    "cancel and retry",
-    "prune",
-];
-
 #[test]
 fn check_reports_each_step_and_schema_prints_or_applies_the_ddl() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,7 +201,7 @@ fn check_reports_each_step_and_schema_prints_or_applies_the_ddl() {
     let out = fleet_q(&[("FLEET_Q_SQLITE_DB_PATH", db)], &["check", "--smoke"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
-    for shape in SMOKE_SHAPES {
+    for shape in fleet_q::smoke::SHAPES {
         assert!(
             text.lines()
                 .any(|l| l.starts_with("ok") && l.contains(&format!("smoke: {shape}"))),

@@ -420,11 +420,7 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
     let db = dir.path().join("dead.db");
     let db2 = db.clone();
     with_pod_cfg_on(tune, h, db, move |pod| async move {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !pod.state().is_leader() {
-            assert!(Instant::now() < deadline, "the pod never led");
-            actix_rt::time::sleep(Duration::from_millis(10)).await; // poll interval
-        }
+        wait_leader(&pod).await;
         // Another "pod" (a second handle on the file) claims two steps, then dies:
         // its row says down, so its claims are orphans.
         let other = SqliteStore::open(&db2, SqliteOptions::default()).unwrap();
@@ -532,11 +528,7 @@ fn a_claim_the_pod_never_received_is_released_by_reconciliation_and_runs() {
     let db2 = db.clone();
     with_pod_cfg_on(tune, h, db, move |pod| async move {
         // Past start-up (whose first claim tick could take the step itself).
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !pod.state().is_leader() {
-            assert!(Instant::now() < deadline, "the pod never led");
-            actix_rt::time::sleep(Duration::from_millis(10)).await; // poll interval
-        }
+        wait_leader(&pod).await;
         let other = SqliteStore::open(&db2, SqliteOptions::default()).unwrap();
         let stray = spec("ok", |_| {});
         let id = stray.step_id();
@@ -580,6 +572,15 @@ fn a_claim_the_pod_never_received_is_released_by_reconciliation_and_runs() {
             "counted"
         );
     });
+}
+
+/// Waits (with a deadline) until `pod` leads.
+async fn wait_leader(pod: &Pod) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !pod.state().is_leader() {
+        assert!(Instant::now() < deadline, "the pod never led");
+        actix_rt::time::sleep(Duration::from_millis(10)).await; // poll interval
+    }
 }
 
 /// Runs a recovery cycle, waiting while another (the new leader's own first

@@ -201,14 +201,18 @@ def _jwt_problem(data: dict):
     return None
 
 
-async def _login_data(request: Request) -> dict:
+async def _raw_body(request: Request) -> bytes:
+    """The request body, gunzipped when it was compressed."""
     raw = await request.body()
     try:
-        raw = gzip.decompress(raw)
+        return gzip.decompress(raw)
     except OSError:
-        pass
+        return raw
+
+
+async def _login_data(request: Request) -> dict:
     try:
-        return json.loads(raw).get("data") or {}
+        return json.loads(await _raw_body(request)).get("data") or {}
     except Exception:
         return {}
 
@@ -367,11 +371,7 @@ async def _run(request: Request, conn, kind: str):
 
 
 async def query(request: Request) -> JSONResponse:
-    raw = await request.body()
-    try:
-        raw = gzip.decompress(raw)
-    except OSError:
-        pass
+    raw = await _raw_body(request)
     try:
         sql_text = json.loads(raw).get("sqlText") or ""
     except Exception:

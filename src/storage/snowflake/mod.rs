@@ -625,6 +625,17 @@ impl SnowflakeStore {
             .collect())
     }
 
+    /// [`Self::session_report`] as one line, `NAME=value` separated by spaces.
+    pub async fn session_report_line(&self) -> Result<String, StoreError> {
+        Ok(self
+            .session_report()
+            .await?
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
     /// Reads back the session parameters fleet-q sets ([`Self::session_parameters`])
     /// with `SHOW PARAMETERS IN SESSION`: `(name, value)` for each, or an error
     /// naming every parameter whose value differs from the one set.
