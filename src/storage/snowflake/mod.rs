@@ -666,9 +666,9 @@ impl SnowflakeStore {
     }
 
     /// Runs one statement on a free session, retrying transient failures. A write
-    /// whose outcome is unknown (no answer) is resent only once the server's own
-    /// timeouts guarantee the first copy is no longer running, so two copies of
-    /// one write never run at once.
+    /// whose outcome is unknown (no answer) is resent, or its failure reported,
+    /// only once the server's own timeouts guarantee the first copy is no longer
+    /// running, so two copies of one write never run at once, whoever resends.
     async fn exec(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
         let read = sql.trim_start().starts_with("SELECT");
         let mut attempt = 0;
@@ -688,6 +688,14 @@ impl SnowflakeStore {
                         wait = wait.max(self.server_bound().saturating_sub(sent.elapsed()));
                     }
                     tokio::time::sleep(wait).await;
+                }
+                Err(e) if !read && e.outcome_unknown() => {
+                    // Whoever retries this write next (the storage actor, a claim
+                    // reading back its token) must not meet the first copy still
+                    // running: report the failure only once the server's own
+                    // timeouts have ended it.
+                    tokio::time::sleep(self.server_bound().saturating_sub(sent.elapsed())).await;
+                    return Err(e);
                 }
                 other => return other,
             }
@@ -1188,15 +1196,10 @@ impl Store for SnowflakeStore {
         // Read back by token even when the UPDATE's answer was lost, and keep
         // trying through an outage: a claim that committed must reach its claimer,
         // or its steps would stay claimed by a live pod that never runs them.
+        // An UPDATE whose answer was lost is reported only once the server's own
+        // timeouts have ended it (see `exec`), so a claim cannot commit after the
+        // read-back below and strand its steps.
         let first = self.exec(op, &update).await;
-        if let Err(e) = &first {
-            if e.outcome_unknown() {
-                // The UPDATE may still be running on the server: read back only
-                // once the server's own timeouts have ended it, or a claim that
-                // commits after the read-back would strand its steps.
-                tokio::time::sleep(self.server_bound()).await;
-            }
-        }
         let by_token = format!("s.op_token = {}", sql::token(&token));
         let deadline = std::time::Instant::now() + CLAIM_READ_BACK_LIMIT;
         let mut delay = self.base_delay;
