@@ -83,14 +83,13 @@ pub const SHAPES: [&str; 10] = [
 /// Runs every shape on `store`, which must hold an empty schema.
 pub async fn shapes(store: Arc<dyn Store>) -> Vec<Line> {
     let mut out = Vec::new();
-    let pod = "fleet-q-smoke".to_string();
+    let p = "fleet-q-smoke".to_string();
     let backoff = Backoff {
         base: Duration::ZERO,
         max: Duration::ZERO,
         jitter: 0.0,
     };
-    let s = store.clone();
-    let p = pod.clone();
+    let s = store;
     let plain: Vec<NewStep> = (0..3).map(|_| new_step("smoke", None)).collect();
     let ids: Vec<StepId> = plain.iter().map(NewStep::step_id).collect();
     out.push(
