@@ -556,3 +556,60 @@ async fn a_claim_that_outlives_its_client_is_cancelled_by_the_server() {
         "a claim committed that its claimer never received"
     );
 }
+
+/// With Snowflake-like latency (500 ms per statement here, DML holding the table
+/// lock), more than 20 statements waiting for one table's lock are aborted with
+/// Snowflake's error 000625, and the production client classifies it as
+/// transient (to retry), not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_twenty_waiter_lock_limit_aborts_newcomers_with_000625() {
+    use fleet_q_actors::*;
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start_with_args(&py, &["--latency-ms", "500"]);
+    let mut settings = emu.settings();
+    settings.pool_size = 30;
+    // One attempt per call: the abort itself must reach the caller.
+    let a = Arc::new(
+        SnowflakeStore::open(
+            &settings,
+            1,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        )
+        .unwrap(),
+    );
+    a.schema_init().await.unwrap();
+    // Every session signed in and configured first (reads take no lock), so the
+    // UPDATEs below arrive together: each holds the lock for half a second, so the
+    // queue drains far slower than they arrive.
+    let warm: Vec<_> = (0..30)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.now().await.unwrap() })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap();
+    }
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.step_cancel(StepId::generate()).await })
+        })
+        .collect();
+    let mut aborted = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(e.message.contains("000625"), "{e}");
+                assert!(e.is_transient(), "a lock-waiter abort is retried: {e}");
+                aborted += 1;
+            }
+        }
+    }
+    assert!(
+        aborted >= 1,
+        "30 concurrent UPDATEs on one table: some must exceed the 20-waiter limit"
+    );
+}

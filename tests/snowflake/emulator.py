@@ -30,6 +30,11 @@ than max(M, N) rows as Snowflake does: M rows inline (`returned` = M, possibly 0
 snowflake-api 0.14 then answers "no rows"), the rest in chunks of N rows the
 client downloads from `/chunks/{id}` (`chunks`, `chunkHeaders`).
 
+Latency: `--latency-ms MEAN[:JITTER]` makes every statement take MEAN ± JITTER
+ms (compile + execute) in an asyncio sleep, so waiting statements stay
+concurrent; an UPDATE, DELETE or MERGE holds its table's lock for that time, so
+DML on one table runs one statement at a time and queues.
+
 Slow statements: `--delay-statement REGEX=MS[:COUNT]` holds the next COUNT
 statements matching REGEX for MS before running them; a session whose
 STATEMENT_TIMEOUT_IN_SECONDS is shorter gets 000630 at that timeout instead and
@@ -69,6 +74,7 @@ import hashlib
 import importlib
 import json
 import logging
+import random
 import re
 
 import uvicorn
@@ -99,6 +105,8 @@ CHUNKS: dict = {}
 # progress (GET /debug/delayed).
 DELAYS: list = []
 DELAYED = 0
+# Modelled statement latency (compile + execute), seconds: mean and +/- jitter.
+LATENCY = (0.0, 0.0)
 CHUNK_IDS = iter(range(1, 1 << 62))
 
 
@@ -445,6 +453,10 @@ async def query(request: Request) -> JSONResponse:
             finally:
                 TABLE_WAITERS[table] -= 1
         try:
+            if LATENCY[0] > 0:
+                # The modelled time a statement takes; a DML statement holds its
+                # table lock for it. asyncio sleeps, so statements wait together.
+                await asyncio.sleep(max(0.0, random.uniform(LATENCY[0] - LATENCY[1], LATENCY[0] + LATENCY[1])))
             resp = await _run(request, conn, kind)
         except Exception as e:  # plain-text 500s and anything unexpected
             return _error("261000", f"emulator failure: {e}")
@@ -561,7 +573,16 @@ def main() -> None:
         metavar="REGEX=MS[:COUNT]",
         help="hold the next COUNT (default 1) statements matching REGEX for MS before running them (a slow or queued statement)",
     )
+    p.add_argument(
+        "--latency-ms",
+        default="0",
+        metavar="MEAN[:JITTER]",
+        help="time every statement takes (compile + execute), uniformly within MEAN +/- JITTER ms; DML holds its table lock meanwhile",
+    )
     a = p.parse_args()
+    global LATENCY
+    mean, _, jitter = a.latency_ms.partition(":")
+    LATENCY = (float(mean) / 1000.0, float(jitter or 0) / 1000.0)
     for item in a.delay_statement:
         pattern, _, rest = item.rpartition("=")
         ms, _, count = rest.partition(":")
