@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::Harness;
-use crate::pod::PodStatus;
+use crate::pod::{PodStatus, StatusCounts};
 use crate::step::{NewStep, RunAt, Step, StepId, StepSpec, StepStatus};
 use crate::store::*;
 
@@ -1010,6 +1010,129 @@ pub async fn prune_deletes_only_old_finished_steps(h: Harness) {
         v
     };
     assert_eq!(left, vec![StepStatus::Claimed, StepStatus::Pending]);
+}
+
+/// Stats stay exact through every transition (complete, retryable and terminal
+/// failure, cancel, release, orphan requeue, manual retry, prune): after each
+/// phase the counts by status and by type equal a recount of every step.
+pub async fn stats_stay_exact_through_every_transition(h: Harness) {
+    let mut ids = Vec::new();
+    let mut steps = Vec::new();
+    for (i, t) in ["a", "b", "c"].iter().cycle().take(24).enumerate() {
+        let s = step_with(|s| {
+            s.step_type = (*t).into();
+            s.max_retries = Some(u32::from(i % 2 == 0));
+        });
+        ids.push(s.step_id());
+        steps.push(s);
+    }
+    insert(&h.a, steps).await;
+    let check = |phase: &'static str| {
+        let (a, b, ids) = (h.a.clone(), h.b.clone(), ids.clone());
+        async move {
+            let mut want = StatusCounts::default();
+            let mut want_by: BTreeMap<String, StatusCounts> = BTreeMap::new();
+            for id in &ids {
+                if let Some(s) = a.step_get(*id).await.unwrap() {
+                    want.add(s.status, 1);
+                    want_by
+                        .entry(s.step_type().to_string())
+                        .or_default()
+                        .add(s.status, 1);
+                }
+            }
+            let got = b.queue_stats().await.unwrap();
+            assert_eq!(got.counts, want, "{phase}: counts");
+            let got_by: BTreeMap<String, StatusCounts> = got
+                .by_type
+                .into_iter()
+                .filter(|(_, c)| c.total() > 0)
+                .collect();
+            assert_eq!(got_by, want_by, "{phase}: counts by type");
+        }
+    };
+    check("inserted").await;
+    let first = claim(&h.a, "p1", 12).await;
+    check("claimed").await;
+    for (i, s) in first.iter().enumerate() {
+        let outcome = match i % 3 {
+            0 => Outcome::Complete { result: json!(i) },
+            1 => Outcome::Fail {
+                error: "retry me".into(),
+                retryable: true,
+            },
+            _ => Outcome::Fail {
+                error: "no".into(),
+                retryable: false,
+            },
+        };
+        finish(&h.a, Lease::of(s).unwrap(), outcome).await;
+    }
+    check("finished").await;
+    let pending: Vec<StepId> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            if get(&h.a, *id).await.status == StepStatus::Pending {
+                v.push(*id);
+            }
+        }
+        v
+    };
+    for id in pending.iter().take(3) {
+        assert_eq!(
+            h.a.step_cancel(*id).await.unwrap(),
+            CancelOutcome::Cancelled
+        );
+    }
+    check("cancelled").await;
+    let second = claim(&h.a, "p2", 6).await;
+    h.a.steps_release(second.iter().take(2).filter_map(Lease::of).collect())
+        .await
+        .unwrap();
+    heartbeat(&h.a, "p2").await;
+    h.a.pods_mark_down(MarkDownParams {
+        pod_ids: vec!["p2".into()],
+        dead_threshold: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let orphans =
+        h.a.steps_orphaned(OrphanParams {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.a.steps_requeue_orphaned(RequeueParams {
+        leases: orphans.iter().filter_map(Lease::of).collect(),
+        reason: "gone".into(),
+        backoff: IMMEDIATE,
+    })
+    .await
+    .unwrap();
+    check("released and requeued").await;
+    let failed =
+        h.a.steps_failed_list(PageParams {
+            limit: 100,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert!(!failed.is_empty());
+    assert_eq!(
+        h.a.step_retry(failed[0].step_id).await.unwrap(),
+        RetryOutcome::Requeued
+    );
+    check("retried by hand").await;
+    let pruned =
+        h.a.steps_prune(PruneParams {
+            retention: Duration::ZERO,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(pruned > 0);
+    check("pruned").await;
 }
 
 /// Stats count by status, pending by priority and by type, and age the oldest
