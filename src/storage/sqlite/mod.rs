@@ -141,39 +141,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS step_tracker_idempotency_key
 -- Failed steps are few: this index costs nothing on the success path.
 CREATE INDEX IF NOT EXISTS step_tracker_failed
     ON STEP_TRACKER (step_id) WHERE status = 'failed';
--- Finished steps (completed, failed, cancelled) present in STEP_TRACKER, by
--- status and type, kept by the triggers below in the transaction of each
--- transition, so stats never scan finished rows. Live counts come from the live
--- index. A database created before this table is backfilled once by schema_init.
-CREATE TABLE IF NOT EXISTS STEP_COUNTS (
-    status    TEXT    NOT NULL,
-    step_type TEXT    NOT NULL,
-    n         INTEGER NOT NULL,
-    PRIMARY KEY (status, step_type)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS step_counts_on_insert AFTER INSERT ON STEP_TRACKER
-WHEN NEW.status IN ('completed', 'failed', 'cancelled')
-BEGIN
-    INSERT INTO STEP_COUNTS (status, step_type, n) VALUES (NEW.status, NEW.step_type, 1)
-        ON CONFLICT (status, step_type) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS step_counts_on_update AFTER UPDATE OF status ON STEP_TRACKER
-WHEN OLD.status IS NOT NEW.status
-    AND (OLD.status IN ('completed', 'failed', 'cancelled')
-         OR NEW.status IN ('completed', 'failed', 'cancelled'))
-BEGIN
-    UPDATE STEP_COUNTS SET n = n - 1
-        WHERE OLD.status IN ('completed', 'failed', 'cancelled')
-        AND status = OLD.status AND step_type = OLD.step_type;
-    INSERT INTO STEP_COUNTS (status, step_type, n)
-        SELECT NEW.status, NEW.step_type, 1 WHERE NEW.status IN ('completed', 'failed', 'cancelled')
-        ON CONFLICT (status, step_type) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS step_counts_on_delete AFTER DELETE ON STEP_TRACKER
-WHEN OLD.status IN ('completed', 'failed', 'cancelled')
-BEGIN
-    UPDATE STEP_COUNTS SET n = n - 1 WHERE status = OLD.status AND step_type = OLD.step_type;
-END;
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            TEXT    NOT NULL PRIMARY KEY,
     birth_ts          INTEGER NOT NULL,
@@ -483,27 +450,9 @@ impl Store for SqliteStore {
     async fn schema_init(&self) -> Result<(), StoreError> {
         self.writer
             .write("schema_init", |c, _, stmts| {
-                let had_counts: bool = c
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'STEP_COUNTS')",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| map_err("schema_init", e))?;
                 c.execute_batch(SCHEMA)
                     .map_err(|e| map_err("schema_init", e))?;
                 count(stmts, 1);
-                if !had_counts {
-                    // A database from before STEP_COUNTS: count its finished rows
-                    // once, in the transaction that created the triggers.
-                    c.execute_batch(
-                        "INSERT INTO STEP_COUNTS (status, step_type, n) SELECT status, step_type, COUNT(*) \
-                         FROM STEP_TRACKER WHERE status IN ('completed', 'failed', 'cancelled') \
-                         GROUP BY status, step_type",
-                    )
-                    .map_err(|e| map_err("schema_init", e))?;
-                    count(stmts, 1);
-                }
                 let have: Vec<String> = c
                     .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
                     .and_then(|mut st| {
@@ -823,14 +772,10 @@ impl Store for SqliteStore {
                 as_of: Some(ts(now)),
                 ..Default::default()
             };
-            // Live rows through the live index (it holds only them); finished
-            // rows from the counters the triggers keep. Nothing here scans history.
             let mut st = c.prepare_cached(
                 "SELECT status, step_type, priority, COUNT(*), \
                  MIN(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END) \
-                 FROM STEP_TRACKER INDEXED BY step_tracker_live WHERE status IN ('pending', 'claimed') \
-                 GROUP BY status, step_type, priority \
-                 UNION ALL SELECT status, step_type, 0, n, NULL FROM STEP_COUNTS WHERE n <> 0",
+                 FROM STEP_TRACKER GROUP BY status, step_type, priority",
             )?;
             let mut rows = st.query([now])?;
             let mut oldest: Option<i64> = None;
