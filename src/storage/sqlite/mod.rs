@@ -15,7 +15,7 @@
 
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,18 +141,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS step_tracker_idempotency_key
 -- Failed steps are few: this index costs nothing on the success path.
 CREATE INDEX IF NOT EXISTS step_tracker_failed
     ON STEP_TRACKER (step_id) WHERE status = 'failed';
--- Finished steps (completed, failed, cancelled) present in STEP_TRACKER, by
--- status and type, kept by the store in the transaction of each transition into
--- or out of a finished status (finish, cancel, manual retry, prune), so stats
--- never scan finished rows; live counts come from the live index. A file created
--- before this table is counted once by schema_init. Every process writing a file
--- must keep it (all pods of one file run the same version).
-CREATE TABLE IF NOT EXISTS STEP_COUNTS (
-    status    TEXT    NOT NULL,
-    step_type TEXT    NOT NULL,
-    n         INTEGER NOT NULL,
-    PRIMARY KEY (status, step_type)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            TEXT    NOT NULL PRIMARY KEY,
     birth_ts          INTEGER NOT NULL,
@@ -444,52 +432,6 @@ fn fenced_update(
     Ok(report)
 }
 
-/// Changes to STEP_COUNTS made by one write: `(status, step type) -> delta`.
-#[derive(Default)]
-struct CountDelta(HashMap<(&'static str, String), i64>);
-
-impl CountDelta {
-    fn add(&mut self, status: &'static str, step_type: String, n: i64) {
-        *self.0.entry((status, step_type)).or_default() += n;
-    }
-
-    /// Writes the changes: one statement per (status, type) touched.
-    fn apply(self, c: &Connection, op: &'static str, stmts: &AtomicU64) -> Result<(), StoreError> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let mut st = c
-            .prepare_cached(
-                "INSERT INTO STEP_COUNTS (status, step_type, n) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (status, step_type) DO UPDATE SET n = n + excluded.n",
-            )
-            .map_err(|e| map_err(op, e))?;
-        for ((status, step_type), n) in self.0 {
-            if n != 0 {
-                st.execute(params![status, step_type, n])
-                    .map_err(|e| map_err(op, e))?;
-                count(stmts, 1);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The step type of a stored step (for STEP_COUNTS).
-fn step_type_of(
-    c: &Connection,
-    op: &'static str,
-    id: &SqlValue,
-    stmts: &AtomicU64,
-) -> Result<String, StoreError> {
-    let t = c
-        .prepare_cached("SELECT step_type FROM STEP_TRACKER WHERE step_id = ?1")
-        .and_then(|mut st| st.query_row([id], |r| r.get(0)))
-        .map_err(|e| map_err(op, e))?;
-    count(stmts, 1);
-    Ok(t)
-}
-
 /// The partial-index condition of `step_tracker_live`, repeated verbatim in the
 /// queries that use it: SQLite uses a partial index only when the query's WHERE
 /// contains the index's terms, and cannot infer `IN (…)` from `= 'pending'`.
@@ -508,27 +450,9 @@ impl Store for SqliteStore {
     async fn schema_init(&self) -> Result<(), StoreError> {
         self.writer
             .write("schema_init", |c, _, stmts| {
-                let had_counts: bool = c
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'STEP_COUNTS')",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| map_err("schema_init", e))?;
                 c.execute_batch(SCHEMA)
                     .map_err(|e| map_err("schema_init", e))?;
                 count(stmts, 1);
-                if !had_counts {
-                    // A file from before STEP_COUNTS: count its finished rows once,
-                    // in the transaction that creates the table.
-                    c.execute_batch(
-                        "INSERT INTO STEP_COUNTS (status, step_type, n) SELECT status, step_type, COUNT(*) \
-                         FROM STEP_TRACKER WHERE status IN ('completed', 'failed', 'cancelled') \
-                         GROUP BY status, step_type",
-                    )
-                    .map_err(|e| map_err("schema_init", e))?;
-                    count(stmts, 1);
-                }
                 let have: Vec<String> = c
                     .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
                     .and_then(|mut st| {
@@ -717,13 +641,6 @@ impl Store for SqliteStore {
                         fails.into_iter(),
                         stmts,
                     )?;
-                    let mut delta = CountDelta::default();
-                    for (id, status) in &r.applied {
-                        if *status == StepStatus::Failed {
-                            delta.add("failed", step_type_of(c, op, &id_val(*id), stmts)?, 1);
-                        }
-                    }
-                    delta.apply(c, op, stmts)?;
                     report.applied.extend(r.applied);
                     report.rejected.extend(r.rejected);
                 }
@@ -769,9 +686,6 @@ impl Store for SqliteStore {
                     .map_err(|e| map_err(op, e))?;
                 count(stmts, 1);
                 if n == 1 {
-                    let mut delta = CountDelta::default();
-                    delta.add("cancelled", step_type_of(c, op, &id, stmts)?, 1);
-                    delta.apply(c, op, stmts)?;
                     return Ok(CancelOutcome::Cancelled);
                 }
                 let status = current_status(c, op, &id, stmts)?;
@@ -806,9 +720,6 @@ impl Store for SqliteStore {
                     .map_err(|e| map_err(op, e))?;
                 count(stmts, 1);
                 if n == 1 {
-                    let mut delta = CountDelta::default();
-                    delta.add("failed", step_type_of(c, op, &id, stmts)?, -1);
-                    delta.apply(c, op, stmts)?;
                     return Ok(RetryOutcome::Requeued);
                 }
                 let status = current_status(c, op, &id, stmts)?;
@@ -841,32 +752,16 @@ impl Store for SqliteStore {
                 // hot path. The hour of slack covers clock skew between the minting
                 // pod and the store.
                 let floor = id_floor(cutoff.saturating_add(3_600_000));
-                let op = "steps_prune";
-                let gone: Vec<(String, String)> = c
+                let n = c
                     .prepare_cached(
                         "DELETE FROM STEP_TRACKER WHERE rowid IN (SELECT rowid FROM STEP_TRACKER \
                          WHERE step_id < ?1 AND status IN ('completed', 'failed', 'cancelled') \
-                         AND last_update_ts < ?2 LIMIT ?3) RETURNING status, step_type",
+                         AND last_update_ts < ?2 LIMIT ?3)",
                     )
-                    .and_then(|mut st| {
-                        st.query_map(params![floor, cutoff, p.limit], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
-                        .collect()
-                    })
-                    .map_err(|e| map_err(op, e))?;
+                    .and_then(|mut st| st.execute(params![floor, cutoff, p.limit]))
+                    .map_err(|e| map_err("steps_prune", e))?;
                 count(stmts, 1);
-                let mut delta = CountDelta::default();
-                for (status, t) in &gone {
-                    let status = match status.as_str() {
-                        "completed" => "completed",
-                        "failed" => "failed",
-                        _ => "cancelled",
-                    };
-                    delta.add(status, t.clone(), -1);
-                }
-                delta.apply(c, op, stmts)?;
-                Ok(gone.len() as u64)
+                Ok(n as u64)
             })
             .await
     }
@@ -877,14 +772,10 @@ impl Store for SqliteStore {
                 as_of: Some(ts(now)),
                 ..Default::default()
             };
-            // Live rows through the live index (it holds only them); finished
-            // rows from STEP_COUNTS. Nothing here scans history.
             let mut st = c.prepare_cached(
                 "SELECT status, step_type, priority, COUNT(*), \
                  MIN(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END) \
-                 FROM STEP_TRACKER INDEXED BY step_tracker_live WHERE status IN ('pending', 'claimed') \
-                 GROUP BY status, step_type, priority \
-                 UNION ALL SELECT status, step_type, 0, n, NULL FROM STEP_COUNTS WHERE n <> 0",
+                 FROM STEP_TRACKER GROUP BY status, step_type, priority",
             )?;
             let mut rows = st.query([now])?;
             let mut oldest: Option<i64> = None;
@@ -1060,7 +951,7 @@ fn complete_chunk(
          FROM (VALUES {}) AS v \
          WHERE STEP_TRACKER.step_id = v.column1 AND STEP_TRACKER.claimed_by = v.column2 \
          AND STEP_TRACKER.attempt = v.column3 AND +STEP_TRACKER.status = 'claimed' \
-         RETURNING STEP_TRACKER.step_id, STEP_TRACKER.step_type",
+         RETURNING STEP_TRACKER.step_id",
         vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
     );
     let mut values = Vec::with_capacity(1 + chunk.len() * 4);
@@ -1074,20 +965,11 @@ fn complete_chunk(
         ]);
     }
     let mut st = c.prepare_cached(&sql).map_err(|e| map_err(op, e))?;
-    let rows: Vec<(StepId, String)> = st
-        .query_map(rusqlite::params_from_iter(values), |r| {
-            Ok((id_at(r, 0)?, r.get(1)?))
-        })
+    let done: HashSet<StepId> = st
+        .query_map(rusqlite::params_from_iter(values), |r| id_at(r, 0))
         .and_then(|rows| rows.collect())
         .map_err(|e| map_err(op, e))?;
     count(stmts, 1);
-    let mut delta = CountDelta::default();
-    let mut done: HashSet<StepId> = HashSet::with_capacity(rows.len());
-    for (id, t) in rows {
-        delta.add("completed", t, 1);
-        done.insert(id);
-    }
-    delta.apply(c, op, stmts)?;
     let mut report = FencedReport::default();
     for (lease, _) in chunk {
         if done.contains(&lease.step_id) {
