@@ -30,7 +30,9 @@ fn body(i: usize) -> Value {
     if i.is_multiple_of(97) {
         args["status"] = json!(400); // terminal failure
     }
-    json!({ "type": "rec", "args": args, "max_retries": 5 })
+    // A client that resends a batch whose answer it lost (the pod was killed after
+    // committing) must use idempotency keys, or the resend adds a second copy.
+    json!({ "type": "rec", "args": args, "max_retries": 5, "idempotency_key": format!("chaos-{i}") })
 }
 
 #[test]
@@ -46,8 +48,10 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
     let c = client();
 
     // Half is submitted first; the other half while pods are being killed, by a
-    // client that moves to another pod when one refuses or is gone. A step counts
-    // as accepted once a pod answered 201 for its batch.
+    // client that moves to another pod when one refuses or is gone, resending the
+    // batch (keyed, so a batch committed by a pod killed before it answered is not
+    // stored twice). A step counts as accepted once a pod answered 201 for its
+    // batch.
     let bodies: Vec<Value> = (0..STEPS).map(body).collect();
     let mut ids = submit_batches(&c, &pods[0], &bodies[..STEPS / 2], 500);
     let ports = std::sync::Arc::new(std::sync::Mutex::new(

@@ -291,11 +291,21 @@ impl Observer {
 
     /// Waits until every step is in a terminal status; returns the stats.
     pub fn wait_all_terminal(&self, total: u64, limit: Duration) -> fleet_q_actors::QueueStats {
-        wait_for("every step to reach a terminal status", limit, || {
+        let deadline = Instant::now() + limit;
+        loop {
             let s = self.stats();
             let done = s.counts.completed + s.counts.failed + s.counts.cancelled;
-            (done == total && s.counts.pending == 0 && s.counts.claimed == 0).then_some(s)
-        })
+            if done == total && s.counts.pending == 0 && s.counts.claimed == 0 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for every step to reach a terminal status: \
+                 expected {total} steps, the store holds {:?}",
+                s.counts
+            );
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
     }
 }
 
