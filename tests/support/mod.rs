@@ -464,8 +464,12 @@ pub fn submit_batches(
 ) -> Vec<String> {
     let mut ids = Vec::with_capacity(bodies.len());
     for part in bodies.chunks(chunk) {
+        // A batch on the Snowflake emulator of a machine that is also building
+        // can take well over the client's usual 10 s; this bound only stops a
+        // hang.
         let r = c
             .post(pod.url("/submit/batch"))
+            .timeout(Duration::from_secs(120))
             .json(&json!({ "steps": part }))
             .send()
             .unwrap();
