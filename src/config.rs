@@ -89,6 +89,8 @@ keys! {
     "step_timeout_seconds", "300", false, "handler timeout unless the step sets its own, 1 to 86400";
     "shutdown_grace_seconds", "20", false, "time in-flight steps get to finish on SIGTERM, 0 to 3600";
     "retention_seconds", "604800", false, "finished steps are pruned after this, at least 60";
+    "prune_batch_size", "2000", false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
+    "prune_interval_seconds", "10", false, "longest pause between prune chunks, 1 to 3600 (an empty chunk waits all of it, a full one none)";
     "ledger_path", "", false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
     "max_payload_bytes", "1048576", false, "HTTP request body limit, 1024 to 67108864";
     "http_body_timeout_seconds", "10", false, "a request body must arrive within this (else 408 and the connection closes), 1 to 3600";
@@ -239,6 +241,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Retention of finished steps.
     pub retention: Duration,
+    /// Rows per prune chunk.
+    pub prune_batch_size: u32,
+    /// Longest pause between prune chunks.
+    pub prune_interval: Duration,
     /// HTTP body limit.
     pub max_payload_bytes: usize,
     /// Time a request body has to arrive.
@@ -323,6 +329,8 @@ impl Settings {
             "step_timeout_seconds" => secs(self.step_timeout),
             "shutdown_grace_seconds" => secs(self.shutdown_grace),
             "retention_seconds" => secs(self.retention),
+            "prune_batch_size" => self.prune_batch_size.to_string(),
+            "prune_interval_seconds" => secs(self.prune_interval),
             "max_payload_bytes" => self.max_payload_bytes.to_string(),
             "http_body_timeout_seconds" => secs(self.http_body_timeout),
             "http_max_connections" => self.http_max_connections.to_string(),
@@ -741,6 +749,8 @@ fn build(p: &mut Parser<'_>) -> Settings {
     let step_timeout = p.secs("step_timeout_seconds", 1, 86_400);
     let shutdown_grace = p.secs("shutdown_grace_seconds", 0, 3600);
     let retention = p.secs("retention_seconds", 60, 10 * 365 * 86_400);
+    let prune_batch_size = p.num::<u32>("prune_batch_size", 1, 100_000);
+    let prune_interval = p.secs("prune_interval_seconds", 1, 3600);
     let max_payload_bytes = p.num::<usize>("max_payload_bytes", 1024, 64 * 1024 * 1024);
     let http_body_timeout = p.secs("http_body_timeout_seconds", 1, 3600);
     let http_max_connections = p.num::<usize>("http_max_connections", 16, 100_000);
@@ -779,6 +789,8 @@ fn build(p: &mut Parser<'_>) -> Settings {
         step_timeout,
         shutdown_grace,
         retention,
+        prune_batch_size,
+        prune_interval,
         max_payload_bytes,
         http_body_timeout,
         http_max_connections,

@@ -28,6 +28,8 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         step_timeout: s.step_timeout,
         shutdown_grace: s.shutdown_grace,
         retention: s.retention,
+        prune_batch: s.prune_batch_size,
+        prune_interval: s.prune_interval,
         step_backoff: Backoff {
             base: s.default_base_delay,
             max: s.default_max_delay,

@@ -73,13 +73,25 @@ impl Fleet {
         )
     }
 
-    /// Waits until `n` steps completed; returns the stats.
+    /// Waits until `n` steps completed; returns the stats. On timeout it says
+    /// what the store holds and ends with the tail of every pod's log.
     fn wait_completed(&self, n: u64, limit: Duration) -> fleet_q_actors::QueueStats {
         let (rt, store) = self.observer();
-        wait_for("every step to complete", limit, || {
-            let s = rt.block_on(store.queue_stats()).ok()?;
-            (s.counts.completed == n).then_some(s)
-        })
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let last = match rt.block_on(store.queue_stats()) {
+                Ok(s) if s.counts.completed == n => return s,
+                Ok(s) => format!("{:?}", s.counts),
+                Err(e) => format!("stats failed: {e}"),
+            };
+            if std::time::Instant::now() >= deadline {
+                let logs: String = self.pods.iter().map(|p| log_tail(&p.log, 25)).collect();
+                panic!(
+                    "timed out after {limit:?} waiting for {n} completed steps; last seen: {last}\n{logs}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50)); // poll interval
+        }
     }
 }
 

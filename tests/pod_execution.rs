@@ -621,14 +621,17 @@ fn with_pod_cfg_on<F, Fut>(
     });
 }
 
-/// The leader's recovery cycles prune finished steps older than the retention,
-/// and leave live and recent ones alone. (The setting's floor is 60 s; the
+/// The leader prunes finished steps older than the retention, and leaves live
+/// and recent ones alone; recovery summaries report the count. (The setting's floor is 60 s; the
 /// engine takes any retention, which lets this test use one second.)
 #[test]
 fn retention_prunes_old_finished_steps() {
     let mut h = HandlerRegistry::new();
     h.register("ok", Counts(Arc::new(AtomicU32::new(0))));
-    let tune = |c: &mut PodConfig| c.retention = Duration::from_secs(1);
+    let tune = |c: &mut PodConfig| {
+        c.retention = Duration::from_secs(1);
+        c.prune_interval = Duration::from_secs(1);
+    };
     with_pod_cfg(tune, h, |pod| async move {
         let done = submit_one(&pod, spec("ok", |_| {})).await;
         wait_step(&pod, done, "the step to complete", |s| {
@@ -654,10 +657,20 @@ fn retention_prunes_old_finished_steps() {
             .unwrap()
             .expect("a pending step is kept");
         assert_eq!(s.status, StepStatus::Pending);
+        // Pruning runs beside the cycles: the next cycle reports what was pruned
+        // since the one before.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match pod.run_recovery(false).await {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "no recovery cycle ran: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+        }
         let cycles = pod.recovery_history(50).await.unwrap();
         assert!(
             cycles.iter().map(|c| c.steps_pruned).sum::<u64>() >= 1,
-            "the recovery summaries count the prune"
+            "the recovery summaries count the prune: {cycles:?}"
         );
     });
 }

@@ -24,3 +24,87 @@ async fn open() -> Harness {
 }
 
 fleet_q_actors::conformance_suite!(open);
+
+/// A file written before STEP_TOTALS existed gets it filled once from the steps
+/// it holds, so stats are right from the first call after an upgrade.
+#[test]
+fn an_older_file_gets_its_totals_from_its_steps() {
+    use fleet_q_actors::{ClaimParams, Finish, FinishParams, Lease, NewStep, Outcome, StepSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet-q.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        s.schema_init().await.unwrap();
+        let steps = (0..10)
+            .map(|i| {
+                NewStep::new(StepSpec {
+                    step_type: if i % 2 == 0 { "even" } else { "odd" }.into(),
+                    max_retries: Some(0),
+                    ..Default::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        s.steps_insert(steps).await.unwrap();
+        let claimed = s
+            .steps_claim(ClaimParams {
+                pod_id: "p".into(),
+                limit: 4,
+            })
+            .await
+            .unwrap();
+        let finishes = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, st)| Finish {
+                lease: Lease::of(st).unwrap(),
+                outcome: if i == 0 {
+                    Outcome::Fail {
+                        error: "no".into(),
+                        retryable: false,
+                    }
+                } else {
+                    Outcome::Complete {
+                        result: serde_json::Value::Null,
+                    }
+                },
+            })
+            .collect();
+        s.steps_finish(FinishParams {
+            finishes,
+            backoff: Default::default(),
+        })
+        .await
+        .unwrap();
+        let before = s.queue_stats().await.unwrap();
+        assert_eq!(
+            (
+                before.counts.pending,
+                before.counts.completed,
+                before.counts.failed
+            ),
+            (6, 3, 1)
+        );
+        drop(s);
+        // What an older version left behind: the steps, no totals.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DROP TABLE STEP_TOTALS").unwrap();
+        drop(c);
+        let s = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        s.schema_init().await.unwrap();
+        let after = s.queue_stats().await.unwrap();
+        assert_eq!(after.counts, before.counts);
+        assert_eq!(after.by_type, before.by_type);
+        assert_eq!(
+            after.by_type["odd"].pending + after.by_type["even"].pending,
+            6
+        );
+        // A second start does not count them again.
+        s.schema_init().await.unwrap();
+        assert_eq!(s.queue_stats().await.unwrap().counts, before.counts);
+    });
+}

@@ -56,6 +56,11 @@ pub struct PodConfig {
     pub shutdown_grace: Duration,
     /// Finished steps are pruned after this.
     pub retention: Duration,
+    /// Rows per prune chunk; see [`crate::actors::recovery::RecoveryConfig::prune_batch`].
+    pub prune_batch: u32,
+    /// Longest pause between prune chunks; see
+    /// [`crate::actors::recovery::RecoveryConfig::prune_interval`].
+    pub prune_interval: Duration,
     /// Step retry backoff.
     pub step_backoff: Backoff,
     /// Store call attempts on transient errors.
@@ -91,6 +96,8 @@ impl Default for PodConfig {
             step_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(20),
             retention: Duration::from_secs(7 * 24 * 3600),
+            prune_batch: 2_000,
+            prune_interval: Duration::from_secs(10),
             step_backoff: Backoff::default(),
             store_max_attempts: 5,
             store_base_delay: Duration::from_millis(100),
@@ -242,6 +249,8 @@ impl Pod {
             interval: cfg.recovery_interval,
             dead_threshold: cfg.dead_pod_threshold,
             retention: cfg.retention,
+            prune_batch: cfg.prune_batch,
+            prune_interval: cfg.prune_interval,
             backoff: cfg.step_backoff,
             ..Default::default()
         };

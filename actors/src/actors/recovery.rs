@@ -8,10 +8,18 @@
 //!    cycle);
 //! 3. they are requeued (retries left) or failed for good (none left) by fenced
 //!    batch updates: a second leader doing the same changes nothing;
-//! 4. finished steps older than the retention are pruned;
-//! 5. the summary is recorded in the ledger and logged.
+//! 4. the summary is recorded in the ledger and logged.
 //!
 //! A dry run computes and stages without writing to the store.
+//!
+//! Retention runs beside the cycles, on its own cadence (see [`Prune`]): while
+//! this pod leads, finished steps past the retention are deleted in chunks of
+//! `prune_batch` rows, one store call each, the next chunk at once while chunks
+//! come back full and after a pause that shrinks with the backlog otherwise.
+//! Why not in the cycle: a cycle every 300 s pruning 10,000 rows removed at most
+//! 33 rows/s, so any fleet finishing faster grew its table without bound; and a
+//! big delete holds the store's writer, where small chunks let submits and
+//! claims in between.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +60,19 @@ static FAILING: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
         "Recovery cycles in a row that failed on this pod (0 after a cycle succeeds).",
     )
 });
+static PRUNED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    crate::metrics::counter(
+        "fleet_q_pruned_steps_total",
+        "Finished steps deleted past the retention by this pod (while it leads).",
+    )
+});
+static PRUNE_LAG: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    crate::metrics::gauge(
+        "fleet_q_retention_lag_seconds",
+        "How long retention has been behind: seconds since a prune chunk last came back short \
+         (0 when caught up, or when this pod does not lead).",
+    )
+});
 static DEAD: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     crate::metrics::counter(
         "fleet_q_recovery_dead_pods_total",
@@ -69,6 +90,8 @@ pub fn register_metrics() {
     }
     LazyLock::force(&DEAD);
     LazyLock::force(&FAILING);
+    LazyLock::force(&PRUNED);
+    LazyLock::force(&PRUNE_LAG);
 }
 
 fn count_cycle(r: &Result<RecoverySummary, RecoveryError>) {
@@ -102,8 +125,13 @@ pub struct RecoveryConfig {
     pub retention: Duration,
     /// Most orphans handled per cycle (default 10,000; the rest next cycle).
     pub orphan_batch: u32,
-    /// Most steps pruned per cycle (default 10,000).
+    /// Rows deleted per prune chunk (default 2,000): small enough that a chunk
+    /// holds the store's writer for a few milliseconds.
     pub prune_batch: u32,
+    /// The longest pause between prune chunks (default 10 s): after a chunk of
+    /// `k` rows the next one runs after `prune_interval × (1 − k / prune_batch)`,
+    /// so a full chunk is followed at once and an empty one waits the whole pause.
+    pub prune_interval: Duration,
     /// Backoff for requeued orphans (the step retry backoff).
     pub backoff: Backoff,
 }
@@ -115,7 +143,8 @@ impl Default for RecoveryConfig {
             dead_threshold: Duration::from_secs(180),
             retention: Duration::from_secs(7 * 24 * 3600),
             orphan_batch: 10_000,
-            prune_batch: 10_000,
+            prune_batch: 2_000,
+            prune_interval: Duration::from_secs(10),
             backoff: Backoff::default(),
         }
     }
@@ -144,6 +173,13 @@ pub struct RecoveryActor {
     is_leader: bool,
     running: bool,
     timer: Option<SpawnHandle>,
+    /// The pending [`Prune`] tick, and whether a chunk is in flight.
+    prune_timer: Option<SpawnHandle>,
+    pruning: bool,
+    /// When a prune chunk last came back short (retention caught up).
+    caught_up: Option<Instant>,
+    /// Rows pruned since the last cycle summary took the count.
+    pruned_since_cycle: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RecoveryActor {
@@ -162,7 +198,78 @@ impl RecoveryActor {
             is_leader: false,
             running: false,
             timer: None,
+            prune_timer: None,
+            pruning: false,
+            caught_up: None,
+            pruned_since_cycle: Arc::default(),
         }
+    }
+
+    fn schedule_prune(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if let Some(t) = self.prune_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.prune_timer = Some(ctx.notify_later(Prune, after));
+    }
+
+    fn stop_pruning(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.prune_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.caught_up = None;
+        PRUNE_LAG.set(0);
+    }
+
+    /// Deletes one chunk, then schedules the next by how full it was.
+    fn prune_chunk(&mut self, ctx: &mut Context<Self>) {
+        if !self.is_leader || self.pruning {
+            return;
+        }
+        self.pruning = true;
+        // Lag counts from the first chunk this pod runs as leader.
+        self.caught_up.get_or_insert_with(Instant::now);
+        let limit = self.cfg.prune_batch.max(1);
+        let params = PruneParams {
+            retention: self.cfg.retention,
+            limit,
+        };
+        self.storage
+            .send(PruneSteps(params))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.pruning = false;
+                    if !act.is_leader {
+                        return;
+                    }
+                    let pause = match res {
+                        Ok(Ok(n)) => {
+                            PRUNED.inc_by(n);
+                            act.pruned_since_cycle
+                                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            if n < u64::from(limit) {
+                                act.caught_up = Some(Instant::now());
+                            }
+                            let behind = match act.caught_up {
+                                Some(t) if n >= u64::from(limit) => t.elapsed().as_secs(),
+                                _ => 0,
+                            };
+                            PRUNE_LAG.set(behind as i64);
+                            prune_pause(act.cfg.prune_interval, n, limit)
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "pruning finished steps failed; trying again later");
+                            act.cfg.prune_interval
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "pruning finished steps: storage unavailable");
+                            act.cfg.prune_interval
+                        }
+                    };
+                    act.schedule_prune(ctx, pause);
+                });
+            })
+            .spawn(ctx);
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
@@ -192,6 +299,7 @@ impl RecoveryActor {
             self.storage.clone(),
             self.ledger.clone(),
             dry_run,
+            self.pruned_since_cycle.clone(),
         );
         fut.into_actor(self)
             .map(move |res, act, ctx| {
@@ -219,6 +327,15 @@ impl RecoveryActor {
     }
 }
 
+/// The pause after a prune chunk that deleted `n` of at most `limit` rows: none
+/// after a full chunk (more are waiting), the whole `interval` after an empty
+/// one, and in between in proportion. At a steady finish rate the pause settles
+/// where a chunk is part full, so the backlog stays under one chunk.
+fn prune_pause(interval: Duration, n: u64, limit: u32) -> Duration {
+    let full = (n as f64 / f64::from(limit.max(1))).clamp(0.0, 1.0);
+    interval.mul_f64(1.0 - full)
+}
+
 /// Pods still marked up whose heartbeat is older than the threshold (never `me`).
 fn dead_pods(pods: &[crate::pod::PodRecord], me: &str, dead_threshold: Duration) -> Vec<String> {
     pods.iter()
@@ -233,6 +350,7 @@ async fn run_cycle(
     storage: Addr<StorageActor>,
     ledger: Ledger,
     dry_run: bool,
+    pruned: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<RecoverySummary, RecoveryError> {
     let t0 = Instant::now();
     let fail = |e: String| RecoveryError::Failed(e);
@@ -329,14 +447,9 @@ async fn run_cycle(
     summary.steps_requeued = summary.requeued_steps.len();
     summary.steps_marked_terminal = summary.terminal_steps.len();
     if !dry_run {
-        summary.steps_pruned = storage
-            .send(PruneSteps(PruneParams {
-                retention: cfg.retention,
-                limit: cfg.prune_batch,
-            }))
-            .await
-            .map_err(mailbox)?
-            .map_err(|e| fail(e.to_string()))?;
+        // Pruning runs on its own cadence; the summary reports what it deleted
+        // since the previous cycle.
+        summary.steps_pruned = pruned.swap(0, std::sync::atomic::Ordering::Relaxed);
     }
     summary.duration_ms = t0.elapsed().as_millis() as u64;
     if let Err(e) = ledger.record(summary.clone()).await {
@@ -368,10 +481,13 @@ impl Actor for RecoveryActor {
         self.state.actor_started(Self::NAME);
         self.running = false;
         self.timer = None;
+        self.pruning = false;
+        self.prune_timer = None;
         // After a restart, pick leadership up again from the shared state.
         self.is_leader = self.state.is_leader();
         if self.is_leader {
             self.schedule(ctx, Duration::ZERO);
+            self.schedule_prune(ctx, Duration::ZERO);
         }
     }
 
@@ -384,6 +500,8 @@ impl Supervised for RecoveryActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.running = false;
         self.timer = None;
+        self.pruning = false;
+        self.prune_timer = None;
     }
 }
 
@@ -422,12 +540,27 @@ impl Handler<LeadershipChanged> for RecoveryActor {
             if became {
                 // A new leader recovers at once: the old one may have died with work.
                 act.schedule(ctx, Duration::ZERO);
+                act.schedule_prune(ctx, Duration::ZERO);
             } else if !msg.is_leader {
                 if let Some(t) = act.timer.take() {
                     ctx.cancel_future(t);
                 }
+                act.stop_pruning(ctx);
             }
         });
+    }
+}
+
+/// The next prune chunk is due.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Prune;
+
+impl Handler<Prune> for RecoveryActor {
+    type Result = ();
+    fn handle(&mut self, _: Prune, ctx: &mut Context<Self>) {
+        self.prune_timer = None;
+        guarded(self, ctx, |act, ctx| act.prune_chunk(ctx));
     }
 }
 
@@ -486,6 +619,15 @@ mod tests {
             pod("me", 60, PodStatus::Up),
         ];
         assert_eq!(dead_pods(&pods, "me", t), vec!["stale".to_string()]);
+    }
+
+    #[test]
+    fn the_prune_pause_shrinks_with_the_backlog() {
+        let i = Duration::from_secs(10);
+        assert_eq!(prune_pause(i, 0, 2000), i);
+        assert_eq!(prune_pause(i, 2000, 2000), Duration::ZERO);
+        assert_eq!(prune_pause(i, 500, 2000), Duration::from_millis(7500));
+        assert_eq!(prune_pause(i, 5000, 2000), Duration::ZERO);
     }
 
     #[test]

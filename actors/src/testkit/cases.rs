@@ -1135,6 +1135,113 @@ pub async fn stats_stay_exact_through_every_transition(h: Harness) {
     check("pruned").await;
 }
 
+/// Stats equal a full recount after a random mix of every transition: inserts
+/// (keyed duplicates included), claims, completions, retried and terminal
+/// failures, releases, cancels, manual retries, orphan requeues and prunes. The
+/// seed is printed so a failure can be replayed with `FLEET_Q_TEST_SEED`.
+pub async fn stats_match_a_recount_after_random_transitions(h: Harness) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("FLEET_Q_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("stats_match_a_recount_after_random_transitions: FLEET_Q_TEST_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut ids: Vec<StepId> = Vec::new();
+    let mut held: Vec<Step> = Vec::new();
+    let types = ["a", "b", "c"];
+    for round in 0..40 {
+        match rng.random_range(0..10) {
+            0 | 1 => {
+                let n = rng.random_range(1..6);
+                let steps = (0..n)
+                    .map(|_| {
+                        let t = types[rng.random_range(0..3)];
+                        let key = rng
+                            .random_bool(0.3)
+                            .then(|| format!("k{}", rng.random_range(0..6)));
+                        let retries = rng.random_range(0..2);
+                        step_with(|s| {
+                            s.step_type = t.into();
+                            s.idempotency_key = key;
+                            s.max_retries = Some(retries);
+                        })
+                    })
+                    .collect();
+                ids.extend(insert(&h.a, steps).await);
+            }
+            2 | 3 => held.extend(claim(&h.a, "p1", rng.random_range(1..5)).await),
+            4 | 5 if !held.is_empty() => {
+                let s = held.swap_remove(rng.random_range(0..held.len()));
+                let outcome = match rng.random_range(0..3) {
+                    0 => Outcome::Complete {
+                        result: json!(round),
+                    },
+                    1 => fail(true),
+                    _ => fail(false),
+                };
+                finish(&h.a, Lease::of(&s).unwrap(), outcome).await;
+            }
+            6 if !held.is_empty() => {
+                let s = held.swap_remove(rng.random_range(0..held.len()));
+                h.a.steps_release(vec![Lease::of(&s).unwrap()])
+                    .await
+                    .unwrap();
+            }
+            7 if !ids.is_empty() => {
+                let id = ids[rng.random_range(0..ids.len())];
+                let _ = h.a.step_cancel(id).await.unwrap();
+                let _ = h.a.step_retry(id).await.unwrap();
+                if rng.random_bool(0.5) {
+                    let _ = h.a.step_cancel(id).await.unwrap();
+                }
+            }
+            8 if !held.is_empty() => {
+                // Requeue what p1 holds as a recovery would.
+                let leases: Vec<Lease> = held.drain(..).filter_map(|s| Lease::of(&s)).collect();
+                h.a.steps_requeue_orphaned(RequeueParams {
+                    leases,
+                    reason: "gone".into(),
+                    backoff: IMMEDIATE,
+                })
+                .await
+                .unwrap();
+            }
+            9 => {
+                h.a.steps_prune(PruneParams {
+                    retention: Duration::ZERO,
+                    limit: rng.random_range(1..4),
+                })
+                .await
+                .unwrap();
+            }
+            _ => {}
+        }
+        if round % 5 == 4 || round == 39 {
+            let mut want = StatusCounts::default();
+            let mut want_by: BTreeMap<String, StatusCounts> = BTreeMap::new();
+            let unique: HashSet<StepId> = ids.iter().copied().collect();
+            for id in unique {
+                if let Some(s) = h.a.step_get(id).await.unwrap() {
+                    want.add(s.status, 1);
+                    want_by
+                        .entry(s.step_type().to_string())
+                        .or_default()
+                        .add(s.status, 1);
+                }
+            }
+            let got = h.b.queue_stats().await.unwrap();
+            assert_eq!(got.counts, want, "seed {seed}, round {round}: counts");
+            let got_by: BTreeMap<String, StatusCounts> = got
+                .by_type
+                .into_iter()
+                .filter(|(_, c)| c.total() > 0)
+                .collect();
+            assert_eq!(got_by, want_by, "seed {seed}, round {round}: by type");
+        }
+    }
+}
+
 /// Stats count by status, pending by priority and by type, and age the oldest
 /// due pending step by store time.
 pub async fn stats_count_by_status_priority_and_type(h: Harness) {

@@ -109,6 +109,7 @@ macro_rules! conformance_suite {
             prune_deletes_only_old_finished_steps,
             stats_count_by_status_priority_and_type,
             stats_stay_exact_through_every_transition,
+            stats_match_a_recount_after_random_transitions,
             store_rejects_nothing_valid_and_survives_hostile_strings,
             pods_are_judged_by_their_own_declared_threshold,
             a_new_incarnation_orphans_the_old_ones_claims,

@@ -30,6 +30,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use writer::{clock_ms, Writer};
 
 mod identity;
+mod totals;
 
 /// Settings of the embedded store.
 #[derive(Clone, Debug)]
@@ -141,6 +142,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS step_tracker_idempotency_key
 -- Failed steps are few: this index costs nothing on the success path.
 CREATE INDEX IF NOT EXISTS step_tracker_failed
     ON STEP_TRACKER (step_id) WHERE status = 'failed';
+-- Per step type: rows held in STEP_TRACKER, and how many are failed and
+-- cancelled. Kept in the transaction of each insert, terminal failure, cancel,
+-- manual retry and prune, so stats never scan history (README, Statistics).
+CREATE TABLE IF NOT EXISTS STEP_TOTALS (
+    step_type TEXT    NOT NULL PRIMARY KEY,
+    row_count INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            TEXT    NOT NULL PRIMARY KEY,
     birth_ts          INTEGER NOT NULL,
@@ -450,9 +460,24 @@ impl Store for SqliteStore {
     async fn schema_init(&self) -> Result<(), StoreError> {
         self.writer
             .write("schema_init", |c, _, stmts| {
+                // A file made before STEP_TOTALS existed gets it filled once, in
+                // this transaction, from the steps it holds.
+                let had_totals: bool = c
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+                         AND name = 'STEP_TOTALS')",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| map_err("schema_init", e))?;
                 c.execute_batch(SCHEMA)
                     .map_err(|e| map_err("schema_init", e))?;
-                count(stmts, 1);
+                count(stmts, 2);
+                if !had_totals {
+                    c.execute_batch(totals::BACKFILL)
+                        .map_err(|e| map_err("schema_init", e))?;
+                    count(stmts, 1);
+                }
                 let have: Vec<String> = c
                     .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
                     .and_then(|mut st| {
@@ -481,7 +506,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.writer
-            .write("steps_insert", move |c, now, stmts| {
+            .write_counted("steps_insert", move |c, now, stmts, totals| {
                 let op = "steps_insert";
                 let mut out: Vec<Option<Inserted>> = vec![None; steps.len()];
                 // Steps without a key go in multi-row statements; keyed steps one at a
@@ -503,6 +528,7 @@ impl Store for SqliteStore {
                         .map_err(|e| map_err(op, e))?;
                     count(stmts, 1);
                     for &i in rows {
+                        totals.rows(&steps[i].payload().step_type, StepStatus::Pending, 1);
                         out[i] = Some(Inserted {
                             step_id: steps[i].step_id(),
                             created: true,
@@ -523,6 +549,7 @@ impl Store for SqliteStore {
                         .map_err(|e| map_err(op, e))?;
                     count(stmts, 1);
                     let step_id = if n == 1 {
+                        totals.rows(&s.payload().step_type, StepStatus::Pending, 1);
                         s.step_id()
                     } else {
                         let existing = c
@@ -588,7 +615,7 @@ impl Store for SqliteStore {
         }
         let jitter: Vec<f64> = p.finishes.iter().map(|_| rand::random::<f64>()).collect();
         self.writer
-            .write("steps_finish", move |c, now, stmts| {
+            .write_counted("steps_finish", move |c, now, stmts, totals| {
                 let op = "steps_finish";
                 let b = p.backoff;
                 let mut report = FencedReport::default();
@@ -641,6 +668,14 @@ impl Store for SqliteStore {
                         fails.into_iter(),
                         stmts,
                     )?;
+                    // Terminal failures are the rare path: their types are read
+                    // back one by one.
+                    for (id, status) in &r.applied {
+                        if *status == StepStatus::Failed {
+                            let t = step_type_of(c, op, id_val(*id), stmts)?;
+                            totals.moved(&t, StepStatus::Claimed, StepStatus::Failed, 1);
+                        }
+                    }
                     report.applied.extend(r.applied);
                     report.rejected.extend(r.rejected);
                 }
@@ -674,18 +709,19 @@ impl Store for SqliteStore {
 
     async fn step_cancel(&self, step_id: StepId) -> Result<CancelOutcome, StoreError> {
         self.writer
-            .write("step_cancel", move |c, now, stmts| {
+            .write_counted("step_cancel", move |c, now, stmts, totals| {
                 let op = "step_cancel";
                 let id = id_val(step_id);
-                let n = c
+                let t: Option<String> = c
                     .prepare_cached(
                         "UPDATE STEP_TRACKER SET status = 'cancelled', last_update_ts = ?1 \
-                         WHERE step_id = ?2 AND status = 'pending'",
+                         WHERE step_id = ?2 AND status = 'pending' RETURNING step_type",
                     )
-                    .and_then(|mut st| st.execute(params![now, id]))
+                    .and_then(|mut st| st.query_row(params![now, id], |r| r.get(0)).optional())
                     .map_err(|e| map_err(op, e))?;
                 count(stmts, 1);
-                if n == 1 {
+                if let Some(t) = t {
+                    totals.moved(&t, StepStatus::Pending, StepStatus::Cancelled, 1);
                     return Ok(CancelOutcome::Cancelled);
                 }
                 let status = current_status(c, op, &id, stmts)?;
@@ -707,19 +743,20 @@ impl Store for SqliteStore {
 
     async fn step_retry(&self, step_id: StepId) -> Result<RetryOutcome, StoreError> {
         self.writer
-            .write("step_retry", move |c, now, stmts| {
+            .write_counted("step_retry", move |c, now, stmts, totals| {
                 let op = "step_retry";
                 let id = id_val(step_id);
-                let n = c
+                let t: Option<String> = c
                     .prepare_cached(
                         "UPDATE STEP_TRACKER SET status = 'pending', retry_count = 0, \
                          claimed_by = NULL, run_at = ?1, last_update_ts = ?1 \
-                         WHERE step_id = ?2 AND status = 'failed'",
+                         WHERE step_id = ?2 AND status = 'failed' RETURNING step_type",
                     )
-                    .and_then(|mut st| st.execute(params![now, id]))
+                    .and_then(|mut st| st.query_row(params![now, id], |r| r.get(0)).optional())
                     .map_err(|e| map_err(op, e))?;
                 count(stmts, 1);
-                if n == 1 {
+                if let Some(t) = t {
+                    totals.moved(&t, StepStatus::Failed, StepStatus::Pending, 1);
                     return Ok(RetryOutcome::Requeued);
                 }
                 let status = current_status(c, op, &id, stmts)?;
@@ -744,7 +781,8 @@ impl Store for SqliteStore {
 
     async fn steps_prune(&self, p: PruneParams) -> Result<u64, StoreError> {
         self.writer
-            .write("steps_prune", move |c, now, stmts| {
+            .write_counted("steps_prune", move |c, now, stmts, totals| {
+                let op = "steps_prune";
                 let cutoff = now.saturating_sub(ms(p.retention));
                 // Ids are UUIDv7, minted before their row is written, so a step last
                 // updated before `cutoff` has an id below the floor of `cutoff`: the
@@ -752,16 +790,40 @@ impl Store for SqliteStore {
                 // hot path. The hour of slack covers clock skew between the minting
                 // pod and the store.
                 let floor = id_floor(cutoff.saturating_add(3_600_000));
-                let n = c
+                let mut st = c
                     .prepare_cached(
                         "DELETE FROM STEP_TRACKER WHERE rowid IN (SELECT rowid FROM STEP_TRACKER \
                          WHERE step_id < ?1 AND status IN ('completed', 'failed', 'cancelled') \
-                         AND last_update_ts < ?2 LIMIT ?3)",
+                         AND last_update_ts < ?2 LIMIT ?3) RETURNING step_type, status",
                     )
-                    .and_then(|mut st| st.execute(params![floor, cutoff, p.limit]))
-                    .map_err(|e| map_err("steps_prune", e))?;
+                    .map_err(|e| map_err(op, e))?;
+                let mut rows = st
+                    .query(params![floor, cutoff, p.limit])
+                    .map_err(|e| map_err(op, e))?;
+                let mut n = 0u64;
+                // Rows come back in deletion order, mostly runs of one type.
+                let mut run: Option<(String, String, i64)> = None;
+                let mut flush = |run: Option<(String, String, i64)>| -> Result<(), StoreError> {
+                    if let Some((t, status, k)) = run {
+                        let status: StepStatus = status
+                            .parse()
+                            .map_err(|e| StoreError::fatal(op, format!("stored status: {e}")))?;
+                        totals.rows(&t, status, -k);
+                    }
+                    Ok(())
+                };
+                while let Some(r) = rows.next().map_err(|e| map_err(op, e))? {
+                    let t: String = r.get(0).map_err(|e| map_err(op, e))?;
+                    let status: String = r.get(1).map_err(|e| map_err(op, e))?;
+                    n += 1;
+                    match &mut run {
+                        Some((rt, rs, k)) if *rt == t && *rs == status => *k += 1,
+                        _ => flush(run.replace((t, status, 1)))?,
+                    }
+                }
+                flush(run)?;
                 count(stmts, 1);
-                Ok(n as u64)
+                Ok(n)
             })
             .await
     }
@@ -772,34 +834,65 @@ impl Store for SqliteStore {
                 as_of: Some(ts(now)),
                 ..Default::default()
             };
-            let mut st = c.prepare_cached(
-                "SELECT status, step_type, priority, COUNT(*), \
-                 MIN(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END) \
-                 FROM STEP_TRACKER GROUP BY status, step_type, priority",
-            )?;
-            let mut rows = st.query([now])?;
-            let mut oldest: Option<i64> = None;
-            let mut by_prio: BTreeMap<i32, u64> = BTreeMap::new();
-            while let Some(r) = rows.next()? {
-                let status: String = r.get(0)?;
-                let status: StepStatus = status.parse().map_err(|e| bad_row("status", e))?;
-                let t: String = r.get(1)?;
-                let prio: i32 = r.get(2)?;
-                let n: i64 = r.get(3)?;
-                let n = n.max(0) as u64;
-                stats.counts.add(status, n);
-                stats.by_type.entry(t).or_default().add(status, n);
-                if status == StepStatus::Pending {
-                    *by_prio.entry(prio).or_default() += n;
+            // Live rows through the live index (it holds nothing else); one read
+            // transaction with the totals below, so the two agree.
+            c.execute_batch("BEGIN")?;
+            let out = (|| {
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT status, step_type, priority, COUNT(*), \
+                     MIN(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END) \
+                     FROM STEP_TRACKER INDEXED BY step_tracker_live WHERE {LIVE} \
+                     GROUP BY status, step_type, priority"
+                ))?;
+                let mut rows = st.query([now])?;
+                let mut oldest: Option<i64> = None;
+                let mut by_prio: BTreeMap<i32, u64> = BTreeMap::new();
+                while let Some(r) = rows.next()? {
+                    let status: String = r.get(0)?;
+                    let status: StepStatus = status.parse().map_err(|e| bad_row("status", e))?;
+                    let t: String = r.get(1)?;
+                    let prio: i32 = r.get(2)?;
+                    let n: i64 = r.get(3)?;
+                    let n = n.max(0) as u64;
+                    stats.counts.add(status, n);
+                    stats.by_type.entry(t).or_default().add(status, n);
+                    if status == StepStatus::Pending {
+                        *by_prio.entry(prio).or_default() += n;
+                    }
+                    if let Some(due) = r.get::<_, Option<i64>>(4)? {
+                        oldest = Some(oldest.map_or(due, |o| o.min(due)));
+                    }
                 }
-                if let Some(due) = r.get::<_, Option<i64>>(4)? {
-                    oldest = Some(oldest.map_or(due, |o| o.min(due)));
+                stats.pending_by_priority = by_prio;
+                stats.oldest_pending_age =
+                    oldest.map(|o| Duration::from_millis(now.saturating_sub(o).max(0) as u64));
+                // Finished rows from STEP_TOTALS: completed is what is neither live
+                // nor failed nor cancelled.
+                let mut st = c.prepare_cached(
+                    "SELECT step_type, row_count, failed, cancelled FROM STEP_TOTALS",
+                )?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let t: String = r.get(0)?;
+                    let (all, failed, cancelled): (i64, i64, i64) =
+                        (r.get(1)?, r.get(2)?, r.get(3)?);
+                    let by = stats.by_type.entry(t).or_default();
+                    let live = (by.pending + by.claimed) as i64;
+                    let completed = all - live - failed - cancelled;
+                    for (status, n) in [
+                        (StepStatus::Failed, failed),
+                        (StepStatus::Cancelled, cancelled),
+                        (StepStatus::Completed, completed),
+                    ] {
+                        let n = n.max(0) as u64;
+                        by.add(status, n);
+                        stats.counts.add(status, n);
+                    }
                 }
-            }
-            stats.pending_by_priority = by_prio;
-            stats.oldest_pending_age =
-                oldest.map(|o| Duration::from_millis(now.saturating_sub(o).max(0) as u64));
-            Ok(stats)
+                Ok(())
+            })();
+            let _ = c.execute_batch("COMMIT");
+            out.map(|()| stats)
         })
         .await
     }
@@ -979,6 +1072,19 @@ fn complete_chunk(
         }
     }
     Ok(report)
+}
+
+/// The type of the step `id` (which exists: the caller just changed it).
+fn step_type_of(
+    c: &Connection,
+    op: &'static str,
+    id: SqlValue,
+    stmts: &AtomicU64,
+) -> Result<String, StoreError> {
+    count(stmts, 1);
+    c.prepare_cached("SELECT step_type FROM STEP_TRACKER WHERE step_id = ?1")
+        .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+        .map_err(|e| map_err(op, e))
 }
 
 fn current_status(

@@ -21,6 +21,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::map_err;
+use super::totals::Totals;
 
 /// Most jobs committed in one transaction: bounds the latency a group adds.
 const MAX_GROUP: usize = 512;
@@ -38,8 +39,16 @@ pub(crate) fn clock_ms() -> i64 {
 /// A unit of work for the writer.
 pub(crate) trait WriteJob: Send {
     /// Runs inside a savepoint of the group's transaction; `now` is the group's
-    /// store time. An error rolls back this job only.
-    fn run(&mut self, conn: &Connection, now: i64, stmts: &AtomicU64) -> Result<(), StoreError>;
+    /// store time. The job records what it changed in STEP_TOTALS in `totals`,
+    /// which the writer keeps only if the job succeeds. An error rolls back this
+    /// job only.
+    fn run(
+        &mut self,
+        conn: &Connection,
+        now: i64,
+        stmts: &AtomicU64,
+        totals: &mut Totals,
+    ) -> Result<(), StoreError>;
     /// Called after the transaction ended: `commit` is its outcome.
     fn reply(self: Box<Self>, commit: Result<(), StoreError>);
 }
@@ -53,11 +62,17 @@ struct Job<T, F> {
 impl<T, F> WriteJob for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection, i64, &AtomicU64) -> Result<T, StoreError> + Send,
+    F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError> + Send,
 {
-    fn run(&mut self, conn: &Connection, now: i64, stmts: &AtomicU64) -> Result<(), StoreError> {
+    fn run(
+        &mut self,
+        conn: &Connection,
+        now: i64,
+        stmts: &AtomicU64,
+        totals: &mut Totals,
+    ) -> Result<(), StoreError> {
         let work = self.work.take().expect("a job runs once");
-        let r = work(conn, now, stmts);
+        let r = work(conn, now, stmts, totals);
         let failed = r.as_ref().err().cloned();
         self.out = Some(r);
         match failed {
@@ -108,6 +123,25 @@ impl Writer {
     where
         T: Send + 'static,
         F: FnOnce(&Connection, i64, &AtomicU64) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_counted(op, move |c, now, stmts, _| work(c, now, stmts))
+            .await
+    }
+
+    /// [`Writer::write`] for work that adds or removes rows, or moves them into
+    /// or out of a status STEP_TOTALS counts: it records those changes in the
+    /// [`Totals`] it is given, and the writer applies the group's sum in the same
+    /// transaction, once per step type, just before the commit.
+    pub(crate) async fn write_counted<T, F>(
+        &self,
+        op: &'static str,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError>
+            + Send
+            + 'static,
     {
         self.identity
             .check(op, matches!(op, "pod_heartbeat" | "steps_insert"))?;
@@ -180,21 +214,25 @@ fn run_group(
     // then see non-decreasing store time in commit order.
     let now = clock_ms();
     let single = group.len() == 1;
+    let mut totals = Totals::default();
     for job in group.iter_mut() {
+        let mut mine = Totals::default();
         if single {
             // One job: the transaction itself is its savepoint.
-            if job.run(conn, now, stmts).is_err() {
+            if job.run(conn, now, stmts, &mut mine).is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Ok(()); // the job's own error is its answer
             }
+            totals.merge(mine);
             continue;
         }
         if let Err(e) = conn.execute_batch("SAVEPOINT job") {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(map_err("savepoint", e));
         }
-        let ok = job.run(conn, now, stmts).is_ok();
+        let ok = job.run(conn, now, stmts, &mut mine).is_ok();
         let end = if ok {
+            totals.merge(mine);
             "RELEASE job"
         } else {
             "ROLLBACK TO job; RELEASE job"
@@ -203,6 +241,10 @@ fn run_group(
             let _ = conn.execute_batch("ROLLBACK");
             return Err(map_err("savepoint", e));
         }
+    }
+    if let Err(e) = totals.apply(conn, stmts) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
