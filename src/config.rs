@@ -89,7 +89,7 @@ keys! {
     "step_timeout_seconds", "300", false, "handler timeout unless the step sets its own, 1 to 86400";
     "shutdown_grace_seconds", "20", false, "time in-flight steps get to finish on SIGTERM, 0 to 3600";
     "retention_seconds", "604800", false, "finished steps are pruned after this, at least 60";
-    "prune_batch_size", "2000", false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
+    "prune_batch_size", "500", false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
     "prune_interval_seconds", "10", false, "longest pause between prune chunks, 1 to 3600 (an empty chunk waits all of it, a full one none)";
     "ledger_path", "", false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
     "max_payload_bytes", "1048576", false, "HTTP request body limit, 1024 to 67108864";

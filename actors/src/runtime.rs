@@ -96,7 +96,7 @@ impl Default for PodConfig {
             step_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(20),
             retention: Duration::from_secs(7 * 24 * 3600),
-            prune_batch: 2_000,
+            prune_batch: 500,
             prune_interval: Duration::from_secs(10),
             step_backoff: Backoff::default(),
             store_max_attempts: 5,

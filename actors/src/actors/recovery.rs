@@ -125,7 +125,7 @@ pub struct RecoveryConfig {
     pub retention: Duration,
     /// Most orphans handled per cycle (default 10,000; the rest next cycle).
     pub orphan_batch: u32,
-    /// Rows deleted per prune chunk (default 2,000): small enough that a chunk
+    /// Rows deleted per prune chunk (default 500): small enough that a chunk
     /// holds the store's writer for a few milliseconds.
     pub prune_batch: u32,
     /// The longest pause between prune chunks (default 10 s): after a chunk of
@@ -143,7 +143,7 @@ impl Default for RecoveryConfig {
             dead_threshold: Duration::from_secs(180),
             retention: Duration::from_secs(7 * 24 * 3600),
             orphan_batch: 10_000,
-            prune_batch: 2_000,
+            prune_batch: 500,
             prune_interval: Duration::from_secs(10),
             backoff: Backoff::default(),
         }

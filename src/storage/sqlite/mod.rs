@@ -29,6 +29,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use writer::{clock_ms, Writer};
 
+mod checkpoint;
 mod identity;
 mod totals;
 
@@ -59,6 +60,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReaderPool>,
     statements: Arc<AtomicU64>,
+    /// Stops the checkpoint thread when the store goes.
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 struct ReaderPool {
@@ -358,8 +361,26 @@ impl SqliteStore {
         .map_err(|e| map_err("open", e))?;
         let statements = Arc::new(AtomicU64::new(0));
         let identity = Arc::new(identity::FileIdentity::of(&path));
-        let writer = Writer::start(conn, statements.clone(), options.queue.max(1), identity);
+        // Checkpoints run on their own thread (see [`checkpoint`]); if that
+        // cannot start, the writer keeps SQLite's automatic checkpoints.
+        let commits = Arc::new(AtomicU64::new(0));
+        let checkpointer = Connection::open(&path)
+            .and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
+            .ok()
+            .and_then(|c| checkpoint::Checkpointer::start(c, commits.clone()).ok());
+        if checkpointer.is_some() {
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+                .map_err(|e| map_err("open", e))?;
+        }
+        let writer = Writer::start(
+            conn,
+            statements.clone(),
+            commits,
+            options.queue.max(1),
+            identity,
+        );
         Ok(SqliteStore {
+            _checkpointer: checkpointer,
             readers: Arc::new(ReaderPool {
                 path: path.clone(),
                 busy_timeout: options.busy_timeout,
@@ -787,9 +808,14 @@ impl Store for SqliteStore {
                 // Ids are UUIDv7, minted before their row is written, so a step last
                 // updated before `cutoff` has an id below the floor of `cutoff`: the
                 // primary key bounds the scan to old rows, with no extra index on the
-                // hot path. The hour of slack covers clock skew between the minting
-                // pod and the store.
-                let floor = id_floor(cutoff.saturating_add(3_600_000));
+                // hot path. Every process on the file mints ids and reads store time
+                // from the same machine clock; the minute of slack covers a clock
+                // stepped back. It is kept small because every chunk that finds
+                // nothing more to delete scans the rows between the oldest live one
+                // and the floor: with an hour of slack, a caught-up pruner read an
+                // hour of finished rows each time, holding the writer for 100 ms
+                // and more at a few hundred steps/s.
+                let floor = id_floor(cutoff.saturating_add(60_000));
                 let mut st = c
                     .prepare_cached(
                         "DELETE FROM STEP_TRACKER WHERE rowid IN (SELECT rowid FROM STEP_TRACKER \

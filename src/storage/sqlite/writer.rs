@@ -104,13 +104,14 @@ impl Writer {
     pub(crate) fn start(
         conn: Connection,
         stmts: Arc<AtomicU64>,
+        commits: Arc<AtomicU64>,
         queue: usize,
         identity: Arc<super::identity::FileIdentity>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(queue);
         std::thread::Builder::new()
             .name("fleet-q-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, stmts))
+            .spawn(move || writer_loop(conn, rx, stmts, commits))
             .expect("spawn the SQLite writer thread");
         Writer { tx, identity }
     }
@@ -160,7 +161,12 @@ impl Writer {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, stmts: Arc<AtomicU64>) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    stmts: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
+) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = next_job(&mut rx) {
         group.push(first);
@@ -171,6 +177,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, stmt
             }
         }
         let commit = run_group(&conn, &mut group, &stmts);
+        commits.fetch_add(1, Ordering::Relaxed);
         for job in group.drain(..) {
             job.reply(commit.clone());
         }
