@@ -432,8 +432,9 @@ fn run(n: usize) {
 }
 
 /// A pod with a 60 s retention (the minimum) runs `rate` `noop` steps/s for
-/// `secs`; the table's row count is sampled every 5 s. Prints the largest count
-/// after the first retention period and the bound it must stay under.
+/// `secs`; the table's finished and live rows are sampled every 5 s. Prints the
+/// most finished rows held after the first retention period and the bound they
+/// must stay under.
 fn steady(rate: u64, secs: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("steady.db");
@@ -476,31 +477,25 @@ fn steady(rate: u64, secs: u64) {
                 .send()
                 .and_then(|r| r.json())
                 .expect("queue");
-            let total: u64 = [
-                "pending_steps",
-                "claimed_steps",
-                "completed_steps",
-                "failed_steps",
-                "cancelled_steps",
-            ]
-            .iter()
-            .map(|k| v[*k].as_u64().unwrap_or(0))
-            .sum();
-            samples.push((t0.elapsed().as_secs(), total));
+            let count =
+                |keys: &[&str]| -> u64 { keys.iter().map(|k| v[*k].as_u64().unwrap_or(0)).sum() };
+            let finished = count(&["completed_steps", "failed_steps", "cancelled_steps"]);
+            let live = count(&["pending_steps", "claimed_steps"]);
+            samples.push((t0.elapsed().as_secs(), finished, live));
         }
     }
     let _ = child.kill();
     let _ = child.wait();
     let after: Vec<u64> = samples
         .iter()
-        .filter(|(t, _)| *t >= 75)
-        .map(|(_, n)| *n)
+        .filter(|(t, _, _)| *t >= 75)
+        .map(|(_, n, _)| *n)
         .collect();
     let max = after.iter().copied().max().unwrap_or(0);
     let submitted = tick * per_tick;
     println!(
         "steady: {rate} steps/s for {secs} s ({submitted} submitted), retention 60 s: \
-         largest table after 75 s {max} rows; bound 60 x rate + one chunk = {} rows; samples {samples:?}",
+         most finished rows held after 75 s {max}; bound 60 x rate + one chunk = {} rows; samples (s, finished, live) {samples:?}",
         60 * rate + 500
     );
 }

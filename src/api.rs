@@ -158,7 +158,7 @@ impl AppState {
             }
         }
         let stats = self.pod.queue_stats().await?;
-        let (pods, now) = self.pod.pods().await?;
+        let (pods, now) = self.pod.pods_recent().await?;
         let snap = Arc::new(Snapshot {
             at: Instant::now(),
             stats,

@@ -60,6 +60,7 @@ keys! {
     "claim_interval_seconds", "5", false, "idle claim period, at least 1 (busy pods claim at once)";
     "claim_batch_size", "100", false, "most steps claimed at once, 1 to 10000";
     "recovery_interval_seconds", "300", false, "leader's recovery period, at least 1";
+    "stats_interval_seconds", "15", false, "Snowflake: how often the leader computes queue statistics into a shared row and the other pods read it, 1 to 3600 (requests for statistics send no statement)";
     "reconcile_interval_seconds", "60", false, "each pod's self-reconciliation period: claims the store says it holds but it never received, older than one period, are released (0: off)";
     "dead_pod_threshold_seconds", "180", false, "a pod is dead after this long without a heartbeat; more than 2 x heartbeat interval";
     "leader_check_interval_seconds", "60", false, "leader election period, at least 1";
@@ -90,7 +91,7 @@ keys! {
     "shutdown_grace_seconds", "20", false, "time in-flight steps get to finish on SIGTERM, 0 to 3600";
     "retention_seconds", "604800", false, "finished steps are pruned after this, at least 60";
     "prune_batch_size", "500", false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
-    "prune_interval_seconds", "10", false, "longest pause between prune chunks, 1 to 3600 (an empty chunk waits all of it, a full one none)";
+    "prune_interval_seconds", "10", false, "longest pause between prune passes, 1 to 3600 (a full chunk is followed at once; an idle store is asked once per interval)";
     "ledger_path", "", false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
     "max_payload_bytes", "1048576", false, "HTTP request body limit, 1024 to 67108864";
     "http_body_timeout_seconds", "10", false, "a request body must arrive within this (else 408 and the connection closes), 1 to 3600";
@@ -211,6 +212,8 @@ pub struct Settings {
     pub recovery_interval: Duration,
     /// Self-reconciliation period (zero: off).
     pub reconcile_interval: Duration,
+    /// Shared statistics period (Snowflake).
+    pub stats_interval: Duration,
     /// Dead pod threshold.
     pub dead_pod_threshold: Duration,
     /// Leader check period.
@@ -296,6 +299,7 @@ impl Settings {
                 .map_or(":memory:".to_string(), |p| p.display().to_string()),
             "recovery_interval_seconds" => secs(self.recovery_interval),
             "reconcile_interval_seconds" => secs(self.reconcile_interval),
+            "stats_interval_seconds" => secs(self.stats_interval),
             "dead_pod_threshold_seconds" => secs(self.dead_pod_threshold),
             "leader_check_interval_seconds" => secs(self.leader_check_interval),
             "actor_restart_limit" => self.actor_restart_limit.to_string(),
@@ -607,6 +611,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
     let claim_batch_size = p.num::<u32>("claim_batch_size", 1, 10_000);
     let recovery_interval = p.secs("recovery_interval_seconds", 1, 86_400);
     let reconcile_interval = p.secs("reconcile_interval_seconds", 0, 86_400);
+    let stats_interval = p.secs("stats_interval_seconds", 1, 3600);
     let dead_pod_threshold = p.secs("dead_pod_threshold_seconds", 1, 86_400);
     if dead_pod_threshold <= heartbeat_interval * 2 {
         p.problem(
@@ -774,6 +779,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
         claim_batch_size,
         recovery_interval,
         reconcile_interval,
+        stats_interval,
         dead_pod_threshold,
         leader_check_interval,
         actor_restart_limit,

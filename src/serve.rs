@@ -24,6 +24,10 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         leader_check_interval: s.leader_check_interval,
         recovery_interval: s.recovery_interval,
         reconcile_interval: (!s.reconcile_interval.is_zero()).then_some(s.reconcile_interval),
+        stats_interval: s.stats_interval,
+        // Snowflake sessions cancel statements at half the connection timeout,
+        // so no finish commits later than this after its timestamp.
+        stats_lag: s.snowflake.connection_timeout,
         dead_pod_threshold: s.dead_pod_threshold,
         step_timeout: s.step_timeout,
         shutdown_grace: s.shutdown_grace,

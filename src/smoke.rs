@@ -67,7 +67,7 @@ fn new_step(ty: &str, key: Option<&str>) -> NewStep {
 }
 
 /// The statement shapes [`shapes`] reports, one line each, in order.
-pub const SHAPES: [&str; 10] = [
+pub const SHAPES: [&str; 11] = [
     "insert",
     "keyed insert",
     "heartbeat",
@@ -76,6 +76,7 @@ pub const SHAPES: [&str; 10] = [
     "release (fenced)",
     "mark down and requeue orphans",
     "lists and stats",
+    "shared stats",
     "cancel and retry",
     "prune",
 ];
@@ -319,6 +320,43 @@ pub async fn shapes(store: Arc<dyn Store>) -> Vec<Line> {
                         failed.len()
                     ),
                     || format!("{} pods, stats {:?}", pods.len(), stats.counts),
+                )
+            }),
+        )
+        .await,
+    );
+    out.push(
+        run(
+            "shared stats",
+            Box::pin(async {
+                let direct = s.queue_stats().await.map_err(err)?;
+                let published = s
+                    .stats_publish(StatsParams {
+                        pod_id: p.clone(),
+                        lag: Duration::ZERO,
+                    })
+                    .await
+                    .map_err(err)?;
+                let read = if s.shares_stats() {
+                    s.stats_shared().await.map_err(err)?
+                } else {
+                    Some(published.clone())
+                };
+                let read_counts = read.as_ref().map(|r| r.counts.clone());
+                expect(
+                    published.counts == direct.counts
+                        && read_counts.as_ref() == Some(&direct.counts),
+                    format!(
+                        "published and read back {} steps (shared row: {})",
+                        published.counts.total(),
+                        s.shares_stats()
+                    ),
+                    || {
+                        format!(
+                            "direct {:?}, published {:?}, read {read_counts:?}",
+                            direct.counts, published.counts
+                        )
+                    },
                 )
             }),
         )

@@ -295,3 +295,86 @@ fn fleet_q_bench_runs_on_snowflake() {
     assert_eq!(v["not_terminal"], json!([]));
     assert!(v["store_statements_per_1000_steps"].as_f64().unwrap() > 0.0);
 }
+
+/// The leader computes queue statistics into the shared row and every pod
+/// serves `/admin/queue` and `/metrics` from its copy: scraping a non-leader
+/// sends no statement, however often it is scraped, and its counts are the
+/// fleet's.
+#[test]
+fn a_non_leader_answers_scrapes_without_a_statement() {
+    let Some(py) = python() else { return };
+    let f = Fleet::start(
+        emulator::Emulator::start(&py),
+        "ss",
+        2,
+        &[
+            SLACK,
+            ("FLEET_Q_STATS_INTERVAL_SECONDS", "2"),
+            ("FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT", "4"),
+            // Leader checks read POD_HEALTH too: rare here, so any pods_list a
+            // scrape caused would show.
+            ("FLEET_Q_LEADER_CHECK_INTERVAL_SECONDS", "30"),
+        ],
+    );
+    let leader = wait_for("a leader", Duration::from_secs(60), || {
+        (0..2).find(|i| f.pods[*i].is_leader())
+    });
+    let other = &f.pods[1 - leader];
+    let c = client();
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "rec", "args": {"i": i}}))
+        .collect();
+    submit_batches(&c, other, &bodies, 40);
+    // The non-leader's counts come from the leader's publishes: finishes show
+    // once older than the lag (the connection timeout, 4 s here).
+    wait_for(
+        "the non-leader to report every step completed",
+        Duration::from_secs(120),
+        || {
+            let v: Value = c.get(other.url("/admin/queue")).send().ok()?.json().ok()?;
+            (v["completed_steps"] == json!(40) && v["pending_steps"] == json!(0)).then_some(())
+        },
+    );
+    let calls = |op: &str| {
+        let text = c.get(other.url("/metrics")).send().unwrap().text().unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("fleet_q_store_calls_total{{op=\"{op}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = (
+        calls("queue_stats"),
+        calls("pods_list"),
+        calls("stats_shared"),
+    );
+    let t0 = std::time::Instant::now();
+    let mut scrapes = 0;
+    // Scrape for over 6 s: past the 2 s response cache three times at least.
+    while t0.elapsed() < Duration::from_secs(6) {
+        let q = c.get(other.url("/admin/queue")).send().unwrap();
+        assert_eq!(q.status().as_u16(), 200);
+        let m = c.get(other.url("/metrics")).send().unwrap().text().unwrap();
+        assert!(m.contains("fleet_q_pending_steps"));
+        scrapes += 2;
+        std::thread::sleep(Duration::from_millis(100)); // the scrape cadence under test
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let after = (
+        calls("queue_stats"),
+        calls("pods_list"),
+        calls("stats_shared"),
+    );
+    assert_eq!(after.0, before.0, "a scrape counted steps itself");
+    // Background work only: the stats refresh every 2 s and a leader check at
+    // most every 30 s, whatever the scrapes did.
+    assert!(
+        after.2 - before.2 <= elapsed / 2.0 + 2.0,
+        "stats_shared read {} times in {elapsed:.1} s",
+        after.2 - before.2
+    );
+    assert!(
+        after.1 - before.1 <= 1.0,
+        "pods_list read {} times in {elapsed:.1} s of {scrapes} scrapes",
+        after.1 - before.1
+    );
+}

@@ -613,3 +613,108 @@ async fn the_twenty_waiter_lock_limit_aborts_newcomers_with_000625() {
         "30 concurrent UPDATEs on one table: some must exceed the 20-waiter limit"
     );
 }
+
+/// Shared statistics: the leader's publish counts live rows plus the finishes
+/// since its last watermark, every pod reads the same row, a deposed leader's
+/// late publish (an older watermark) changes nothing, and finished counts are
+/// cumulative (pruning does not lower them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_shared_stats_that_every_pod_reads() {
+    use fleet_q_actors::testkit::finishes;
+    use fleet_q_actors::{ClaimParams, NewStep, PruneParams, StatsParams, StepSpec};
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start(&py);
+    let (a, b) = stores(&emu);
+    a.schema_init().await.unwrap();
+    assert!(a.shares_stats());
+    assert_eq!(
+        b.stats_shared().await.unwrap(),
+        None,
+        "nothing published yet"
+    );
+    let now = StatsParams {
+        pod_id: "leader".into(),
+        lag: Duration::ZERO,
+    };
+    let steps: Vec<NewStep> = (0..8)
+        .map(|i| {
+            NewStep::new(StepSpec {
+                step_type: ["a", "b"][i % 2].into(),
+                max_retries: Some(0),
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let ids: Vec<_> = steps.iter().map(|s| s.step_id()).collect();
+    a.steps_insert(steps).await.unwrap();
+    let claim = |n| ClaimParams {
+        pod_id: "p".into(),
+        limit: n,
+    };
+    let first = a.steps_claim(claim(3)).await.unwrap();
+    a.steps_finish(finishes(&first, 1)).await.unwrap();
+    let pending: Vec<_> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            if a.step_get(*id).await.unwrap().unwrap().status == fleet_q_actors::StepStatus::Pending
+            {
+                v.push(*id);
+            }
+        }
+        v
+    };
+    a.step_cancel(pending[0]).await.unwrap();
+    let _held = a.steps_claim(claim(2)).await.unwrap();
+    // First publish: every finished row counted once; equal to a recount.
+    let published = a.stats_publish(now.clone()).await.unwrap();
+    let direct = a.queue_stats().await.unwrap();
+    assert_eq!(published.counts, direct.counts);
+    assert_eq!(published.by_type, direct.by_type);
+    assert_eq!(
+        (
+            direct.counts.pending,
+            direct.counts.claimed,
+            direct.counts.completed
+        ),
+        (2, 2, 2)
+    );
+    assert_eq!((direct.counts.failed, direct.counts.cancelled), (1, 1));
+    assert_eq!(
+        b.stats_shared().await.unwrap().unwrap().counts,
+        direct.counts
+    );
+    // Later finishes are added to what was counted.
+    let rest = a.steps_claim(claim(10)).await.unwrap();
+    let held_now: Vec<_> = _held.iter().chain(rest.iter()).cloned().collect();
+    a.steps_finish(finishes(&held_now, 0)).await.unwrap();
+    let second = a.stats_publish(now.clone()).await.unwrap();
+    let direct = a.queue_stats().await.unwrap();
+    assert_eq!(second.counts, direct.counts);
+    assert_eq!(second.counts.completed, 6);
+    assert_eq!(
+        b.stats_shared().await.unwrap().unwrap().counts,
+        direct.counts
+    );
+    // A publish behind the watermark (a deposed leader, or a long lag) leaves
+    // the row alone.
+    let late = StatsParams {
+        pod_id: "old-leader".into(),
+        lag: Duration::from_secs(3600),
+    };
+    a.stats_publish(late).await.unwrap();
+    assert_eq!(
+        b.stats_shared().await.unwrap().unwrap().counts,
+        direct.counts
+    );
+    // Pruned finishes stay counted: the finished counts are cumulative.
+    a.steps_prune(PruneParams {
+        retention: Duration::ZERO,
+        limit: 100,
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.queue_stats().await.unwrap().counts.total(), 0);
+    let after = a.stats_publish(now).await.unwrap();
+    assert_eq!(after.counts, direct.counts);
+}

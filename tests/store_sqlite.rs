@@ -29,7 +29,7 @@ fleet_q_actors::conformance_suite!(open);
 /// it holds, so stats are right from the first call after an upgrade.
 #[test]
 fn an_older_file_gets_its_totals_from_its_steps() {
-    use fleet_q_actors::{ClaimParams, Finish, FinishParams, Lease, NewStep, Outcome, StepSpec};
+    use fleet_q_actors::{ClaimParams, NewStep, StepSpec};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet-q.db");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,29 +57,9 @@ fn an_older_file_gets_its_totals_from_its_steps() {
             })
             .await
             .unwrap();
-        let finishes = claimed
-            .iter()
-            .enumerate()
-            .map(|(i, st)| Finish {
-                lease: Lease::of(st).unwrap(),
-                outcome: if i == 0 {
-                    Outcome::Fail {
-                        error: "no".into(),
-                        retryable: false,
-                    }
-                } else {
-                    Outcome::Complete {
-                        result: serde_json::Value::Null,
-                    }
-                },
-            })
-            .collect();
-        s.steps_finish(FinishParams {
-            finishes,
-            backoff: Default::default(),
-        })
-        .await
-        .unwrap();
+        s.steps_finish(fleet_q_actors::testkit::finishes(&claimed, 1))
+            .await
+            .unwrap();
         let before = s.queue_stats().await.unwrap();
         assert_eq!(
             (

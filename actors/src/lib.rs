@@ -51,5 +51,5 @@ pub use step::{
 pub use store::{
     Backoff, CancelOutcome, ClaimParams, FencedReport, Finish, FinishParams, HeartbeatParams,
     HeldStep, Inserted, Lease, MarkDownParams, OrphanParams, Outcome, PageParams, PruneParams,
-    RequeueParams, RetryOutcome, Store, StoreError, StoreErrorKind,
+    RequeueParams, RetryOutcome, StatsParams, Store, StoreError, StoreErrorKind,
 };

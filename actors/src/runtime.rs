@@ -48,6 +48,11 @@ pub struct PodConfig {
     /// Self-reconciliation period (`None`: off); see
     /// [`crate::actors::storage::StorageConfig::reconcile_interval`].
     pub reconcile_interval: Option<Duration>,
+    /// Shared-stats period; see
+    /// [`crate::actors::storage::StorageConfig::stats_interval`].
+    pub stats_interval: Duration,
+    /// See [`crate::actors::storage::StorageConfig::stats_lag`].
+    pub stats_lag: Duration,
     /// Liveness threshold.
     pub dead_pod_threshold: Duration,
     /// Default handler timeout.
@@ -92,6 +97,8 @@ impl Default for PodConfig {
             leader_check_interval: Duration::from_secs(60),
             recovery_interval: Duration::from_secs(300),
             reconcile_interval: Some(Duration::from_secs(60)),
+            stats_interval: Duration::from_secs(15),
+            stats_lag: Duration::from_secs(60),
             dead_pod_threshold: Duration::from_secs(180),
             step_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(20),
@@ -219,6 +226,8 @@ impl Pod {
             max_delay: cfg.store_max_delay,
             step_backoff: cfg.step_backoff,
             reconcile_interval: cfg.reconcile_interval,
+            stats_interval: cfg.stats_interval,
+            stats_lag: cfg.stats_lag,
             ..Default::default()
         };
         let (s, st) = (store.clone(), state.clone());
@@ -346,6 +355,20 @@ impl Pod {
             .send(ListPods)
             .await
             .map_err(Self::storage_down)?
+    }
+
+    /// Pod rows for display (`/admin/queue`, `/metrics`): on shared-stats
+    /// backends, the rows the last leader check read (no statement); elsewhere a
+    /// fresh read.
+    pub async fn pods_recent(
+        &self,
+    ) -> Result<(Vec<PodRecord>, chrono::DateTime<chrono::Utc>), StoreError> {
+        if self.store.shares_stats() {
+            if let Some(seen) = self.state.pods_seen() {
+                return Ok(seen);
+            }
+        }
+        self.pods().await
     }
 
     /// Runs a recovery cycle now (leader only).

@@ -69,6 +69,10 @@ pub struct PodState {
     budget_exhausted: AtomicBool,
     fenced_results: AtomicU64,
     recovery: Mutex<(u32, Option<String>)>,
+    /// On shared-stats backends: the statistics last read or published.
+    shared_stats: RwLock<Option<crate::pod::QueueStats>>,
+    /// The pod rows of the last leader check, with the store time they were read.
+    pods_seen: RwLock<Option<(Vec<crate::pod::PodRecord>, DateTime<Utc>)>>,
     /// Heartbeats fail until then (fault injection, test builds only).
     #[cfg(feature = "failpoints")]
     heartbeat_fail_until: Mutex<Option<Instant>>,
@@ -98,6 +102,8 @@ impl PodState {
             budget_exhausted: AtomicBool::new(false),
             fenced_results: AtomicU64::new(0),
             recovery: Mutex::new((0, None)),
+            shared_stats: RwLock::new(None),
+            pods_seen: RwLock::new(None),
             #[cfg(feature = "failpoints")]
             heartbeat_fail_until: Mutex::new(None),
         }
@@ -181,6 +187,24 @@ impl PodState {
 
     pub(crate) fn set_election_check(&self, at: DateTime<Utc>) {
         *self.last_election_check.write().expect("election lock") = Some(at);
+    }
+
+    /// On shared-stats backends, the statistics this pod last read or published.
+    pub fn shared_stats(&self) -> Option<crate::pod::QueueStats> {
+        self.shared_stats.read().expect("stats lock").clone()
+    }
+
+    pub(crate) fn set_shared_stats(&self, s: crate::pod::QueueStats) {
+        *self.shared_stats.write().expect("stats lock") = Some(s);
+    }
+
+    /// The pod rows the last leader check read, and the store time of reading.
+    pub fn pods_seen(&self) -> Option<(Vec<crate::pod::PodRecord>, DateTime<Utc>)> {
+        self.pods_seen.read().expect("pods lock").clone()
+    }
+
+    pub(crate) fn set_pods_seen(&self, pods: Vec<crate::pod::PodRecord>, at: DateTime<Utc>) {
+        *self.pods_seen.write().expect("pods lock") = Some((pods, at));
     }
 
     /// Whether this pod's own heartbeat is current.

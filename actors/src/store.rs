@@ -244,6 +244,17 @@ pub struct PruneParams {
     pub limit: u32,
 }
 
+/// Parameters of [`Store::stats_publish`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsParams {
+    /// The publishing pod (the leader).
+    pub pod_id: String,
+    /// Finishes are counted once they are this old by store time, so that a
+    /// finish committed late (a statement that waited for a lock) is never
+    /// behind the watermark already passed.
+    pub lag: Duration,
+}
+
 /// Parameters of [`Store::pod_heartbeat`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeartbeatParams {
@@ -383,6 +394,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queue statistics.
     async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Whether this backend serves statistics through one shared row that the
+    /// leader computes ([`Store::stats_publish`]) and every pod reads
+    /// ([`Store::stats_shared`]), instead of each pod computing them
+    /// ([`Store::queue_stats`]). Backends where counting costs a warehouse query
+    /// say yes.
+    fn shares_stats(&self) -> bool {
+        false
+    }
+
+    /// Leader only, on shared-stats backends: computes statistics (live counts,
+    /// plus terminal counts advanced over the rows finished since the last
+    /// publish) and writes them to the shared row. Returns what it wrote.
+    async fn stats_publish(&self, params: StatsParams) -> Result<QueueStats, StoreError> {
+        let _ = params;
+        self.queue_stats().await
+    }
+
+    /// The statistics last published to the shared row (`None` before the first).
+    async fn stats_shared(&self) -> Result<Option<QueueStats>, StoreError> {
+        Ok(None)
+    }
 
     /// Upserts this pod's row. A new pod's `birth_ts` is set once and kept. A row
     /// already `down` stays down (a pod presumed dead must rejoin under a new id);

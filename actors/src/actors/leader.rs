@@ -169,6 +169,7 @@ impl LeaderElector {
                     match res {
                         Ok(Ok((pods, now))) => {
                             act.state.set_election_check(now);
+                            act.state.set_pods_seen(pods.clone(), now);
                             let (is_leader, term) = decide(
                                 &pods,
                                 &act.state.pod_id(),

@@ -15,7 +15,7 @@
 //! Retention runs beside the cycles, on its own cadence (see [`Prune`]): while
 //! this pod leads, finished steps past the retention are deleted in chunks of
 //! `prune_batch` rows, one store call each, the next chunk at once while chunks
-//! come back full and after a pause that shrinks with the backlog otherwise.
+//! come back full, and after a pause sized to the expiry rate otherwise.
 //! Why not in the cycle: a cycle every 300 s pruning 10,000 rows removed at most
 //! 33 rows/s, so any fleet finishing faster grew its table without bound; and a
 //! big delete holds the store's writer, where small chunks let submits and
@@ -128,9 +128,10 @@ pub struct RecoveryConfig {
     /// Rows deleted per prune chunk (default 500): small enough that a chunk
     /// holds the store's writer for a few milliseconds.
     pub prune_batch: u32,
-    /// The longest pause between prune chunks (default 10 s): after a chunk of
-    /// `k` rows the next one runs after `prune_interval × (1 − k / prune_batch)`,
-    /// so a full chunk is followed at once and an empty one waits the whole pause.
+    /// The longest pause between prune passes (default 10 s). A full chunk is
+    /// followed at once; after a pass ends with a short chunk, the next starts
+    /// when half a chunk should have expired at the rate the last pass saw (see
+    /// `prune_pause`), and never later than this.
     pub prune_interval: Duration,
     /// Backoff for requeued orphans (the step retry backoff).
     pub backoff: Backoff,
@@ -178,6 +179,10 @@ pub struct RecoveryActor {
     pruning: bool,
     /// When a prune chunk last came back short (retention caught up).
     caught_up: Option<Instant>,
+    /// The pause before the current prune pass, and the rows the pass has
+    /// deleted so far (see [`prune_pause`]).
+    prune_wait: Duration,
+    pass_rows: u64,
     /// Rows pruned since the last cycle summary took the count.
     pruned_since_cycle: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -201,6 +206,8 @@ impl RecoveryActor {
             prune_timer: None,
             pruning: false,
             caught_up: None,
+            prune_wait: Duration::ZERO,
+            pass_rows: 0,
             pruned_since_cycle: Arc::default(),
         }
     }
@@ -217,6 +224,7 @@ impl RecoveryActor {
             ctx.cancel_future(t);
         }
         self.caught_up = None;
+        self.pass_rows = 0;
         PRUNE_LAG.set(0);
     }
 
@@ -255,7 +263,19 @@ impl RecoveryActor {
                                 _ => 0,
                             };
                             PRUNE_LAG.set(behind as i64);
-                            prune_pause(act.cfg.prune_interval, n, limit)
+                            act.pass_rows += n;
+                            if n >= u64::from(limit) {
+                                Duration::ZERO // more are waiting
+                            } else {
+                                let pass = std::mem::take(&mut act.pass_rows);
+                                act.prune_wait = prune_pause(
+                                    act.prune_wait,
+                                    act.cfg.prune_interval,
+                                    pass,
+                                    limit,
+                                );
+                                act.prune_wait
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "pruning finished steps failed; trying again later");
@@ -327,14 +347,29 @@ impl RecoveryActor {
     }
 }
 
-/// The pause after a prune chunk that deleted `n` of at most `limit` rows: none
-/// after a full chunk (more are waiting), the whole `interval` after an empty
-/// one, and in between in proportion. At a steady finish rate the pause settles
-/// where a chunk is part full, so the backlog stays under one chunk.
-fn prune_pause(interval: Duration, n: u64, limit: u32) -> Duration {
-    let full = (n as f64 / f64::from(limit.max(1))).clamp(0.0, 1.0);
-    interval.mul_f64(1.0 - full)
+/// The pause before the next prune pass, after a pass that deleted `pass_rows`
+/// rows (its full chunks and the short one that ended it) following a pause of
+/// `last`: the rows that gathered during `last` give the rate at which steps
+/// expire, and the next pause is the time half a chunk takes to gather at that
+/// rate, within [`MIN_PRUNE_PAUSE`] and `interval`. A pass that found nothing
+/// doubles the pause, so an idle store is asked once per `interval`. At a
+/// steady finish rate the backlog between passes stays near half a chunk.
+/// (A pause proportional to the last chunk's emptiness did not work: after a
+/// burst of full chunks the last one is often nearly empty, so the next look
+/// came a whole interval later, with an interval's worth of rows waiting.)
+fn prune_pause(last: Duration, interval: Duration, pass_rows: u64, limit: u32) -> Duration {
+    let (lo, hi) = (MIN_PRUNE_PAUSE, interval.max(MIN_PRUNE_PAUSE));
+    let last = last.clamp(lo, hi);
+    let next = if pass_rows == 0 {
+        last * 2
+    } else {
+        last.mul_f64(f64::from(limit.max(1)) / 2.0 / pass_rows as f64)
+    };
+    next.clamp(lo, hi)
 }
+
+/// The shortest pause after a short prune chunk.
+const MIN_PRUNE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Pods still marked up whose heartbeat is older than the threshold (never `me`).
 fn dead_pods(pods: &[crate::pod::PodRecord], me: &str, dead_threshold: Duration) -> Vec<String> {
@@ -622,12 +657,27 @@ mod tests {
     }
 
     #[test]
-    fn the_prune_pause_shrinks_with_the_backlog() {
+    fn the_prune_pause_follows_the_backlog() {
         let i = Duration::from_secs(10);
-        assert_eq!(prune_pause(i, 0, 2000), i);
-        assert_eq!(prune_pause(i, 2000, 2000), Duration::ZERO);
-        assert_eq!(prune_pause(i, 500, 2000), Duration::from_millis(7500));
-        assert_eq!(prune_pause(i, 5000, 2000), Duration::ZERO);
+        let ms = Duration::from_millis;
+        // Nothing expired: back off to the interval.
+        assert_eq!(prune_pause(ms(400), i, 0, 500), ms(800));
+        assert_eq!(prune_pause(i, i, 0, 500), i);
+        // 2,000 rows gathered in 10 s (200/s): half a chunk takes 1.25 s.
+        assert_eq!(prune_pause(i, i, 2000, 500), ms(1250));
+        assert_eq!(prune_pause(ms(100), i, 5000, 500), MIN_PRUNE_PAUSE);
+        // A steady 1,000 rows/s with 500-row chunks: from an idle start, the
+        // rows gathered per pass settle near half a chunk.
+        let mut pause = i;
+        let mut gathered = 0;
+        for _ in 0..10 {
+            gathered = (1000.0 * pause.as_secs_f64()) as u64;
+            pause = prune_pause(pause, i, gathered, 500);
+        }
+        assert!(
+            (200..=300).contains(&gathered),
+            "{gathered} rows per pass at {pause:?}"
+        );
     }
 
     #[test]

@@ -85,7 +85,12 @@ static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
 fn is_write(op: &str) -> bool {
     !matches!(
         op,
-        "pods_list" | "step_get" | "queue_stats" | "steps_orphaned" | "steps_failed_list"
+        "pods_list"
+            | "step_get"
+            | "queue_stats"
+            | "steps_orphaned"
+            | "steps_failed_list"
+            | "stats_shared"
     )
 }
 
@@ -134,6 +139,16 @@ pub struct StorageConfig {
     /// live pod's strays are invisible to recovery, which only requeues the
     /// claims of dead pods.
     pub reconcile_interval: Option<Duration>,
+    /// On shared-stats backends ([`Store::shares_stats`]), how often the leader
+    /// publishes statistics and every other pod reads them (default 15 s,
+    /// `FLEET_Q_STATS_INTERVAL_SECONDS`). Requests for statistics are answered
+    /// from the last copy and send no statement.
+    pub stats_interval: Duration,
+    /// How old a finish must be, by store time, before the leader's statistics
+    /// count it (default 60 s): longer than any statement may run, so no finish
+    /// commits behind the watermark already passed. `fleet-q serve` uses the
+    /// Snowflake connection timeout (statements are cancelled at half of it).
+    pub stats_lag: Duration,
 }
 
 impl Default for StorageConfig {
@@ -145,6 +160,8 @@ impl Default for StorageConfig {
             step_backoff: Backoff::default(),
             finish_batch: 512,
             reconcile_interval: Some(Duration::from_secs(60)),
+            stats_interval: Duration::from_secs(15),
+            stats_lag: Duration::from_secs(60),
         }
     }
 }
@@ -164,6 +181,8 @@ pub struct StorageActor {
     counted_as: std::collections::HashMap<StepId, (String, &'static str)>,
     /// A reconciliation is under way.
     reconciling: bool,
+    /// A shared-stats refresh is under way.
+    refreshing_stats: bool,
 }
 
 impl StorageActor {
@@ -179,8 +198,43 @@ impl StorageActor {
             failures: 0,
             flushed_waiters: Vec::new(),
             reconciling: false,
+            refreshing_stats: false,
             counted_as: std::collections::HashMap::new(),
         }
+    }
+
+    /// Shared-stats backends: the leader publishes statistics, every other pod
+    /// reads what was published; either way the copy in [`PodState`] is what
+    /// requests for statistics get.
+    fn refresh_stats(&mut self, ctx: &mut Context<Self>) {
+        if self.refreshing_stats {
+            return;
+        }
+        self.refreshing_stats = true;
+        let fut: ResponseFuture<Result<Option<QueueStats>, StoreError>> = if self.state.is_leader()
+        {
+            let params = StatsParams {
+                pod_id: self.state.pod_id(),
+                lag: self.cfg.stats_lag,
+            };
+            let f = self.call("stats_publish", move |s| {
+                let params = params.clone();
+                async move { s.stats_publish(params).await }
+            });
+            Box::pin(async move { f.await.map(Some) })
+        } else {
+            self.call("stats_shared", |s| async move { s.stats_shared().await })
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+            act.refreshing_stats = false;
+            match res {
+                Ok(Some(stats)) => act.state.set_shared_stats(stats),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not refresh the shared queue statistics")
+                }
+            }
+        }));
     }
 
     /// Runs `f` against the store with retries on transient errors.
@@ -390,6 +444,11 @@ impl Actor for StorageActor {
         self.reconciling = false;
         if let Some(every) = self.cfg.reconcile_interval {
             ctx.run_interval(every, move |act, ctx| act.reconcile(every, ctx));
+        }
+        self.refreshing_stats = false;
+        if self.store.shares_stats() {
+            self.refresh_stats(ctx);
+            ctx.run_interval(self.cfg.stats_interval, |act, ctx| act.refresh_stats(ctx));
         }
         // Outcomes kept across a restart are written now.
         self.flush(ctx);
@@ -608,7 +667,25 @@ pub struct GetQueueStats;
 impl Handler<GetQueueStats> for StorageActor {
     type Result = ResponseFuture<Result<QueueStats, StoreError>>;
     fn handle(&mut self, _: GetQueueStats, _: &mut Context<Self>) -> Self::Result {
-        self.call("queue_stats", |s| async move { s.queue_stats().await })
+        if !self.store.shares_stats() {
+            return self.call("queue_stats", |s| async move { s.queue_stats().await });
+        }
+        if let Some(stats) = self.state.shared_stats() {
+            return Box::pin(async move { Ok(stats) });
+        }
+        // Nothing read yet (the pod just started): read the shared row once, and
+        // count directly only while no leader has published.
+        let state = self.state.clone();
+        let shared = self.call("stats_shared", |s| async move { s.stats_shared().await });
+        let direct = self.call("queue_stats", |s| async move { s.queue_stats().await });
+        Box::pin(async move {
+            let stats = match shared.await? {
+                Some(s) => s,
+                None => direct.await?,
+            };
+            state.set_shared_stats(stats.clone());
+            Ok(stats)
+        })
     }
 }
 

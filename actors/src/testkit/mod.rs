@@ -22,6 +22,33 @@ use crate::store::Store;
 
 pub mod cases;
 
+/// Outcomes for `claimed`, for tests that drive a store by hand: the first
+/// `failing` fail for good, the rest complete.
+pub fn finishes(claimed: &[crate::step::Step], failing: usize) -> crate::store::FinishParams {
+    use crate::store::{Finish, Lease, Outcome};
+    let finishes = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Finish {
+            lease: Lease::of(s).expect("a claimed step"),
+            outcome: if i < failing {
+                Outcome::Fail {
+                    error: "no".into(),
+                    retryable: false,
+                }
+            } else {
+                Outcome::Complete {
+                    result: serde_json::Value::Null,
+                }
+            },
+        })
+        .collect();
+    crate::store::FinishParams {
+        finishes,
+        backoff: Default::default(),
+    }
+}
+
 /// What a case needs: two handles on one fresh database.
 pub struct Harness {
     /// The first handle ("pod A").
