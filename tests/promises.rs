@@ -60,6 +60,20 @@ fn recovery_run_is_403_off_the_leader_and_409_while_a_cycle_runs() {
     );
     // A cycle that cannot write (another process holds the write lock) runs for
     // the store's busy timeout: a second request meanwhile is refused with 409.
+    // A pod silent for ten minutes gives the cycle a write to make (marking it
+    // down); a cycle with nothing to recover writes nothing.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO POD_HEALTH (pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, \
+             max_capacity, meta) VALUES ('silent', ?1, ?1, 'up', 0, 1, '{}')",
+            [now_ms - 600_000],
+        )
+        .unwrap();
     let lock = WriteLock::hold(&db);
     let asks: Vec<_> = (0..4)
         .map(|_| {
