@@ -823,8 +823,7 @@ async fn cancel(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>
     let id = step.step_id;
     match st
         .pod
-        .store()
-        .step_cancel(id)
+        .cancel_step(id)
         .await
         .map_err(|e| ApiError::store(&e, &req))?
     {
@@ -1007,8 +1006,7 @@ async fn admin_failed(req: HttpRequest, st: web::Data<AppState>) -> ApiResult {
     let after = q.after.as_deref().map(|a| parse_id(a, &req)).transpose()?;
     let steps = st
         .pod
-        .store()
-        .steps_failed_list(PageParams { limit, after })
+        .failed_steps(PageParams { limit, after })
         .await
         .map_err(|e| ApiError::store(&e, &req))?;
     let next = (steps.len() == limit as usize)
@@ -1032,8 +1030,7 @@ async fn admin_retry(
     let id = parse_id(&id, &req)?;
     match st
         .pod
-        .store()
-        .step_retry(id)
+        .retry_step(id)
         .await
         .map_err(|e| ApiError::store(&e, &req))?
     {
@@ -1083,7 +1080,7 @@ async fn metrics_text(st: web::Data<AppState>) -> HttpResponse {
     }
     {
         let mut seen = st.statements_seen.lock().expect("statements lock");
-        for (op, total) in st.pod.store().statements_by_op() {
+        for (op, total) in st.pod.statements_by_op() {
             let last = seen.entry(op).or_default();
             if total > *last {
                 STATEMENTS.with_label_values(&[op]).inc_by(total - *last);

@@ -25,7 +25,9 @@ use crate::messages::{Wake, WakeReason};
 use crate::pod::{PodRecord, QueueStats};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
-use crate::store::{Backoff, Inserted, Store, StoreError};
+use crate::store::{
+    Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError,
+};
 use crate::supervision::RestartBudget;
 
 /// Everything a pod needs to know. Defaults match the documented settings.
@@ -309,9 +311,39 @@ impl Pod {
         &self.cfg
     }
 
-    /// The store (for read-only queries that need no actor, e.g. statistics).
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Cancels a pending step.
+    pub async fn cancel_step(&self, id: StepId) -> Result<CancelOutcome, StoreError> {
+        self.storage
+            .send(CancelStep(id))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Puts a failed step back to pending with a fresh retry budget.
+    pub async fn retry_step(&self, id: StepId) -> Result<RetryOutcome, StoreError> {
+        self.storage
+            .send(RetryStep(id))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// A page of failed steps, by id.
+    pub async fn failed_steps(&self, page: PageParams) -> Result<Vec<Step>, StoreError> {
+        self.storage
+            .send(ListFailed(page))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Statements this process sent to the store so far, by operation (a
+    /// counter read: no store call).
+    pub fn statements_by_op(&self) -> Vec<(&'static str, u64)> {
+        self.store.statements_by_op()
+    }
+
+    /// Whether statistics come from the shared row ([`Store::shares_stats`]).
+    pub fn shares_stats(&self) -> bool {
+        self.store.shares_stats()
     }
 
     fn storage_down(e: MailboxError) -> StoreError {

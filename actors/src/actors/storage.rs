@@ -659,6 +659,48 @@ impl Handler<GetStep> for StorageActor {
     }
 }
 
+/// Cancel a pending step (the admin API).
+#[derive(Message)]
+#[rtype(result = "Result<CancelOutcome, StoreError>")]
+pub struct CancelStep(pub StepId);
+
+impl Handler<CancelStep> for StorageActor {
+    type Result = ResponseFuture<Result<CancelOutcome, StoreError>>;
+    fn handle(&mut self, msg: CancelStep, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        self.call("step_cancel", move |s| async move { s.step_cancel(id).await })
+    }
+}
+
+/// Put a failed step back to pending (the admin API).
+#[derive(Message)]
+#[rtype(result = "Result<RetryOutcome, StoreError>")]
+pub struct RetryStep(pub StepId);
+
+impl Handler<RetryStep> for StorageActor {
+    type Result = ResponseFuture<Result<RetryOutcome, StoreError>>;
+    fn handle(&mut self, msg: RetryStep, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        self.call("step_retry", move |s| async move { s.step_retry(id).await })
+    }
+}
+
+/// A page of failed steps (the admin API).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Step>, StoreError>")]
+pub struct ListFailed(pub PageParams);
+
+impl Handler<ListFailed> for StorageActor {
+    type Result = ResponseFuture<Result<Vec<Step>, StoreError>>;
+    fn handle(&mut self, msg: ListFailed, _: &mut Context<Self>) -> Self::Result {
+        let p = msg.0;
+        self.call("steps_failed_list", move |s| {
+            let p = p.clone();
+            async move { s.steps_failed_list(p).await }
+        })
+    }
+}
+
 /// Queue statistics.
 #[derive(Message)]
 #[rtype(result = "Result<QueueStats, StoreError>")]
