@@ -25,9 +25,7 @@ use crate::messages::{Wake, WakeReason};
 use crate::pod::{PodRecord, QueueStats};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
-use crate::store::{
-    Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError,
-};
+use crate::store::{Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError};
 use crate::supervision::RestartBudget;
 
 /// Everything a pod needs to know. Defaults match the documented settings.

@@ -668,7 +668,10 @@ impl Handler<CancelStep> for StorageActor {
     type Result = ResponseFuture<Result<CancelOutcome, StoreError>>;
     fn handle(&mut self, msg: CancelStep, _: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
-        self.call("step_cancel", move |s| async move { s.step_cancel(id).await })
+        self.call(
+            "step_cancel",
+            move |s| async move { s.step_cancel(id).await },
+        )
     }
 }
 

@@ -1540,18 +1540,28 @@ impl Store for SnowflakeStore {
             }
         }
         // Clients choose step types: keep the row's size bounded.
-        fold_types(&mut shared.finished, SHARED_TYPES, |k| k.iter().sum(), |a, b| {
-            for i in 0..3 {
-                a[i] += b[i];
-            }
-        });
-        fold_types(&mut stats.by_type, SHARED_TYPES, |c| c.total(), |a, b| {
-            a.pending += b.pending;
-            a.claimed += b.claimed;
-            a.completed += b.completed;
-            a.failed += b.failed;
-            a.cancelled += b.cancelled;
-        });
+        fold_types(
+            &mut shared.finished,
+            SHARED_TYPES,
+            |k| k.iter().sum(),
+            |a, b| {
+                for i in 0..3 {
+                    a[i] += b[i];
+                }
+            },
+        );
+        fold_types(
+            &mut stats.by_type,
+            SHARED_TYPES,
+            |c| c.total(),
+            |a, b| {
+                a.pending += b.pending;
+                a.claimed += b.claimed;
+                a.completed += b.completed;
+                a.failed += b.failed;
+                a.cancelled += b.cancelled;
+            },
+        );
         shared.stats = stats.clone();
         let body = serde_json::to_string(&shared)
             .map_err(|e| StoreError::fatal(op, format!("encoding statistics: {e}")))?;
@@ -1817,7 +1827,11 @@ mod fold_tests {
         assert_eq!(m[OTHER_TYPES], (0..7).sum::<u64>());
         let before: u64 = m.values().sum();
         fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
-        assert_eq!(m.values().sum::<u64>(), before, "folding again keeps the sum");
+        assert_eq!(
+            m.values().sum::<u64>(),
+            before,
+            "folding again keeps the sum"
+        );
     }
 }
 
