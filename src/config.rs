@@ -837,6 +837,40 @@ mod tests {
         assert!(!s.pod_id.is_empty());
     }
 
+    /// The documented defaults (the settings table) are the engine's own
+    /// (`fleet_q_actors::defaults`), so code that embeds the engine gets what
+    /// `fleet-q serve` gets.
+    #[test]
+    fn documented_defaults_are_the_engines() {
+        use fleet_q_actors::defaults as d;
+        let s = load(&env(&[])).unwrap();
+        assert_eq!(s.heartbeat_interval, d::HEARTBEAT_INTERVAL);
+        assert_eq!(s.dead_pod_threshold, d::DEAD_POD_THRESHOLD);
+        assert_eq!(s.claim_interval, d::CLAIM_INTERVAL);
+        assert_eq!(s.claim_batch_size, d::CLAIM_BATCH);
+        assert_eq!(s.leader_check_interval, d::LEADER_CHECK_INTERVAL);
+        assert_eq!(s.recovery_interval, d::RECOVERY_INTERVAL);
+        assert_eq!(s.reconcile_interval, d::RECONCILE_INTERVAL);
+        assert_eq!(s.stats_interval, d::STATS_INTERVAL);
+        assert_eq!(s.step_timeout, d::STEP_TIMEOUT);
+        assert_eq!(s.shutdown_grace, d::SHUTDOWN_GRACE);
+        assert_eq!(s.retention, d::RETENTION);
+        assert_eq!(s.prune_batch_size, d::PRUNE_BATCH);
+        assert_eq!(s.prune_interval, d::PRUNE_INTERVAL);
+        assert_eq!(s.default_max_attempts, d::STORE_MAX_ATTEMPTS);
+        assert_eq!(s.default_base_delay, d::BASE_DELAY);
+        assert_eq!(s.default_max_delay, d::MAX_DELAY);
+        let pod = fleet_q_actors::PodConfig::default();
+        assert_eq!(
+            (
+                pod.heartbeat_interval,
+                pod.dead_pod_threshold,
+                pod.retention
+            ),
+            (s.heartbeat_interval, s.dead_pod_threshold, s.retention)
+        );
+    }
+
     #[test]
     fn every_problem_is_listed_at_once() {
         let e = load(&env(&[

@@ -161,7 +161,11 @@ fn a_panicking_handler_fails_its_step_only() {
         .await;
         // The executor actor itself never faulted.
         let actors = pod.state().actors();
-        let exec = actors.iter().find(|(n, _)| *n == "executor").unwrap();
+        use fleet_q_actors::supervision::SupervisedActor;
+        let exec = actors
+            .iter()
+            .find(|(n, _)| *n == fleet_q_actors::actors::executor::ExecutorPool::NAME)
+            .unwrap();
         assert_eq!(exec.1.restarts, 0);
     });
 }

@@ -79,7 +79,14 @@ fn recovery_run_is_403_off_the_leader_and_409_while_a_cycle_runs() {
         .map(|_| {
             let url = leader.url("/admin/recovery/run");
             std::thread::spawn(move || {
-                let r = client().post(url).send().unwrap();
+                // The cycle's write may wait out the busy timeout more than
+                // once (behind a heartbeat that waits too): more than the usual
+                // client timeout on a loaded machine.
+                let slow = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let r = slow.post(url).send().unwrap();
                 let status = r.status().as_u16();
                 (status, r.json::<Value>().unwrap_or(Value::Null))
             })

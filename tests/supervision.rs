@@ -12,14 +12,7 @@ use fleet_q_actors::StepStatus;
 use serde_json::json;
 use support::*;
 
-const ACTORS: [&str; 6] = [
-    "storage",
-    "heartbeat",
-    "leader",
-    "claimer",
-    "executor",
-    "recovery",
-];
+const ACTORS: [&str; 6] = fleet_q_actors::actors::ACTOR_NAMES;
 
 fn inject(c: &reqwest::blocking::Client, pod: &PodProc, actor: &str, kind: &str) {
     let r = c

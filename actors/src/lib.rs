@@ -27,6 +27,7 @@
 //! the reverse, and nothing here imports an HTTP stack or a database driver.
 
 pub mod actors;
+pub mod defaults;
 pub mod handler;
 pub mod ledger;
 pub mod messages;

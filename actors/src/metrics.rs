@@ -109,14 +109,7 @@ pub fn register_all() {
     crate::actors::leader::register_metrics();
     crate::actors::recovery::register_metrics();
     crate::ledger::register_metrics();
-    for a in [
-        "storage",
-        "heartbeat",
-        "leader",
-        "claimer",
-        "executor",
-        "recovery",
-    ] {
+    for a in crate::actors::ACTOR_NAMES {
         let _ = crate::supervision::RESTARTS.get_metric_with_label_values(&[a]);
     }
 }

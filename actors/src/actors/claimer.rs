@@ -31,8 +31,8 @@ pub struct ClaimerConfig {
 impl Default for ClaimerConfig {
     fn default() -> Self {
         ClaimerConfig {
-            interval: Duration::from_secs(5),
-            batch: 100,
+            interval: crate::defaults::CLAIM_INTERVAL,
+            batch: crate::defaults::CLAIM_BATCH,
         }
     }
 }

@@ -91,7 +91,7 @@ pub struct ExecutorConfig {
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
-            default_timeout: Duration::from_secs(300),
+            default_timeout: crate::defaults::STEP_TIMEOUT,
             backoff: crate::store::Backoff::default(),
         }
     }

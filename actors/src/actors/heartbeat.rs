@@ -36,8 +36,8 @@ pub struct HeartbeatConfig {
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
-            interval: Duration::from_secs(30),
-            dead_threshold: Duration::from_secs(180),
+            interval: crate::defaults::HEARTBEAT_INTERVAL,
+            dead_threshold: crate::defaults::DEAD_POD_THRESHOLD,
             meta: serde_json::Value::Null,
         }
     }

@@ -57,8 +57,8 @@ pub struct LeaderConfig {
 impl Default for LeaderConfig {
     fn default() -> Self {
         LeaderConfig {
-            check_interval: Duration::from_secs(60),
-            dead_threshold: Duration::from_secs(180),
+            check_interval: crate::defaults::LEADER_CHECK_INTERVAL,
+            dead_threshold: crate::defaults::DEAD_POD_THRESHOLD,
         }
     }
 }

@@ -10,6 +10,20 @@ pub mod storage;
 
 use std::time::Duration;
 
+use crate::supervision::SupervisedActor;
+
+/// The pod's actors by name, in start order: the one list metrics, `/health`,
+/// fault injection and the tests use (each name is the actor's
+/// [`SupervisedActor::NAME`]).
+pub const ACTOR_NAMES: [&str; 6] = [
+    storage::StorageActor::NAME,
+    heartbeat::HeartbeatActor::NAME,
+    leader::LeaderElector::NAME,
+    claimer::ClaimerActor::NAME,
+    executor::ExecutorPool::NAME,
+    recovery::RecoveryActor::NAME,
+];
+
 /// `d` shortened or lengthened by up to `frac` at random, so that pods started
 /// together do not beat in lockstep.
 pub(crate) fn jittered(d: Duration, frac: f64) -> Duration {

@@ -140,12 +140,12 @@ pub struct RecoveryConfig {
 impl Default for RecoveryConfig {
     fn default() -> Self {
         RecoveryConfig {
-            interval: Duration::from_secs(300),
-            dead_threshold: Duration::from_secs(180),
-            retention: Duration::from_secs(7 * 24 * 3600),
+            interval: crate::defaults::RECOVERY_INTERVAL,
+            dead_threshold: crate::defaults::DEAD_POD_THRESHOLD,
+            retention: crate::defaults::RETENTION,
             orphan_batch: 10_000,
-            prune_batch: 500,
-            prune_interval: Duration::from_secs(10),
+            prune_batch: crate::defaults::PRUNE_BATCH,
+            prune_interval: crate::defaults::PRUNE_INTERVAL,
             backoff: Backoff::default(),
         }
     }

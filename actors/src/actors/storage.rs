@@ -154,14 +154,14 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(30),
+            max_attempts: crate::defaults::STORE_MAX_ATTEMPTS,
+            base_delay: crate::defaults::BASE_DELAY,
+            max_delay: crate::defaults::MAX_DELAY,
             step_backoff: Backoff::default(),
             finish_batch: 512,
-            reconcile_interval: Some(Duration::from_secs(60)),
-            stats_interval: Duration::from_secs(15),
-            stats_lag: Duration::from_secs(60),
+            reconcile_interval: Some(crate::defaults::RECONCILE_INTERVAL),
+            stats_interval: crate::defaults::STATS_INTERVAL,
+            stats_lag: crate::defaults::STATS_LAG,
         }
     }
 }
