@@ -88,3 +88,60 @@ fn an_older_file_gets_its_totals_from_its_steps() {
         assert_eq!(s.queue_stats().await.unwrap().counts, before.counts);
     });
 }
+
+/// Clients choose step types: with more types than statistics keep by name, the
+/// counts stay exact, `by_type` stays bounded, and the types beyond it are summed
+/// under one name.
+#[test]
+fn statistics_stay_bounded_and_exact_with_more_types_than_they_list() {
+    use fleet_q_actors::{ClaimParams, NewStep, StatusCounts, StepSpec, OTHER_TYPES, STATS_TYPES};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = SqliteStore::open(dir.path().join("types.db"), SqliteOptions::default()).unwrap();
+        s.schema_init().await.unwrap();
+        let n = STATS_TYPES + 200;
+        let steps: Vec<NewStep> = (0..n)
+            .map(|i| {
+                NewStep::new(StepSpec {
+                    step_type: format!("type-{i}"),
+                    ..Default::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        s.steps_insert(steps).await.unwrap();
+        let claimed = s
+            .steps_claim(ClaimParams {
+                pod_id: "p".into(),
+                limit: 600,
+            })
+            .await
+            .unwrap();
+        s.steps_finish(fleet_q_actors::testkit::finishes(&claimed, 100))
+            .await
+            .unwrap();
+        let stats = s.queue_stats().await.unwrap();
+        let want = StatusCounts {
+            pending: (n - 600) as u64,
+            completed: 500,
+            failed: 100,
+            ..Default::default()
+        };
+        assert_eq!(stats.counts, want);
+        assert!(
+            stats.by_type.len() <= STATS_TYPES,
+            "{}",
+            stats.by_type.len()
+        );
+        assert!(stats.by_type.contains_key(OTHER_TYPES));
+        let mut sum = StatusCounts::default();
+        for c in stats.by_type.values() {
+            sum.merge(c);
+        }
+        assert_eq!(sum, want, "by_type sums to the counts");
+    });
+}

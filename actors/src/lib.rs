@@ -43,7 +43,10 @@ pub mod testkit;
 
 pub use handler::{HandlerError, HandlerRegistry, StepContext, StepHandler};
 pub use ledger::RecoverySummary;
-pub use pod::{eldest_live_pod, PodRecord, PodStatus, QueueStats, StatusCounts};
+pub use pod::{
+    eldest_live_pod, fold_types, PodRecord, PodStatus, QueueStats, StatusCounts, OTHER_TYPES,
+    STATS_TYPES,
+};
 pub use runtime::{Pod, PodConfig, PodError, ShutdownReport};
 pub use state::PodState;
 pub use step::{

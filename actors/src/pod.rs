@@ -150,6 +150,46 @@ impl StatusCounts {
     pub fn total(&self) -> u64 {
         self.pending + self.claimed + self.completed + self.failed + self.cancelled
     }
+
+    /// Adds every counter of `other` to these.
+    pub fn merge(&mut self, other: &StatusCounts) {
+        self.pending += other.pending;
+        self.claimed += other.claimed;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+    }
+}
+
+/// Step types statistics keep by name; the rest are summed under
+/// [`OTHER_TYPES`]. Clients choose step types, so no statistic may hold one
+/// entry per type a client ever sent.
+pub const STATS_TYPES: usize = 1000;
+
+/// The name the step types beyond [`STATS_TYPES`] are summed under.
+pub const OTHER_TYPES: &str = "(other types)";
+
+/// Keeps the `keep` entries of `map` with the largest `size` (ties by name),
+/// adding the rest into one entry named [`OTHER_TYPES`]; the sum over all
+/// entries is unchanged.
+pub fn fold_types<V: Default>(
+    map: &mut BTreeMap<String, V>,
+    keep: usize,
+    size: impl Fn(&V) -> u64,
+    add: impl Fn(&mut V, &V),
+) {
+    if map.len() <= keep {
+        return;
+    }
+    let mut other = map.remove(OTHER_TYPES).unwrap_or_default();
+    let mut by_size: Vec<(u64, String)> = map.iter().map(|(k, v)| (size(v), k.clone())).collect();
+    by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (_, k) in by_size.into_iter().skip(keep.saturating_sub(1)) {
+        if let Some(v) = map.remove(&k) {
+            add(&mut other, &v);
+        }
+    }
+    map.insert(OTHER_TYPES.to_string(), other);
 }
 
 /// A snapshot of the queue.
@@ -167,9 +207,36 @@ pub struct QueueStats {
     pub as_of: Option<DateTime<Utc>>,
 }
 
+impl QueueStats {
+    /// Bounds [`QueueStats::by_type`] to [`STATS_TYPES`] entries (see
+    /// [`fold_types`]).
+    pub fn fold_types(&mut self) {
+        fold_types(
+            &mut self.by_type,
+            STATS_TYPES,
+            StatusCounts::total,
+            StatusCounts::merge,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn types_beyond_the_limit_are_summed_under_one_name() {
+        let mut m: BTreeMap<String, u64> = (0..10).map(|i| (format!("t{i}"), i)).collect();
+        fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
+        assert_eq!(m.len(), 4);
+        assert_eq!((m["t9"], m["t8"], m["t7"]), (9, 8, 7));
+        assert_eq!(m[OTHER_TYPES], (0..7).sum::<u64>());
+        m.insert("t10".into(), 1);
+        let before: u64 = m.values().sum();
+        fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m.values().sum::<u64>(), before, "folding keeps the sum");
+    }
 
     fn pod(id: &str, birth_s: i64, age_s: u64, status: PodStatus) -> PodRecord {
         PodRecord {

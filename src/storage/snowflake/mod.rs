@@ -92,36 +92,6 @@ pub const DDL: [&str; 6] = [
 )",
 ];
 
-/// Step types kept by name in the shared statistics row; the rest are summed
-/// under [`OTHER_TYPES`] (clients choose types, and the row must stay far below
-/// Snowflake's statement size).
-const SHARED_TYPES: usize = 1000;
-
-/// The name the types beyond [`SHARED_TYPES`] are summed under.
-const OTHER_TYPES: &str = "(other types)";
-
-/// Keeps the `keep` entries of `map` with the largest `size`, adding the rest
-/// into one entry named [`OTHER_TYPES`].
-fn fold_types<V: Default>(
-    map: &mut BTreeMap<String, V>,
-    keep: usize,
-    size: impl Fn(&V) -> u64,
-    add: impl Fn(&mut V, &V),
-) {
-    if map.len() <= keep {
-        return;
-    }
-    let mut by_size: Vec<(u64, String)> = map.iter().map(|(k, v)| (size(v), k.clone())).collect();
-    by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    let mut other = map.remove(OTHER_TYPES).unwrap_or_default();
-    for (_, k) in by_size.into_iter().skip(keep.saturating_sub(1)) {
-        if let Some(v) = map.remove(&k) {
-            add(&mut other, &v);
-        }
-    }
-    map.insert(OTHER_TYPES.to_string(), other);
-}
-
 /// What the shared statistics row holds: the statistics themselves, and the
 /// finishes counted so far by step type (`[completed, failed, cancelled]`),
 /// which the next publish advances.
@@ -1542,7 +1512,7 @@ impl Store for SnowflakeStore {
         // Clients choose step types: keep the row's size bounded.
         fold_types(
             &mut shared.finished,
-            SHARED_TYPES,
+            STATS_TYPES,
             |k| k.iter().sum(),
             |a, b| {
                 for i in 0..3 {
@@ -1550,18 +1520,7 @@ impl Store for SnowflakeStore {
                 }
             },
         );
-        fold_types(
-            &mut stats.by_type,
-            SHARED_TYPES,
-            |c| c.total(),
-            |a, b| {
-                a.pending += b.pending;
-                a.claimed += b.claimed;
-                a.completed += b.completed;
-                a.failed += b.failed;
-                a.cancelled += b.cancelled;
-            },
-        );
+        stats.fold_types();
         shared.stats = stats.clone();
         let body = serde_json::to_string(&shared)
             .map_err(|e| StoreError::fatal(op, format!("encoding statistics: {e}")))?;
@@ -1811,27 +1770,6 @@ impl Store for SnowflakeStore {
     fn statements_by_op(&self) -> Vec<(&'static str, u64)> {
         let m = self.by_op.lock().expect("statement counts");
         m.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-}
-
-#[cfg(test)]
-mod fold_tests {
-    use super::*;
-
-    #[test]
-    fn types_beyond_the_limit_are_summed_under_one_name() {
-        let mut m: BTreeMap<String, u64> = (0..10).map(|i| (format!("t{i}"), i)).collect();
-        fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
-        assert_eq!(m.len(), 4);
-        assert_eq!((m["t9"], m["t8"], m["t7"]), (9, 8, 7));
-        assert_eq!(m[OTHER_TYPES], (0..7).sum::<u64>());
-        let before: u64 = m.values().sum();
-        fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
-        assert_eq!(
-            m.values().sum::<u64>(),
-            before,
-            "folding again keeps the sum"
-        );
     }
 }
 

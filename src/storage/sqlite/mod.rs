@@ -154,6 +154,8 @@ CREATE TABLE IF NOT EXISTS STEP_TOTALS (
     failed    INTEGER NOT NULL DEFAULT 0,
     cancelled INTEGER NOT NULL DEFAULT 0
 );
+-- Statistics read the largest types only (clients choose types).
+CREATE INDEX IF NOT EXISTS step_totals_by_size ON STEP_TOTALS (row_count DESC);
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            TEXT    NOT NULL PRIMARY KEY,
     birth_ts          INTEGER NOT NULL,
@@ -499,6 +501,9 @@ impl Store for SqliteStore {
                         .map_err(|e| map_err("schema_init", e))?;
                     count(stmts, 1);
                 }
+                c.execute_batch(totals::ENSURE_ALL)
+                    .map_err(|e| map_err("schema_init", e))?;
+                count(stmts, 1);
                 let have: Vec<String> = c
                     .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
                     .and_then(|mut st| {
@@ -893,28 +898,59 @@ impl Store for SqliteStore {
                 stats.oldest_pending_age =
                     oldest.map(|o| Duration::from_millis(now.saturating_sub(o).max(0) as u64));
                 // Finished rows from STEP_TOTALS: completed is what is neither live
-                // nor failed nor cancelled.
+                // nor failed nor cancelled. Fleet-wide from the row of every type;
+                // by type for the largest types only, the rest summed.
+                let all: [i64; 3] = c
+                    .prepare_cached(
+                        "SELECT row_count, failed, cancelled FROM STEP_TOTALS WHERE step_type = ?1",
+                    )?
+                    .query_row([totals::ALL], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))
+                    .optional()?
+                    .unwrap_or_default();
+                let live_total = (stats.counts.pending + stats.counts.claimed) as i64;
+                let fleet = [
+                    (StepStatus::Failed, all[1]),
+                    (StepStatus::Cancelled, all[2]),
+                    (StepStatus::Completed, all[0] - live_total - all[1] - all[2]),
+                ];
+                for (status, n) in fleet {
+                    stats.counts.add(status, n.max(0) as u64);
+                }
                 let mut st = c.prepare_cached(
-                    "SELECT step_type, row_count, failed, cancelled FROM STEP_TOTALS",
+                    "SELECT step_type, row_count, failed, cancelled FROM STEP_TOTALS \
+                     INDEXED BY step_totals_by_size WHERE step_type <> ?1 \
+                     ORDER BY row_count DESC LIMIT ?2",
                 )?;
-                let mut rows = st.query([])?;
+                let mut rows = st.query(params![totals::ALL, STATS_TYPES as i64])?;
+                let mut listed_sum = [0i64; 3];
+                let mut listed = HashSet::new();
                 while let Some(r) = rows.next()? {
                     let t: String = r.get(0)?;
-                    let (all, failed, cancelled): (i64, i64, i64) =
-                        (r.get(1)?, r.get(2)?, r.get(3)?);
-                    let by = stats.by_type.entry(t).or_default();
-                    let live = (by.pending + by.claimed) as i64;
-                    let completed = all - live - failed - cancelled;
-                    for (status, n) in [
-                        (StepStatus::Failed, failed),
-                        (StepStatus::Cancelled, cancelled),
-                        (StepStatus::Completed, completed),
-                    ] {
-                        let n = n.max(0) as u64;
-                        by.add(status, n);
-                        stats.counts.add(status, n);
+                    let d: [i64; 3] = [r.get(1)?, r.get(2)?, r.get(3)?];
+                    for i in 0..3 {
+                        listed_sum[i] += d[i];
                     }
+                    let by = stats.by_type.entry(t.clone()).or_default();
+                    add_finished(by, d);
+                    listed.insert(t);
                 }
+                // Types beyond the largest: their finished rows, summed.
+                let rest: [i64; 3] = std::array::from_fn(|i| all[i] - listed_sum[i]);
+                if rest.iter().any(|n| *n > 0) {
+                    // `rest` counts the live rows of those types too; their live
+                    // counts stay under their own names.
+                    let live_unlisted: i64 = stats
+                        .by_type
+                        .iter()
+                        .filter(|(t, _)| !listed.contains(*t))
+                        .map(|(_, by)| (by.pending + by.claimed) as i64)
+                        .sum();
+                    let other = stats.by_type.entry(OTHER_TYPES.to_string()).or_default();
+                    other.failed += rest[1].max(0) as u64;
+                    other.cancelled += rest[2].max(0) as u64;
+                    other.completed += (rest[0] - live_unlisted - rest[1] - rest[2]).max(0) as u64;
+                }
+                stats.fold_types();
                 Ok(())
             })();
             let _ = c.execute_batch("COMMIT");
@@ -1098,6 +1134,15 @@ fn complete_chunk(
         }
     }
     Ok(report)
+}
+
+/// Adds a type's finished counts from its STEP_TOTALS row `[rows, failed,
+/// cancelled]` to `by`, which already holds its live counts.
+fn add_finished(by: &mut StatusCounts, d: [i64; 3]) {
+    let live = (by.pending + by.claimed) as i64;
+    by.failed += d[1].max(0) as u64;
+    by.cancelled += d[2].max(0) as u64;
+    by.completed += (d[0] - live - d[1] - d[2]).max(0) as u64;
 }
 
 /// The type of the step `id` (which exists: the caller just changed it).

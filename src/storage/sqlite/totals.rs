@@ -18,7 +18,7 @@
 //! completes 20–65 % of their throughput. Here, a group of write jobs that
 //! changes the totals applies their sum once per step type just before its
 //! commit (see [`super::writer`]), so even single-step submits under load share
-//! one upsert per group.
+//! one upsert per group, plus one for the row that sums every type ([`ALL`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,21 @@ use fleet_q_actors::{StepStatus, StoreError};
 use rusqlite::{params, Connection};
 
 use super::map_err;
+
+/// The key of the row that holds the sum over every step type. Step types may
+/// not contain control characters, so no type can take it. Statistics read this
+/// row and the [`fleet_q_actors::STATS_TYPES`] largest types (through
+/// `step_totals_by_size`), never one row per type: clients choose types.
+pub(crate) const ALL: &str = "\u{1}all";
+
+/// Adds the row of [`ALL`] when it is missing (a table written before it
+/// existed), from the per-type rows; nothing when it is there.
+pub(crate) const ENSURE_ALL: &str = "
+INSERT OR IGNORE INTO STEP_TOTALS (step_type, row_count, failed, cancelled)
+SELECT char(1) || 'all', COALESCE(SUM(row_count), 0), COALESCE(SUM(failed), 0),
+       COALESCE(SUM(cancelled), 0)
+FROM STEP_TOTALS WHERE step_type <> char(1) || 'all';
+";
 
 /// Fills STEP_TOTALS from STEP_TRACKER: one full scan, run only when the table
 /// is created in a file that already holds steps.
@@ -84,19 +99,32 @@ impl Totals {
     /// type whose last step was removed goes too (so the table stays as small as
     /// the set of live types).
     pub(crate) fn apply(&self, c: &Connection, stmts: &AtomicU64) -> Result<(), StoreError> {
-        for (t, d) in self.0.iter().filter(|(_, d)| d.iter().any(|n| *n != 0)) {
+        let mut sum = [0i64; 3];
+        for d in self.0.values() {
+            for i in 0..3 {
+                sum[i] += d[i];
+            }
+        }
+        let all = (sum.iter().any(|n| *n != 0)).then(|| (ALL.to_string(), sum));
+        for (t, d) in self
+            .0
+            .iter()
+            .map(|(t, d)| (t.clone(), *d))
+            .chain(all)
+            .filter(|(_, d)| d.iter().any(|n| *n != 0))
+        {
             c.prepare_cached(
                 "INSERT INTO STEP_TOTALS (step_type, row_count, failed, cancelled) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (step_type) DO UPDATE SET \
                  row_count = row_count + excluded.row_count, failed = failed + excluded.failed, \
                  cancelled = cancelled + excluded.cancelled",
             )
-            .and_then(|mut st| st.execute(params![t, d[0], d[1], d[2]]))
+            .and_then(|mut st| st.execute(params![&t, d[0], d[1], d[2]]))
             .map_err(|e| map_err("step_totals", e))?;
             stmts.fetch_add(1, Ordering::Relaxed);
-            if d[0] < 0 {
+            if d[0] < 0 && t != ALL {
                 c.prepare_cached("DELETE FROM STEP_TOTALS WHERE step_type = ?1 AND row_count <= 0")
-                    .and_then(|mut st| st.execute([t]))
+                    .and_then(|mut st| st.execute([&t]))
                     .map_err(|e| map_err("step_totals", e))?;
                 stmts.fetch_add(1, Ordering::Relaxed);
             }
