@@ -34,22 +34,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_q::storage::sqlite::{SqliteOptions, SqliteStore};
-use fleet_q_actors::{
-    ClaimParams, Finish, FinishParams, Lease, NewStep, Outcome, PruneParams, StepSpec, Store,
-};
+use fleet_q_actors::{NewStep, PruneParams, Store};
 
-fn steps(n: usize) -> Vec<NewStep> {
-    (0..n)
-        .map(|i| {
-            NewStep::new(StepSpec {
-                step_type: "noop".into(),
-                args: Some(serde_json::json!({ "n": i })),
-                ..Default::default()
-            })
-            .expect("valid")
-        })
-        .collect()
-}
+#[path = "support/store.rs"]
+mod support;
+use support::{claim_complete, noop_steps};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -116,37 +105,6 @@ fn fill(db: &Path, n: usize) {
     }
     c.execute_batch("DROP TABLE IF EXISTS STEP_TOTALS")
         .expect("drop totals");
-}
-
-async fn claim_complete(store: &SqliteStore, batch: u32) -> usize {
-    let claimed = store
-        .steps_claim(ClaimParams {
-            pod_id: "bench".into(),
-            limit: batch,
-        })
-        .await
-        .expect("claim");
-    if claimed.is_empty() {
-        return 0;
-    }
-    let finishes = claimed
-        .iter()
-        .map(|s| Finish {
-            lease: Lease::of(s).expect("claimed"),
-            outcome: Outcome::Complete {
-                result: serde_json::Value::Null,
-            },
-        })
-        .collect();
-    store
-        .steps_finish(FinishParams {
-            finishes,
-            backoff: Default::default(),
-        })
-        .await
-        .expect("finish")
-        .applied
-        .len()
 }
 
 fn fleet_q_bin() -> Option<std::path::PathBuf> {
@@ -302,7 +260,7 @@ fn run(n: usize) {
     // Claim + complete 20,000 pending steps, 100 at a time.
     rt.block_on(async {
         for _ in 0..20 {
-            store.steps_insert(steps(1000)).await.expect("insert");
+            store.steps_insert(noop_steps(1000)).await.expect("insert");
         }
     });
     let t = Instant::now();
@@ -315,7 +273,7 @@ fn run(n: usize) {
     let claim_rate = done as f64 / t.elapsed().as_secs_f64();
 
     // Insert + claim + complete, batches of 100.
-    let batches: Vec<Vec<NewStep>> = (0..100).map(|_| steps(100)).collect();
+    let batches: Vec<Vec<NewStep>> = (0..100).map(|_| noop_steps(100)).collect();
     let t = Instant::now();
     rt.block_on(async {
         for b in batches {
@@ -328,7 +286,7 @@ fn run(n: usize) {
     // One-step submits.
     let submit = |k: usize| {
         let mut v = Vec::with_capacity(k);
-        let one: Vec<Vec<NewStep>> = (0..k).map(|_| steps(1)).collect();
+        let one: Vec<Vec<NewStep>> = (0..k).map(|_| noop_steps(1)).collect();
         for s in one {
             let t = Instant::now();
             rt.block_on(store.steps_insert(s)).expect("insert");
@@ -349,7 +307,7 @@ fn run(n: usize) {
         std::thread::spawn(move || {
             let mut v = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let s = steps(1);
+                let s = noop_steps(1);
                 let t = Instant::now();
                 handle.block_on(store.steps_insert(s)).expect("insert");
                 v.push(ms(t.elapsed()));
@@ -362,17 +320,20 @@ fn run(n: usize) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
+    // One prune chunk: history is a day or more old, the bench's own steps new.
+    let prune_chunk = |limit: u32| {
+        rt.block_on(store.steps_prune(PruneParams {
+            retention: Duration::from_secs(3600),
+            limit,
+        }))
+        .expect("prune")
+    };
     let mut chunks = Vec::new();
     let t = Instant::now();
     let mut pruned = 0u64;
     loop {
         let c0 = Instant::now();
-        let k = rt
-            .block_on(store.steps_prune(PruneParams {
-                retention: Duration::from_secs(3600),
-                limit: chunk,
-            }))
-            .expect("prune");
+        let k = prune_chunk(chunk);
         chunks.push(ms(c0.elapsed()));
         pruned += k;
         if k < u64::from(chunk) {
@@ -385,13 +346,7 @@ fn run(n: usize) {
     let mut idle_prune: Vec<f64> = (0..10)
         .map(|_| {
             let c0 = Instant::now();
-            let k = rt
-                .block_on(store.steps_prune(PruneParams {
-                    retention: Duration::from_secs(3600),
-                    limit: chunk,
-                }))
-                .expect("prune");
-            assert_eq!(k, 0);
+            assert_eq!(prune_chunk(chunk), 0);
             ms(c0.elapsed())
         })
         .collect();

@@ -12,20 +12,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fleet_q::storage::sqlite::{SqliteOptions, SqliteStore};
-use fleet_q_actors::{ClaimParams, Finish, FinishParams, Lease, NewStep, Outcome, StepSpec, Store};
+use fleet_q_actors::{NewStep, Store};
 
-fn new_steps(n: usize) -> Vec<NewStep> {
-    (0..n)
-        .map(|i| {
-            NewStep::new(StepSpec {
-                step_type: "noop".into(),
-                args: Some(serde_json::json!({ "n": i })),
-                ..Default::default()
-            })
-            .expect("valid")
-        })
-        .collect()
-}
+#[path = "support/store.rs"]
+mod support;
+use support::{claim_complete, noop_steps};
 
 /// Inserts `steps`, then claims and completes up to as many. Returns how many it
 /// completed (concurrent callers may take each other's steps).
@@ -33,37 +24,6 @@ async fn pipeline(store: &SqliteStore, steps: Vec<NewStep>) -> usize {
     let batch = steps.len();
     store.steps_insert(steps).await.expect("insert");
     claim_complete(store, batch).await
-}
-
-async fn claim_complete(store: &SqliteStore, batch: usize) -> usize {
-    let claimed = store
-        .steps_claim(ClaimParams {
-            pod_id: "bench".into(),
-            limit: batch as u32,
-        })
-        .await
-        .expect("claim");
-    if claimed.is_empty() {
-        return 0;
-    }
-    let finishes = claimed
-        .iter()
-        .map(|s| Finish {
-            lease: Lease::of(s).expect("claimed"),
-            outcome: Outcome::Complete {
-                result: serde_json::Value::Null,
-            },
-        })
-        .collect();
-    let r = store
-        .steps_finish(FinishParams {
-            finishes,
-            backoff: Default::default(),
-        })
-        .await
-        .expect("finish");
-    assert!(r.rejected.is_empty());
-    r.applied.len()
 }
 
 fn fresh_store(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Arc<SqliteStore>) {
@@ -92,7 +52,7 @@ fn bench_store(c: &mut Criterion) {
                 // validated steps are made before the clock starts: validation is
                 // the API's work; this measures the store.
                 let (_dir, store) = fresh_store(&rt);
-                let batches: Vec<Vec<NewStep>> = (0..iters).map(|_| new_steps(batch)).collect();
+                let batches: Vec<Vec<NewStep>> = (0..iters).map(|_| noop_steps(batch)).collect();
                 rt.block_on(async {
                     let t0 = Instant::now();
                     for steps in batches {
@@ -111,7 +71,7 @@ fn bench_store(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let (_dir, store) = fresh_store(&rt);
             let work: Vec<Vec<Vec<NewStep>>> = (0..CALLERS)
-                .map(|_| (0..iters).map(|_| new_steps(100)).collect())
+                .map(|_| (0..iters).map(|_| noop_steps(100)).collect())
                 .collect();
             rt.block_on(async {
                 let t0 = Instant::now();

@@ -80,7 +80,7 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
                         Instant::now() < deadline,
                         "no pod accepted a batch for 60 s"
                     );
-                    std::thread::sleep(Duration::from_millis(50)); // retry backoff
+                    std::thread::sleep(Duration::from_millis(50)); // poll interval: until a pod accepts
                 };
                 accepted.extend(
                     v["step_ids"]
@@ -89,7 +89,7 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
                         .iter()
                         .map(|s| s.as_str().unwrap().to_string()),
                 );
-                std::thread::sleep(Duration::from_millis(100)); // spread over the kills
+                pace(Duration::from_millis(100)); // submits spread over the kills
             }
             accepted
         })

@@ -356,7 +356,7 @@ fn a_non_leader_answers_scrapes_without_a_statement() {
         let m = c.get(other.url("/metrics")).send().unwrap().text().unwrap();
         assert!(m.contains("fleet_q_pending_steps"));
         scrapes += 2;
-        std::thread::sleep(Duration::from_millis(100)); // the scrape cadence under test
+        pace(Duration::from_millis(100)); // the scrape cadence under test
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let after = (

@@ -736,7 +736,7 @@ fn pruning_runs_in_chunks_while_steps_are_submitted_and_run() {
                 .await
                 .expect("a submit is accepted while pruning");
             fresh.extend(ids.into_iter().map(|i| i.step_id));
-            actix_rt::time::sleep(Duration::from_millis(20)).await; // a trickle of submits
+            support::pace_async(Duration::from_millis(20)).await; // a trickle of submits
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let stats = loop {

@@ -28,6 +28,18 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
+/// Paces a workload (submits spread over time, a scrape cadence, the gap between
+/// two faults): it shapes what the test does, never waits for some state to
+/// appear (that is [`wait_for`], with a deadline).
+pub fn pace(d: Duration) {
+    std::thread::sleep(d);
+}
+
+/// [`pace`] for async tests.
+pub async fn pace_async(d: Duration) {
+    actix_rt::time::sleep(d).await;
+}
+
 /// The last `n` lines of a pod's log, headed by its path, for failure messages.
 pub fn log_tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -387,7 +399,8 @@ impl Recorder {
                                 };
                                 calls.lock().unwrap().push(call.clone());
                                 if let Some(ms) = args["sleep_ms"].as_u64() {
-                                    actix_rt::time::sleep(Duration::from_millis(ms)).await;
+                                    // The step's own work, as the service runs it.
+                                    pace_async(Duration::from_millis(ms)).await;
                                 }
                                 // `redirect_to: url` answers 307 to it.
                                 if let Some(to) = args["redirect_to"].as_str() {
@@ -497,7 +510,7 @@ pub fn submit_batches(
 /// The chaos tests' fault schedule: the pause between two kills, 1-3 s at random.
 /// This is when the next fault is injected, not a wait for some state.
 pub fn fault_interval() {
-    std::thread::sleep(Duration::from_millis(1000 + rand::random::<u64>() % 2000));
+    pace(Duration::from_millis(1000 + rand::random::<u64>() % 2000));
 }
 
 /// SIGKILLs `pods[victim]`, records its id in `killed`, and starts it again under
