@@ -953,7 +953,11 @@ impl Store for SqliteStore {
                 stats.fold_types();
                 Ok(())
             })();
-            let _ = c.execute_batch("COMMIT");
+            // A connection must go back to the pool outside any transaction, or
+            // its next reader would see this snapshot.
+            if c.execute_batch("COMMIT").is_err() {
+                c.execute_batch("ROLLBACK")?;
+            }
             out.map(|()| stats)
         })
         .await
