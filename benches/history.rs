@@ -19,7 +19,8 @@
 //! - `prune`: every history row deleted in chunks of 500
 //!   (`FLEET_Q_BENCH_PRUNE_BATCH`) back to back, as the
 //!   leader's pruner does when behind: rows/s and chunk p50/p99, with one-step
-//!   submits running at the same time (their p99).
+//!   submits, one per millisecond, running at the same time (their p99, beside
+//!   the p99 of the same paced submits with no pruning).
 //!
 //! With `FLEET_Q_BENCH_STEADY=RATE,SECONDS` it runs only `steady`: a pod with a
 //! 60 s retention finishing `RATE` steps/s for `SECONDS`, sampling the table size
@@ -297,6 +298,12 @@ fn run(n: usize) {
     let mut idle = submit(2000);
     let (submit_p50, submit_p99) = (pct(&mut idle, 0.5), pct(&mut idle, 0.99));
 
+    // The same submits at the pace they keep while pruning runs: the baseline
+    // for "submit p99 while pruning" (a paced submit finds the writer parked,
+    // which costs more than a back-to-back one).
+    let mut paced = paced_submits(&store, rt.handle(), &AtomicBool::new(false), 2000);
+    let paced_p99 = pct(&mut paced, 0.99);
+
     let rss = pod_rss(&db, dir.path());
 
     // Prune everything old, in chunks, while submits go on.
@@ -304,17 +311,7 @@ fn run(n: usize) {
     let submitter = {
         let (store, stop) = (store.clone(), stop.clone());
         let handle = rt.handle().clone();
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let s = noop_steps(1);
-                let t = Instant::now();
-                handle.block_on(store.steps_insert(s)).expect("insert");
-                v.push(ms(t.elapsed()));
-                std::thread::sleep(Duration::from_millis(1)); // a steady trickle of submits
-            }
-            v
-        })
+        std::thread::spawn(move || paced_submits(&store, &handle, &stop, usize::MAX))
     };
     let chunk: u32 = std::env::var("FLEET_Q_BENCH_PRUNE_BATCH")
         .ok()
@@ -359,7 +356,7 @@ fn run(n: usize) {
     let pod_steps = if rss.is_some() { 2000 } else { 0 };
     assert_eq!(
         after.counts.total(),
-        20_000 + 10_000 + 2000 + pod_steps + during.len() as u64,
+        20_000 + 10_000 + 2000 + paced.len() as u64 + pod_steps + during.len() as u64,
         "stats after pruning: {after:?}"
     );
 
@@ -369,7 +366,7 @@ fn run(n: usize) {
          | claim+complete {claim_rate:.0}/s | pipeline(100) {pipeline_rate:.0}/s \
          | submit p50 {submit_p50:.3} ms p99 {submit_p99:.3} ms \
          | rss {} | prune ({chunk}-row chunks) {prune_rate:.0} rows/s, chunk p50 {:.2} ms p99 {:.2} ms (p90 {:.2}, last {:.2}), caught-up look p50 {:.2} ms, \
-         submit p99 while pruning {:.3} ms ({} submits)",
+         submit p99 while pruning {:.3} ms (p50 {:.3}, p90 {:.3}, p999 {:.3}; {} submits; paced, no pruning: p99 {paced_p99:.3} ms)",
         filled.as_secs_f64(),
         backfill.as_secs_f64(),
         rss.map_or("n/a (cargo build --release first)".to_string(), |k| format!(
@@ -382,8 +379,30 @@ fn run(n: usize) {
         chunks.last().copied().unwrap_or_default(),
         pct(&mut idle_prune, 0.5),
         pct(&mut during, 0.99),
+        pct(&mut during, 0.5),
+        pct(&mut during, 0.9),
+        pct(&mut during, 0.999),
         during.len(),
     );
+}
+
+/// One-step submits, each followed by a millisecond's pause (a steady trickle),
+/// until `stop` or `max` of them: their latencies in ms.
+fn paced_submits(
+    store: &SqliteStore,
+    handle: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+    max: usize,
+) -> Vec<f64> {
+    let mut v = Vec::new();
+    while !stop.load(Ordering::Relaxed) && v.len() < max {
+        let s = noop_steps(1);
+        let t = Instant::now();
+        handle.block_on(store.steps_insert(s)).expect("insert");
+        v.push(ms(t.elapsed()));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    v
 }
 
 /// A pod with a 60 s retention (the minimum) runs `rate` `noop` steps/s for

@@ -1012,6 +1012,55 @@ pub async fn prune_deletes_only_old_finished_steps(h: Harness) {
     assert_eq!(left, vec![StepStatus::Claimed, StepStatus::Pending]);
 }
 
+/// A prune chunk larger than a backend's internal slice (SQLite deletes 64 rows
+/// per writer job) deletes exactly the expired rows even when live rows sit
+/// between them in id order, returns its limit while more remain, and leaves
+/// the counts exact.
+pub async fn prune_chunks_step_over_live_rows(h: Harness) {
+    // Interleaved in id order: even steps will finish, odd ones stay pending
+    // (a lower priority keeps them out of the claim).
+    let steps: Vec<NewStep> = (0..200)
+        .map(|i| step_with(|s| s.priority = Some(if i % 2 == 0 { 0 } else { -1 })))
+        .collect();
+    insert(&h.a, steps).await;
+    let claimed = claim(&h.a, "pod-a", 100).await;
+    assert_eq!(claimed.len(), 100);
+    assert!(claimed.iter().all(|s| s.priority == 0));
+    let report =
+        h.a.steps_finish(super::finishes(&claimed, 10))
+            .await
+            .expect("finish");
+    assert_eq!(report.applied.len(), 100);
+    let retention = Duration::from_millis(100);
+    let done_at = get(&h.a, claimed[99].step_id).await.last_update_ts;
+    wait_for("finished steps to age", Duration::from_secs(10), || {
+        let store = h.a.clone();
+        async move {
+            let now = store.now().await.unwrap();
+            ((now - done_at).to_std().unwrap_or_default() > retention * 2).then_some(())
+        }
+    })
+    .await;
+    let prune = |limit| {
+        let store = h.b.clone();
+        async move {
+            store
+                .steps_prune(PruneParams { retention, limit })
+                .await
+                .expect("prune")
+        }
+    };
+    assert_eq!(prune(70).await, 70, "a full chunk while more remain");
+    assert_eq!(prune(1000).await, 30, "the rest, then short");
+    assert_eq!(prune(1000).await, 0);
+    let stats = h.a.queue_stats().await.unwrap();
+    assert_eq!(stats.counts.pending, 100);
+    assert_eq!(stats.counts.total(), 100, "{stats:?}");
+    for s in &claimed {
+        assert!(h.a.step_get(s.step_id).await.unwrap().is_none());
+    }
+}
+
 /// Stats stay exact through every transition (complete, retryable and terminal
 /// failure, cancel, release, orphan requeue, manual retry, prune): after each
 /// phase the counts by status and by type equal a recount of every step.

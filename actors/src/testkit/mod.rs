@@ -134,6 +134,7 @@ macro_rules! conformance_suite {
             failed_list_pages,
             idempotency_key_dedupe_under_concurrent_submits,
             prune_deletes_only_old_finished_steps,
+            prune_chunks_step_over_live_rows,
             stats_count_by_status_priority_and_type,
             stats_stay_exact_through_every_transition,
             stats_match_a_recount_after_random_transitions,

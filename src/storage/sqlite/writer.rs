@@ -12,6 +12,7 @@
 //! `BEGIN IMMEDIATE` takes the write lock up front (waiting up to the busy timeout),
 //! so two processes never interleave inside a transaction.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,12 +52,16 @@ pub(crate) trait WriteJob: Send {
     ) -> Result<(), StoreError>;
     /// Called after the transaction ended: `commit` is its outcome.
     fn reply(self: Box<Self>, commit: Result<(), StoreError>);
+    /// Background work (pruning) runs in a transaction of its own, only when no
+    /// other job is queued: see [`Writer::write_background`].
+    fn background(&self) -> bool;
 }
 
 struct Job<T, F> {
     work: Option<F>,
     out: Option<Result<T, StoreError>>,
     tx: oneshot::Sender<Result<T, StoreError>>,
+    background: bool,
 }
 
 impl<T, F> WriteJob for Job<T, F>
@@ -79,6 +84,10 @@ where
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    fn background(&self) -> bool {
+        self.background
     }
 
     fn reply(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -144,6 +153,35 @@ impl Writer {
             + Send
             + 'static,
     {
+        self.send(op, work, false).await
+    }
+
+    /// [`Writer::write_counted`] for background work (pruning): the job waits
+    /// until no other job is queued and runs alone in its transaction, so a
+    /// submit or claim never shares a commit with it and waits at most for the
+    /// one background job running when it arrives. Keep such jobs short (a
+    /// fraction of a millisecond): that is the latency they add to others.
+    pub(crate) async fn write_background<T, F>(
+        &self,
+        op: &'static str,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        self.send(op, work, true).await
+    }
+
+    async fn send<T, F>(&self, op: &'static str, work: F, background: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
         self.identity
             .check(op, matches!(op, "pod_heartbeat" | "steps_insert"))?;
         let (tx, rx) = oneshot::channel();
@@ -151,6 +189,7 @@ impl Writer {
             work: Some(work),
             out: None,
             tx,
+            background,
         });
         self.tx
             .send(job)
@@ -168,12 +207,38 @@ fn writer_loop(
     commits: Arc<AtomicU64>,
 ) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = next_job(&mut rx) {
-        group.push(first);
+    let mut background: VecDeque<Box<dyn WriteJob>> = VecDeque::new();
+    loop {
+        // With background work pending, look at the queue without waiting.
+        let first = if background.is_empty() {
+            match next_job(&mut rx) {
+                Some(job) => Some(job),
+                None => break, // every handle is gone and nothing is left
+            }
+        } else {
+            rx.try_recv().ok()
+        };
+        let mut take = |job: Box<dyn WriteJob>, group: &mut Vec<Box<dyn WriteJob>>| {
+            if job.background() {
+                background.push_back(job);
+            } else {
+                group.push(job);
+            }
+        };
+        if let Some(job) = first {
+            take(job, &mut group);
+        }
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(job) => take(job, &mut group),
                 Err(_) => break,
+            }
+        }
+        // Foreground jobs first, together; a background job only alone.
+        if group.is_empty() {
+            match background.pop_front() {
+                Some(job) => group.push(job),
+                None => continue,
             }
         }
         let commit = run_group(&conn, &mut group, &stmts);
