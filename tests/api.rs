@@ -475,6 +475,179 @@ fn metrics_after_real_traffic_and_openapi_covering_every_route() {
     );
 }
 
+/// The properties an OpenAPI schema names, following a `$ref` into the
+/// document's components.
+fn schema_properties(doc: &Value, schema: &Value) -> std::collections::BTreeSet<String> {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.strip_prefix("#/components/schemas/").expect("local ref");
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    };
+    schema["properties"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Every 2xx of every route is described by a schema, and the bodies a real pod
+/// sends have exactly the properties their schema lists.
+#[test]
+fn openapi_gives_a_schema_for_every_success_body_and_bodies_match_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let doc = expect(c.get(pod.url("/openapi.json")).send().unwrap(), 200);
+    let mut checked = 0;
+    for (method, path) in ROUTES {
+        let op = &doc["paths"][path][method.to_ascii_lowercase()];
+        let responses = op["responses"].as_object().expect("responses");
+        let ok: Vec<_> = responses
+            .iter()
+            .filter(|(code, _)| code.starts_with('2'))
+            .collect();
+        assert!(!ok.is_empty(), "{method} {path} documents no 2xx");
+        for (code, r) in ok {
+            let content = r["content"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} {code}: no content"));
+            assert!(!content.is_empty(), "{method} {path} {code}: no content");
+            for (media, m) in content {
+                assert!(
+                    m["schema"].is_object(),
+                    "{method} {path} {code} {media}: no schema"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= ROUTES.len());
+
+    // Real bodies against their schemas.
+    let id = expect(
+        c.post(pod.url("/submit"))
+            .json(&json!({"type": "noop"}))
+            .send()
+            .unwrap(),
+        201,
+    )["step_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = |p: &str| pod.url(p);
+    let mut bodies: Vec<(&str, &str, Value)> = vec![
+        (
+            "get",
+            "/health",
+            expect(c.get(url("/health")).send().unwrap(), 200),
+        ),
+        (
+            "get",
+            "/ready",
+            expect(c.get(url("/ready")).send().unwrap(), 200),
+        ),
+        (
+            "get",
+            "/status/{step_id}",
+            expect(c.get(url(&format!("/status/{id}"))).send().unwrap(), 200),
+        ),
+        (
+            "get",
+            "/idempotency/{step_id}",
+            expect(
+                c.get(url(&format!("/idempotency/{id}"))).send().unwrap(),
+                200,
+            ),
+        ),
+        (
+            "get",
+            "/admin/leader",
+            expect(
+                admin(&c, reqwest::Method::GET, url("/admin/leader"))
+                    .send()
+                    .unwrap(),
+                200,
+            ),
+        ),
+        (
+            "get",
+            "/admin/queue",
+            expect(
+                admin(&c, reqwest::Method::GET, url("/admin/queue"))
+                    .send()
+                    .unwrap(),
+                200,
+            ),
+        ),
+        (
+            "get",
+            "/admin/failed",
+            expect(
+                admin(&c, reqwest::Method::GET, url("/admin/failed"))
+                    .send()
+                    .unwrap(),
+                200,
+            ),
+        ),
+        (
+            "get",
+            "/admin/recovery",
+            expect(
+                admin(&c, reqwest::Method::GET, url("/admin/recovery"))
+                    .send()
+                    .unwrap(),
+                200,
+            ),
+        ),
+    ];
+    bodies.push((
+        "post",
+        "/submit/batch",
+        expect(
+            c.post(url("/submit/batch"))
+                .json(&json!({"steps": [{"type": "noop"}]}))
+                .send()
+                .unwrap(),
+            201,
+        ),
+    ));
+    for (method, path, body) in bodies {
+        let responses = &doc["paths"][path][method]["responses"];
+        let code = ["200", "201"]
+            .into_iter()
+            .find(|c| responses[*c].is_object())
+            .unwrap();
+        let schema = &responses[code]["content"]["application/json"]["schema"];
+        let want = schema_properties(&doc, schema);
+        let got: std::collections::BTreeSet<String> =
+            body.as_object().unwrap().keys().cloned().collect();
+        // Optional fields may be left out of a body, never added to it.
+        assert!(
+            got.is_subset(&want),
+            "{method} {path}: body has {got:?}, schema lists {want:?}"
+        );
+        let required: std::collections::BTreeSet<String> = {
+            let s = match schema["$ref"].as_str() {
+                Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+                None => schema,
+            };
+            s["required"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert!(
+            required.is_subset(&got),
+            "{method} {path}: body {got:?} lacks required {required:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_input_gets_a_clear_4xx_with_the_error_body_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
