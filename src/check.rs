@@ -87,7 +87,7 @@ async fn checks(settings: &Settings) -> Vec<Line> {
     push("settings", t0, Ok(format!("valid; store: {target}")));
     let t0 = Instant::now();
     // Opening initialises the schema (idempotent: creates missing tables only).
-    let store = match crate::storage::open(settings).await {
+    let store = match crate::serve::open_store(settings).await {
         Ok(s) => {
             push(
                 "connect and schema",
@@ -186,7 +186,7 @@ pub fn schema(settings: &Settings, apply: bool) -> i32 {
         .enable_all()
         .build()
         .expect("runtime");
-    match rt.block_on(crate::storage::open(settings)) {
+    match rt.block_on(crate::serve::open_store(settings)) {
         Ok(_) => {
             match settings.storage_mode {
                 StorageMode::Sqlite => {

@@ -99,38 +99,7 @@ keys! {
     "http_max_result_bytes", "65536", false, "largest response the `http` handler stores as a step's result (larger fails the step), 1024 to 16777216";
 }
 
-/// A secret string: `Debug`, `Display` and `Serialize` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself; call only where it is used, never to print.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
-}
+pub use crate::secret::Secret;
 
 /// Which store backs the fleet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -152,38 +121,10 @@ pub enum LogFormat {
     Console,
 }
 
-/// Snowflake connection settings.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SnowflakeSettings {
-    /// Account identifier.
-    pub account: String,
-    /// User.
-    pub user: String,
-    /// Password authentication.
-    pub password: Option<Secret>,
-    /// Database.
-    pub database: String,
-    /// Schema.
-    pub schema: String,
-    /// Warehouse.
-    pub warehouse: String,
-    /// Role, if not the user's default.
-    pub role: Option<String>,
-    /// Key-pair authentication: PEM file.
-    pub private_key_path: Option<PathBuf>,
-    /// Key-pair authentication: PEM text.
-    pub private_key: Option<Secret>,
-    /// Sessions kept open.
-    pub pool_size: u32,
-    /// Connect/answer timeout.
-    pub connection_timeout: Duration,
-    /// Endpoint host override.
-    pub host: Option<String>,
-    /// Endpoint port.
-    pub port: u16,
-    /// `https` or `http`.
-    pub protocol: String,
-}
+/// The Snowflake part of the settings is the store's own options struct: the
+/// store takes [`SnowflakeOptions`] and imports nothing from this module, and
+/// this module fills it from `FLEET_Q_SNOWFLAKE_*`.
+pub use crate::storage::snowflake::SnowflakeOptions as SnowflakeSettings;
 
 /// The validated, typed settings of one pod.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -654,13 +595,13 @@ fn build(p: &mut Parser<'_>) -> Settings {
     let snowflake = SnowflakeSettings {
         account: p.text("snowflake_account"),
         user: p.text("snowflake_user"),
-        password: p.opt("snowflake_password").map(Secret),
+        password: p.opt("snowflake_password").map(Secret::new),
         database: p.text("snowflake_database"),
         schema: p.text("snowflake_schema"),
         warehouse: p.text("snowflake_warehouse"),
         role: p.opt("snowflake_role"),
         private_key_path: p.opt("snowflake_private_key_path").map(PathBuf::from),
-        private_key: p.opt("snowflake_private_key").map(Secret),
+        private_key: p.opt("snowflake_private_key").map(Secret::new),
         pool_size: p.num::<u32>("snowflake_connection_pool_size", 1, 100),
         connection_timeout: p.secs("snowflake_connection_timeout", 1, 3600),
         host: p.opt("snowflake_host"),
@@ -721,7 +662,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
             p.problem("admin_token", "must not be blank when set");
             None
         }
-        Some(t) => Some(Secret(t)),
+        Some(t) => Some(Secret::new(t)),
         None => None,
     };
 

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod http_io;
+pub mod secret;
 pub mod serve;
 pub mod smoke;
 pub mod storage;

@@ -6,10 +6,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::{web, App};
-use fleet_q_actors::{Backoff, Pod, PodConfig};
+use fleet_q_actors::{Backoff, Pod, PodConfig, Store, StoreError};
 
 use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::config::{Settings, StorageMode};
 use crate::http_io::ErrorBodyIo;
 use crate::{handlers, storage};
 
@@ -62,7 +62,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let store = storage::open(&settings)
+    let store = open_store(&settings)
         .await
         .map_err(|e| anyhow::anyhow!("opening the {:?} store: {e}", settings.storage_mode))?;
     let handlers = handlers::builtin(&settings.http_handlers, settings.http_max_result_bytes);
@@ -189,4 +189,23 @@ pub async fn signals() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Opens the store the settings name and initialises its schema: the one place
+/// the settings are turned into a backend's options.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    let store: Arc<dyn Store> = match settings.storage_mode {
+        StorageMode::Sqlite => Arc::new(storage::sqlite::SqliteStore::open(
+            &settings.sqlite_db_path,
+            storage::sqlite::SqliteOptions::default(),
+        )?),
+        StorageMode::Snowflake => Arc::new(storage::snowflake::SnowflakeStore::open(
+            &settings.snowflake,
+            settings.default_max_attempts,
+            settings.default_base_delay,
+            settings.default_max_delay,
+        )?),
+    };
+    store.schema_init().await?;
+    Ok(store)
 }

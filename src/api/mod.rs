@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use fleet_q_actors::{Pod, PodRecord, QueueStats, StoreError};
 use utoipa::OpenApi;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 pub use dto::MAX_BATCH;
 use error::{json_error, method_not_allowed, not_found, path_error, query_error};
 pub use error::{truncate, ApiError, ErrorType, QUOTE_MAX};

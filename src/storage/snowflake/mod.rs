@@ -32,6 +32,7 @@
 mod decode;
 mod fenced;
 mod insert;
+mod options;
 mod rows;
 mod schema;
 mod session;
@@ -55,8 +56,8 @@ use snowflake_api::{
     SnowflakeApiBuilder, SnowflakeApiError,
 };
 
-use crate::config::SnowflakeSettings;
 use decode::*;
+pub use options::SnowflakeOptions;
 use rows::*;
 pub use rows::{MAX_ERROR_BYTES, MAX_RESULT_BYTES};
 pub use schema::DDL;
@@ -64,7 +65,7 @@ use session::*;
 
 /// The Snowflake implementation of [`Store`].
 pub struct SnowflakeStore {
-    settings: SnowflakeSettings,
+    settings: SnowflakeOptions,
     key_pem: Option<String>,
     sessions: Vec<tokio::sync::Mutex<Session>>,
     next: AtomicUsize,

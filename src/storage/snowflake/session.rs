@@ -102,7 +102,7 @@ pub(super) struct Session {
 impl SnowflakeStore {
     /// Builds the session pool (sessions log in on their first statement).
     pub fn open(
-        s: &SnowflakeSettings,
+        s: &SnowflakeOptions,
         attempts: u32,
         base_delay: Duration,
         max_delay: Duration,
