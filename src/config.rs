@@ -122,7 +122,7 @@ pub enum LogFormat {
 }
 
 /// The Snowflake part of the settings is the store's own options struct: the
-/// store takes [`SnowflakeOptions`] and imports nothing from this module, and
+/// store takes [`crate::storage::snowflake::SnowflakeOptions`] and imports nothing from this module, and
 /// this module fills it from `FLEET_Q_SNOWFLAKE_*`.
 pub use crate::storage::snowflake::SnowflakeOptions as SnowflakeSettings;
 

@@ -1,4 +1,4 @@
-//! Storage backends implementing the engine's [`Store`] contract. SQL lives here
+//! Storage backends implementing the engine's [`fleet_q_actors::Store`] contract. SQL lives here
 //! and nowhere else. Each backend takes its own options struct; the shell
 //! (`crate::serve::open_store`) fills them from the settings.
 

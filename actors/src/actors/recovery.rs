@@ -12,7 +12,7 @@
 //!
 //! A dry run computes and stages without writing to the store.
 //!
-//! Retention runs beside the cycles, on its own cadence (see [`Prune`]): while
+//! Retention runs beside the cycles, on its own cadence (see `Prune`): while
 //! this pod leads, finished steps past the retention are deleted in chunks of
 //! `prune_batch` rows, one store call each, the next chunk at once while chunks
 //! come back full, and after a pause sized to the expiry rate otherwise.

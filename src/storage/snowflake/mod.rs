@@ -24,10 +24,10 @@
 //!   milliseconds (`DATE_PART(EPOCH_MILLISECOND, …)`), so only integers and text
 //!   cross the Arrow boundary.
 //!
-//! Layout: [`session`] (pool, one statement, retries), [`decode`] (Arrow),
-//! [`rows`] (row mapping, chunking), [`schema`] (DDL), [`sql`] (literals),
-//! [`fenced`] (proven reads, fenced updates), [`insert`], [`stats`], and
-//! [`store`] (the `Store` impl).
+//! Layout: `session` (pool, one statement, retries), `decode` (Arrow),
+//! `rows` (row mapping, chunking), `schema` (DDL), [`sql`] (literals),
+//! `fenced` (proven reads, fenced updates), `insert`, `stats`, and
+//! `store` (the `Store` impl).
 
 mod decode;
 mod fenced;

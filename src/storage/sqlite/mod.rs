@@ -6,7 +6,7 @@
 //!   last few commits.
 //! - A busy timeout, so processes sharing the file wait for each other's write
 //!   lock instead of failing; a wait longer than that is a transient error.
-//! - All writes go through one group-commit writer thread ([`writer`]); reads use a
+//! - All writes go through one group-commit writer thread (`writer`); reads use a
 //!   small pool of connections on tokio's blocking pool. No SQLite call ever runs
 //!   on an async or actor thread.
 //! - Times are stored as INTEGER milliseconds since the Unix epoch (UTC), read from
