@@ -11,7 +11,7 @@
 //! # Layout
 //! - [`step`]: [`Step`], [`StepStatus`], [`StepId`], and [`NewStep`], the validated
 //!   form of a submit.
-//! - [`pod`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
+//! - [`records`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
 //! - [`handler`]: the [`StepHandler`] trait user code implements, and its registry.
@@ -19,12 +19,14 @@
 //!   executor, recovery), one file each; [`messages`]: events they share.
 //! - [`supervision`]: panic isolation and the restart budget; [`state`]: what the
 //!   actors share with the HTTP side; [`ledger`]: the recovery ledger.
-//! - [`runtime`]: [`Pod`], the composition of all of the above.
+//! - [`pod`]: [`Pod`], the composition of all of the above.
 //! - `testkit` (feature `testkit`): the shared conformance suite and the
 //!   [`conformance_suite!`] macro that expands it into one test per case.
 //!
 //! Dependencies point one way: the server crate `fleet-q` depends on this one, never
-//! the reverse, and nothing here imports an HTTP stack or a database driver.
+//! the reverse. Nothing here imports an HTTP stack, and the shared store is reached
+//! only through [`Store`]: the one database driver here, `rusqlite`, serves the
+//! recovery ledger ([`ledger`]), a file local to each pod.
 
 pub mod actors;
 pub mod defaults;
@@ -33,7 +35,7 @@ pub mod ledger;
 pub mod messages;
 pub mod metrics;
 pub mod pod;
-pub mod runtime;
+pub mod records;
 pub mod state;
 pub mod step;
 pub mod store;
@@ -43,11 +45,11 @@ pub mod testkit;
 
 pub use handler::{HandlerError, HandlerRegistry, StepContext, StepHandler};
 pub use ledger::RecoverySummary;
-pub use pod::{
+pub use pod::{Pod, PodConfig, PodError, ShutdownReport};
+pub use records::{
     eldest_live_pod, fold_types, PodRecord, PodStatus, QueueStats, StatusCounts, OTHER_TYPES,
     STATS_TYPES,
 };
-pub use runtime::{Pod, PodConfig, PodError, ShutdownReport};
 pub use state::PodState;
 pub use step::{
     NewStep, Payload, RunAt, Step, StepId, StepSpec, StepStatus, ValidationError, ValidationErrors,

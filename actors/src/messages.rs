@@ -18,14 +18,14 @@ pub struct LeadershipChanged {
 /// pod was marked down and is rejoining).
 #[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct HeartbeatHealth {
+pub struct HeartbeatHealthChanged {
     /// Healthy: the last heartbeat succeeded and is recent.
     pub healthy: bool,
 }
 
 /// Why the claimer should look for work now rather than at its next tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WakeReason {
+pub enum ClaimTrigger {
     /// A step was submitted through this pod.
     Submitted,
     /// A slot freed up.
@@ -34,7 +34,9 @@ pub enum WakeReason {
     Healthy,
 }
 
-/// Look for work now.
+/// Something happened that may let the claimer take work now (a submit, a
+/// freed slot, a recovered heartbeat): it looks at once instead of at its next
+/// tick.
 #[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct Wake(pub WakeReason);
+pub struct ClaimTriggered(pub ClaimTrigger);

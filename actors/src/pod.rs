@@ -1,272 +1,504 @@
-//! Pods as the store sees them (the seed's POD_HEALTH table) and queue statistics.
+//! A running pod: the six supervised actors wired together.
+//!
+//! [`Pod::start`] must be called inside a running actix system (e.g. from
+//! `#[actix::main]` or `actix_web::main`). Step handlers run on a runtime of their
+//! own (a dedicated thread pool), so a slow or CPU-bound handler never stalls the
+//! actors. [`Pod::shutdown`] is the graceful path: stop claiming, let running steps
+//! finish within the grace period, release the rest without spending a retry, write
+//! the remaining outcomes, and send a final `down` heartbeat.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use actix::prelude::*;
 
-use crate::step::ValidationError;
+use crate::actors::claimer::{ClaimerActor, ClaimerConfig};
+use crate::actors::executor::{Drain, ExecutorConfig, ExecutorPool, SetClaimer};
+use crate::actors::heartbeat::{FinalHeartbeat, HeartbeatActor, HeartbeatConfig};
+use crate::actors::leader::{LeaderConfig, LeaderElector};
+use crate::actors::recovery::{RecoveryActor, RecoveryConfig, RecoveryError, RunRecovery};
+use crate::actors::storage::*;
+use crate::handler::HandlerRegistry;
+use crate::ledger::{Ledger, RecoverySummary};
+use crate::messages::{ClaimTrigger, ClaimTriggered};
+use crate::records::{PodRecord, QueueStats};
+use crate::state::PodState;
+use crate::step::{NewStep, Step, StepId};
+use crate::store::{Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError};
+use crate::supervision::RestartBudget;
 
-/// A pod's own view of itself, written with every heartbeat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PodStatus {
-    /// Running and heartbeating.
-    Up,
-    /// Shut down, or presumed dead and marked down by the leader. A down pod never
-    /// becomes `up` again under the same id: it rejoins under a new identity.
-    Down,
-}
-
-impl PodStatus {
-    /// The stored name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PodStatus::Up => "up",
-            PodStatus::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for PodStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PodStatus {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "up" => Ok(PodStatus::Up),
-            "down" => Ok(PodStatus::Down),
-            other => Err(ValidationError::new(
-                "pod_status",
-                format!("unknown pod status {other:?}"),
-            )),
-        }
-    }
-}
-
-/// One row of POD_HEALTH, with its heartbeat age measured by the store's clock at
-/// the time it was read.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PodRecord {
-    /// Unique per process (and per rejoin).
+/// Everything a pod needs to know. Defaults match the documented settings.
+#[derive(Clone, Debug)]
+pub struct PodConfig {
+    /// This process's id (unique per process).
     pub pod_id: String,
-    /// First heartbeat of this identity; the eldest live pod leads.
-    pub birth_ts: DateTime<Utc>,
-    /// Latest heartbeat, by the store's clock.
-    pub last_heartbeat_ts: DateTime<Utc>,
-    /// `up` or `down`.
-    pub status: PodStatus,
-    /// Steps it was running at its last heartbeat.
-    pub capacity_in_use: u32,
-    /// Steps it may run at once.
+    /// Steps run at once: `floor(max_parallelism × capacity_threshold)`, ≥ 1.
     pub max_capacity: u32,
-    /// Free-form JSON the pod reports (version, host, address).
+    /// Most steps per claim.
+    pub claim_batch: u32,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Idle claim period.
+    pub claim_interval: Duration,
+    /// Leader check period.
+    pub leader_check_interval: Duration,
+    /// Recovery period (leader only).
+    pub recovery_interval: Duration,
+    /// Self-reconciliation period (`None`: off); see
+    /// [`crate::actors::storage::StorageConfig::reconcile_interval`].
+    pub reconcile_interval: Option<Duration>,
+    /// Shared-stats period; see
+    /// [`crate::actors::storage::StorageConfig::stats_interval`].
+    pub stats_interval: Duration,
+    /// See [`crate::actors::storage::StorageConfig::stats_lag`].
+    pub stats_lag: Duration,
+    /// Liveness threshold.
+    pub dead_pod_threshold: Duration,
+    /// Default handler timeout.
+    pub step_timeout: Duration,
+    /// Time running steps get on shutdown.
+    pub shutdown_grace: Duration,
+    /// Finished steps are pruned after this.
+    pub retention: Duration,
+    /// Rows per prune chunk; see [`crate::actors::recovery::RecoveryConfig::prune_batch`].
+    pub prune_batch: u32,
+    /// Longest pause between prune chunks; see
+    /// [`crate::actors::recovery::RecoveryConfig::prune_interval`].
+    pub prune_interval: Duration,
+    /// Step retry backoff.
+    pub step_backoff: Backoff,
+    /// Store call attempts on transient errors.
+    pub store_max_attempts: u32,
+    /// First store retry delay.
+    pub store_base_delay: Duration,
+    /// Cap on store retry delays.
+    pub store_max_delay: Duration,
+    /// Recovery ledger file (`None`: in memory).
+    pub ledger_path: Option<PathBuf>,
+    /// Recovery cycles kept in the ledger.
+    pub recovery_cycles_kept: usize,
+    /// Actor restart budget.
+    pub restart_budget: RestartBudget,
+    /// Threads of the handler runtime.
+    pub handler_threads: usize,
+    /// JSON written with each heartbeat.
     pub meta: serde_json::Value,
-    /// Store time at read minus `last_heartbeat_ts`.
-    pub heartbeat_age: Duration,
-    /// The heartbeat interval the pod declared (rows written by older versions
-    /// declare none).
-    #[serde(default)]
-    pub heartbeat_interval: Option<Duration>,
-    /// How long after its last heartbeat the pod may be presumed dead, as the pod
-    /// itself declared it: its own dead threshold, never less than
-    /// [`MIN_HEARTBEATS_BEFORE_DEAD`] of its heartbeat intervals.
-    #[serde(default)]
-    pub dead_after: Option<Duration>,
 }
 
-/// A pod is never presumed dead before it has missed this many heartbeats, whatever
-/// thresholds are configured.
-pub const MIN_HEARTBEATS_BEFORE_DEAD: u32 = 3;
-
-/// The silence after which a pod that heartbeats every `interval` with dead
-/// threshold `threshold` may be presumed dead: the threshold, but never less than
-/// [`MIN_HEARTBEATS_BEFORE_DEAD`] intervals.
-pub fn dead_after(interval: Duration, threshold: Duration) -> Duration {
-    threshold.max(interval * MIN_HEARTBEATS_BEFORE_DEAD)
-}
-
-impl PodRecord {
-    /// How long this pod may stay silent before it is presumed dead: what it
-    /// declared in its row, or `default` (the judging pod's own threshold) for a
-    /// row that declares nothing. Each pod is judged by its own settings, so pods
-    /// with different heartbeat settings can share one store.
-    pub fn dead_threshold(&self, default: Duration) -> Duration {
-        self.dead_after.unwrap_or(default)
-    }
-
-    /// Alive: marked up, with a heartbeat younger than its dead threshold (see
-    /// [`PodRecord::dead_threshold`]) by store time. (A zero threshold therefore
-    /// makes every pod that declares none dead.)
-    pub fn is_alive(&self, default_threshold: Duration) -> bool {
-        self.status == PodStatus::Up && self.heartbeat_age < self.dead_threshold(default_threshold)
-    }
-}
-
-/// The leader among `pods`: the live pod with the earliest birth time, ties broken
-/// by pod id. Every pod computes the same answer from the same rows.
-pub fn eldest_live_pod(pods: &[PodRecord], dead_threshold: Duration) -> Option<&PodRecord> {
-    pods.iter()
-        .filter(|p| p.is_alive(dead_threshold))
-        .min_by(|a, b| (a.birth_ts, &a.pod_id).cmp(&(b.birth_ts, &b.pod_id)))
-}
-
-/// Step counts by status.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusCounts {
-    /// Waiting.
-    pub pending: u64,
-    /// Running.
-    pub claimed: u64,
-    /// Done.
-    pub completed: u64,
-    /// Failed terminally.
-    pub failed: u64,
-    /// Cancelled.
-    pub cancelled: u64,
-}
-
-impl StatusCounts {
-    /// Adds `n` to the counter of `status`.
-    pub fn add(&mut self, status: crate::StepStatus, n: u64) {
-        use crate::StepStatus::*;
-        match status {
-            Pending => self.pending += n,
-            Claimed => self.claimed += n,
-            Completed => self.completed += n,
-            Failed => self.failed += n,
-            Cancelled => self.cancelled += n,
-        }
-    }
-
-    /// All steps counted.
-    pub fn total(&self) -> u64 {
-        self.pending + self.claimed + self.completed + self.failed + self.cancelled
-    }
-
-    /// Adds every counter of `other` to these.
-    pub fn merge(&mut self, other: &StatusCounts) {
-        self.pending += other.pending;
-        self.claimed += other.claimed;
-        self.completed += other.completed;
-        self.failed += other.failed;
-        self.cancelled += other.cancelled;
-    }
-}
-
-/// Step types statistics keep by name; the rest are summed under
-/// [`OTHER_TYPES`]. Clients choose step types, so no statistic may hold one
-/// entry per type a client ever sent.
-pub const STATS_TYPES: usize = 1000;
-
-/// The name the step types beyond [`STATS_TYPES`] are summed under.
-pub const OTHER_TYPES: &str = "(other types)";
-
-/// Keeps the `keep` entries of `map` with the largest `size` (ties by name),
-/// adding the rest into one entry named [`OTHER_TYPES`]; the sum over all
-/// entries is unchanged.
-pub fn fold_types<V: Default>(
-    map: &mut BTreeMap<String, V>,
-    keep: usize,
-    size: impl Fn(&V) -> u64,
-    add: impl Fn(&mut V, &V),
-) {
-    if map.len() <= keep {
-        return;
-    }
-    let mut other = map.remove(OTHER_TYPES).unwrap_or_default();
-    let mut by_size: Vec<(u64, String)> = map.iter().map(|(k, v)| (size(v), k.clone())).collect();
-    by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    for (_, k) in by_size.into_iter().skip(keep.saturating_sub(1)) {
-        if let Some(v) = map.remove(&k) {
-            add(&mut other, &v);
-        }
-    }
-    map.insert(OTHER_TYPES.to_string(), other);
-}
-
-/// A snapshot of the queue.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct QueueStats {
-    /// Counts by status over every stored step.
-    pub counts: StatusCounts,
-    /// Pending steps by priority.
-    pub pending_by_priority: BTreeMap<i32, u64>,
-    /// Counts by status for each step type.
-    pub by_type: BTreeMap<String, StatusCounts>,
-    /// Age of the oldest pending step that is due (`run_at <= now`), by store time.
-    pub oldest_pending_age: Option<Duration>,
-    /// Store time of the snapshot.
-    pub as_of: Option<DateTime<Utc>>,
-}
-
-impl QueueStats {
-    /// Bounds [`QueueStats::by_type`] to [`STATS_TYPES`] entries (see
-    /// [`fold_types`]).
-    pub fn fold_types(&mut self) {
-        fold_types(
-            &mut self.by_type,
-            STATS_TYPES,
-            StatusCounts::total,
-            StatusCounts::merge,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn types_beyond_the_limit_are_summed_under_one_name() {
-        let mut m: BTreeMap<String, u64> = (0..10).map(|i| (format!("t{i}"), i)).collect();
-        fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
-        assert_eq!(m.len(), 4);
-        assert_eq!((m["t9"], m["t8"], m["t7"]), (9, 8, 7));
-        assert_eq!(m[OTHER_TYPES], (0..7).sum::<u64>());
-        m.insert("t10".into(), 1);
-        let before: u64 = m.values().sum();
-        fold_types(&mut m, 4, |v| *v, |a, b| *a += b);
-        assert_eq!(m.len(), 4);
-        assert_eq!(m.values().sum::<u64>(), before, "folding keeps the sum");
-    }
-
-    fn pod(id: &str, birth_s: i64, age_s: u64, status: PodStatus) -> PodRecord {
-        PodRecord {
-            pod_id: id.into(),
-            birth_ts: DateTime::from_timestamp(birth_s, 0).unwrap(),
-            last_heartbeat_ts: DateTime::from_timestamp(birth_s, 0).unwrap(),
-            status,
-            capacity_in_use: 0,
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig {
+            pod_id: format!("pod-{}", uuid::Uuid::now_v7().simple()),
             max_capacity: 8,
+            claim_batch: crate::defaults::CLAIM_BATCH,
+            heartbeat_interval: crate::defaults::HEARTBEAT_INTERVAL,
+            claim_interval: crate::defaults::CLAIM_INTERVAL,
+            leader_check_interval: crate::defaults::LEADER_CHECK_INTERVAL,
+            recovery_interval: crate::defaults::RECOVERY_INTERVAL,
+            reconcile_interval: Some(crate::defaults::RECONCILE_INTERVAL),
+            stats_interval: crate::defaults::STATS_INTERVAL,
+            stats_lag: crate::defaults::STATS_LAG,
+            dead_pod_threshold: crate::defaults::DEAD_POD_THRESHOLD,
+            step_timeout: crate::defaults::STEP_TIMEOUT,
+            shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
+            retention: crate::defaults::RETENTION,
+            prune_batch: crate::defaults::PRUNE_BATCH,
+            prune_interval: crate::defaults::PRUNE_INTERVAL,
+            step_backoff: Backoff::default(),
+            store_max_attempts: crate::defaults::STORE_MAX_ATTEMPTS,
+            store_base_delay: crate::defaults::BASE_DELAY,
+            store_max_delay: crate::defaults::MAX_DELAY,
+            ledger_path: None,
+            recovery_cycles_kept: 20,
+            restart_budget: RestartBudget::default(),
+            handler_threads: 2,
             meta: serde_json::Value::Null,
-            heartbeat_age: Duration::from_secs(age_s),
-            heartbeat_interval: None,
-            dead_after: None,
+        }
+    }
+}
+
+/// Why a pod could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The handler runtime could not be started.
+    #[error("cannot start the handler runtime: {0}")]
+    Runtime(String),
+}
+
+/// What a graceful shutdown did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Steps still running at the end of the grace period, released to pending.
+    pub released: usize,
+    /// Whether the final `down` heartbeat was written.
+    pub final_heartbeat: bool,
+}
+
+struct HandlerRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HandlerRuntime {
+    fn start(threads: usize) -> Result<HandlerRuntime, PodError> {
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("fleet-q-handlers".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.max(1))
+                    .thread_name("fleet-q-handler")
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = htx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stop_rx.await;
+                        });
+                        // Running handlers are abandoned here (their leases were
+                        // released by the shutdown that stopped us).
+                        rt.shutdown_background();
+                    }
+                    Err(e) => {
+                        let _ = htx.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| PodError::Runtime(e.to_string()))?;
+        let handle = hrx
+            .recv()
+            .map_err(|e| PodError::Runtime(e.to_string()))?
+            .map_err(PodError::Runtime)?;
+        Ok(HandlerRuntime {
+            handle,
+            stop: Some(stop_tx),
+        })
+    }
+}
+
+impl Drop for HandlerRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A running pod.
+pub struct Pod {
+    cfg: PodConfig,
+    state: Arc<PodState>,
+    storage: Addr<StorageActor>,
+    heartbeat: Addr<HeartbeatActor>,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    leader: Addr<LeaderElector>,
+    claimer: Addr<ClaimerActor>,
+    executor: Addr<ExecutorPool>,
+    recovery: Addr<RecoveryActor>,
+    ledger: Ledger,
+    store: Arc<dyn Store>,
+    _handlers_rt: Arc<HandlerRuntime>,
+}
+
+impl Pod {
+    /// Starts a pod on `store` (schema already initialised) running `handlers`.
+    pub fn start(
+        cfg: PodConfig,
+        store: Arc<dyn Store>,
+        handlers: HandlerRegistry,
+    ) -> Result<Pod, PodError> {
+        crate::metrics::register_all();
+        crate::metrics::allow_type_labels(handlers.types().iter().map(String::as_str));
+        let state = Arc::new(PodState::new(
+            cfg.pod_id.clone(),
+            cfg.max_capacity,
+            cfg.restart_budget,
+        ));
+        let ledger = Ledger::open_or_memory(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept);
+        let rt = Arc::new(HandlerRuntime::start(cfg.handler_threads)?);
+
+        let storage_cfg = StorageConfig {
+            max_attempts: cfg.store_max_attempts,
+            base_delay: cfg.store_base_delay,
+            max_delay: cfg.store_max_delay,
+            step_backoff: cfg.step_backoff,
+            reconcile_interval: cfg.reconcile_interval,
+            stats_interval: cfg.stats_interval,
+            stats_lag: cfg.stats_lag,
+            ..Default::default()
+        };
+        let (s, st) = (store.clone(), state.clone());
+        let storage = Supervisor::start(move |_| StorageActor::new(s, storage_cfg, st));
+
+        let (st, sa, h, handle) = (
+            state.clone(),
+            storage.clone(),
+            handlers.clone(),
+            rt.handle.clone(),
+        );
+        let exec_cfg = ExecutorConfig {
+            default_timeout: cfg.step_timeout,
+            backoff: cfg.step_backoff,
+        };
+        let executor = Supervisor::start(move |_| ExecutorPool::new(exec_cfg, st, sa, h, handle));
+
+        let (st, sa, ex) = (state.clone(), storage.clone(), executor.clone());
+        let claimer_cfg = ClaimerConfig {
+            interval: cfg.claim_interval,
+            batch: cfg.claim_batch,
+        };
+        let claimer = Supervisor::start(move |_| ClaimerActor::new(claimer_cfg, st, sa, ex));
+        executor.do_send(SetClaimer(claimer.clone().recipient()));
+
+        let (st, sa, lg) = (state.clone(), storage.clone(), ledger.clone());
+        let recovery_cfg = RecoveryConfig {
+            interval: cfg.recovery_interval,
+            dead_threshold: cfg.dead_pod_threshold,
+            retention: cfg.retention,
+            prune_batch: cfg.prune_batch,
+            prune_interval: cfg.prune_interval,
+            backoff: cfg.step_backoff,
+            ..Default::default()
+        };
+        let recovery = Supervisor::start(move |_| RecoveryActor::new(recovery_cfg, st, sa, lg));
+
+        let (st, sa, rec) = (state.clone(), storage.clone(), recovery.clone());
+        let leader_cfg = LeaderConfig {
+            check_interval: cfg.leader_check_interval,
+            dead_threshold: cfg.dead_pod_threshold,
+        };
+        let leader = Supervisor::start(move |_| {
+            LeaderElector::new(leader_cfg, st, sa, vec![rec.recipient()])
+        });
+
+        let (st, sa) = (state.clone(), storage.clone());
+        let subs = vec![claimer.clone().recipient(), leader.clone().recipient()];
+        let hb_cfg = HeartbeatConfig {
+            interval: cfg.heartbeat_interval,
+            dead_threshold: cfg.dead_pod_threshold,
+            meta: cfg.meta.clone(),
+        };
+        let heartbeat = Supervisor::start(move |_| HeartbeatActor::new(hb_cfg, st, sa, subs));
+
+        tracing::info!(pod_id = %cfg.pod_id, max_capacity = cfg.max_capacity, handlers = %handlers.types().join(","), "pod started");
+        Ok(Pod {
+            cfg,
+            state,
+            storage,
+            heartbeat,
+            leader,
+            claimer,
+            executor,
+            recovery,
+            ledger,
+            store,
+            _handlers_rt: rt,
+        })
+    }
+
+    /// Shared state (health, leadership, capacity).
+    pub fn state(&self) -> &Arc<PodState> {
+        &self.state
+    }
+
+    /// The settings the pod runs with.
+    pub fn config(&self) -> &PodConfig {
+        &self.cfg
+    }
+
+    /// Cancels a pending step.
+    pub async fn cancel_step(&self, id: StepId) -> Result<CancelOutcome, StoreError> {
+        self.storage
+            .send(CancelStep(id))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Puts a failed step back to pending with a fresh retry budget.
+    pub async fn retry_step(&self, id: StepId) -> Result<RetryOutcome, StoreError> {
+        self.storage
+            .send(RetryStep(id))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// A page of failed steps, by id.
+    pub async fn failed_steps(&self, page: PageParams) -> Result<Vec<Step>, StoreError> {
+        self.storage
+            .send(ListFailed(page))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Statements this process sent to the store so far, by operation (a
+    /// counter read: no store call).
+    pub fn statements_by_op(&self) -> Vec<(&'static str, u64)> {
+        self.store.statements_by_op()
+    }
+
+    /// Whether statistics come from the shared row ([`Store::shares_stats`]).
+    pub fn shares_stats(&self) -> bool {
+        self.store.shares_stats()
+    }
+
+    fn storage_down(e: MailboxError) -> StoreError {
+        StoreError::transient("storage", format!("storage actor unavailable: {e}"))
+    }
+
+    /// Submits steps; wakes this pod's claimer so an idle pod starts them at once.
+    pub async fn submit(&self, steps: Vec<NewStep>) -> Result<Vec<Inserted>, StoreError> {
+        let r = self
+            .storage
+            .send(Submit(steps))
+            .await
+            .map_err(Self::storage_down)??;
+        if r.iter().any(|i| i.created) {
+            self.claimer
+                .do_send(ClaimTriggered(ClaimTrigger::Submitted));
+        }
+        Ok(r)
+    }
+
+    /// One step.
+    pub async fn step(&self, id: StepId) -> Result<Option<Step>, StoreError> {
+        self.storage
+            .send(GetStep(id))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Queue statistics.
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.storage
+            .send(GetQueueStats)
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Every pod row with the store's time of reading.
+    pub async fn pods(
+        &self,
+    ) -> Result<(Vec<PodRecord>, chrono::DateTime<chrono::Utc>), StoreError> {
+        self.storage
+            .send(ListPods)
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Pod rows for display (`/admin/queue`, `/metrics`): on shared-stats
+    /// backends, the rows the last leader check read (no statement); elsewhere a
+    /// fresh read.
+    pub async fn pods_recent(
+        &self,
+    ) -> Result<(Vec<PodRecord>, chrono::DateTime<chrono::Utc>), StoreError> {
+        if self.store.shares_stats() {
+            if let Some(seen) = self.state.pods_seen() {
+                return Ok(seen);
+            }
+        }
+        self.pods().await
+    }
+
+    /// Runs a recovery cycle now (leader only).
+    pub async fn run_recovery(&self, dry_run: bool) -> Result<RecoverySummary, RecoveryError> {
+        self.recovery
+            .send(RunRecovery { dry_run })
+            .await
+            .map_err(|e| RecoveryError::Failed(e.to_string()))?
+    }
+
+    /// Recent recovery cycles from the ledger, newest first.
+    pub async fn recovery_history(&self, limit: usize) -> Result<Vec<RecoverySummary>, String> {
+        self.ledger.recent(limit).await
+    }
+
+    /// Graceful shutdown; see the module docs.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.state.begin_shutdown();
+        tracing::info!(
+            running = self.state.running.len(),
+            grace_ms = self.cfg.shutdown_grace.as_millis() as u64,
+            "shutting down: claiming stopped, draining"
+        );
+        let leftover = self
+            .executor
+            .send(Drain {
+                grace: self.cfg.shutdown_grace,
+            })
+            .await
+            .unwrap_or_default();
+        // Outcomes of the steps that did finish are written before anything else.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.storage.send(Flush)).await;
+        let mut report = ShutdownReport {
+            released: leftover.len(),
+            ..Default::default()
+        };
+        if !leftover.is_empty() {
+            match self.storage.send(ReleaseSteps(leftover)).await {
+                Ok(Ok(r)) => tracing::info!(
+                    released = r.applied.len(),
+                    fenced = r.rejected.len(),
+                    "released unfinished steps"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not release unfinished steps; recovery will requeue them")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not release unfinished steps; recovery will requeue them")
+                }
+            }
+        }
+        report.final_heartbeat = matches!(self.heartbeat.send(FinalHeartbeat).await, Ok(Ok(())));
+        // The ledger is scratch for this run of the pod.
+        self.ledger.remove_files();
+        tracing::info!(
+            released = report.released,
+            final_heartbeat = report.final_heartbeat,
+            "shutdown complete"
+        );
+        report
+    }
+
+    /// Makes this pod's heartbeats fail for `d`. Only with feature `failpoints`
+    /// (test builds); otherwise returns false.
+    pub fn inject_heartbeat_failure(&self, d: Duration) -> bool {
+        #[cfg(feature = "failpoints")]
+        {
+            self.state.inject_heartbeat_failure(d);
+            true
+        }
+        #[cfg(not(feature = "failpoints"))]
+        {
+            let _ = d;
+            false
         }
     }
 
-    #[test]
-    fn eldest_live_pod_skips_dead_and_down_and_breaks_ties_by_id() {
-        let t = Duration::from_secs(180);
-        let pods = vec![
-            pod("a", 10, 500, PodStatus::Up), // dead: stale heartbeat
-            pod("b", 11, 5, PodStatus::Down), // down
-            pod("d", 20, 5, PodStatus::Up),   // live, born later
-            pod("c", 20, 5, PodStatus::Up),   // same birth as d: c wins by id
-            pod("e", 30, 179, PodStatus::Up), // just inside the threshold
-            pod("f", 1, 180, PodStatus::Up),  // exactly at the threshold: dead
-        ];
-        assert_eq!(eldest_live_pod(&pods, t).unwrap().pod_id, "c");
-        assert!(pods[4].is_alive(t));
-        assert!(!pods[5].is_alive(t));
-        assert!(eldest_live_pod(&pods[..2], t).is_none());
+    /// Injects a fault into the named actor. Only with feature `failpoints` (test
+    /// builds); otherwise, and for an unknown actor name, returns false.
+    #[cfg(not(feature = "failpoints"))]
+    pub fn inject_fault(&self, _actor: &str, _kind: crate::supervision::FaultKind) -> bool {
+        false
+    }
+
+    /// Injects a fault into the named actor. Only with feature `failpoints` (test
+    /// builds); otherwise, and for an unknown actor name, returns false.
+    #[cfg(feature = "failpoints")]
+    pub fn inject_fault(&self, actor: &str, kind: crate::supervision::FaultKind) -> bool {
+        use crate::supervision::{InjectFault, SupervisedActor};
+        let m = InjectFault(kind);
+        match actor {
+            StorageActor::NAME => self.storage.do_send(m),
+            HeartbeatActor::NAME => self.heartbeat.do_send(m),
+            LeaderElector::NAME => self.leader.do_send(m),
+            ClaimerActor::NAME => self.claimer.do_send(m),
+            ExecutorPool::NAME => self.executor.do_send(m),
+            RecoveryActor::NAME => self.recovery.do_send(m),
+            _ => return false,
+        }
+        true
     }
 }

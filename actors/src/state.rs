@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::step::StepId;
 use crate::store::Lease;
-use crate::supervision::{ActorState, ActorStatus, RestartBudget, RestartLedger};
+use crate::supervision::{ActorState, ActorStatus, RestartBudget, RestartWindow};
 
 /// The current leadership term as this pod last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -65,14 +65,14 @@ pub struct PodState {
     store: Mutex<StoreHealth>,
     started: Instant,
     actors: DashMap<&'static str, ActorStatus>,
-    restarts: Mutex<RestartLedger>,
+    restarts: Mutex<RestartWindow>,
     budget_exhausted: AtomicBool,
     fenced_results: AtomicU64,
     recovery: Mutex<(u32, Option<String>)>,
     /// On shared-stats backends: the statistics last read or published.
-    shared_stats: RwLock<Option<crate::pod::QueueStats>>,
+    shared_stats: RwLock<Option<crate::records::QueueStats>>,
     /// The pod rows of the last leader check, with the store time they were read.
-    pods_seen: RwLock<Option<(Vec<crate::pod::PodRecord>, DateTime<Utc>)>>,
+    pods_seen: RwLock<Option<(Vec<crate::records::PodRecord>, DateTime<Utc>)>>,
     /// Heartbeats fail until then (fault injection, test builds only).
     #[cfg(feature = "failpoints")]
     heartbeat_fail_until: Mutex<Option<Instant>>,
@@ -98,7 +98,7 @@ impl PodState {
             store: Mutex::new(StoreHealth::default()),
             started: Instant::now(),
             actors: DashMap::new(),
-            restarts: Mutex::new(RestartLedger::new(budget)),
+            restarts: Mutex::new(RestartWindow::new(budget)),
             budget_exhausted: AtomicBool::new(false),
             fenced_results: AtomicU64::new(0),
             recovery: Mutex::new((0, None)),
@@ -190,20 +190,20 @@ impl PodState {
     }
 
     /// On shared-stats backends, the statistics this pod last read or published.
-    pub fn shared_stats(&self) -> Option<crate::pod::QueueStats> {
+    pub fn shared_stats(&self) -> Option<crate::records::QueueStats> {
         self.shared_stats.read().expect("stats lock").clone()
     }
 
-    pub(crate) fn set_shared_stats(&self, s: crate::pod::QueueStats) {
+    pub(crate) fn set_shared_stats(&self, s: crate::records::QueueStats) {
         *self.shared_stats.write().expect("stats lock") = Some(s);
     }
 
     /// The pod rows the last leader check read, and the store time of reading.
-    pub fn pods_seen(&self) -> Option<(Vec<crate::pod::PodRecord>, DateTime<Utc>)> {
+    pub fn pods_seen(&self) -> Option<(Vec<crate::records::PodRecord>, DateTime<Utc>)> {
         self.pods_seen.read().expect("pods lock").clone()
     }
 
-    pub(crate) fn set_pods_seen(&self, pods: Vec<crate::pod::PodRecord>, at: DateTime<Utc>) {
+    pub(crate) fn set_pods_seen(&self, pods: Vec<crate::records::PodRecord>, at: DateTime<Utc>) {
         *self.pods_seen.write().expect("pods lock") = Some((pods, at));
     }
 
@@ -347,7 +347,7 @@ impl PodState {
         let within = self
             .restarts
             .lock()
-            .expect("restart ledger lock")
+            .expect("restart window lock")
             .record(Instant::now());
         if !within && !self.budget_exhausted.swap(true, Ordering::SeqCst) {
             tracing::error!(

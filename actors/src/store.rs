@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::pod::{PodRecord, PodStatus, QueueStats};
+use crate::records::{PodRecord, PodStatus, QueueStats};
 use crate::step::{NewStep, Step, StepId, StepStatus};
 
 /// Whether retrying the same call later may succeed.

@@ -57,14 +57,14 @@ impl Default for RestartBudget {
 
 /// Sliding-window accounting of restarts.
 #[derive(Debug)]
-pub(crate) struct RestartLedger {
+pub(crate) struct RestartWindow {
     budget: RestartBudget,
     recent: VecDeque<Instant>,
 }
 
-impl RestartLedger {
+impl RestartWindow {
     pub(crate) fn new(budget: RestartBudget) -> Self {
-        RestartLedger {
+        RestartWindow {
             budget,
             recent: VecDeque::new(),
         }
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn budget_allows_max_restarts_per_window() {
-        let mut l = RestartLedger::new(RestartBudget {
+        let mut l = RestartWindow::new(RestartBudget {
             max_restarts: 2,
             window: Duration::from_secs(30),
         });
@@ -218,7 +218,7 @@ mod tests {
         assert!(l.record(t + Duration::from_secs(1)));
         assert!(!l.record(t + Duration::from_secs(2)));
         // Old restarts leave the window.
-        let mut l = RestartLedger::new(RestartBudget {
+        let mut l = RestartWindow::new(RestartBudget {
             max_restarts: 2,
             window: Duration::from_secs(30),
         });

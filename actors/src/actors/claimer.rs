@@ -15,7 +15,7 @@ use actix::prelude::*;
 use super::executor::ExecutorPool;
 use super::jittered;
 use super::storage::{ClaimSteps, StorageActor};
-use crate::messages::{HeartbeatHealth, Wake};
+use crate::messages::{ClaimTriggered, HeartbeatHealthChanged};
 use crate::state::PodState;
 use crate::supervision::{guarded, SupervisedActor};
 
@@ -84,7 +84,7 @@ impl ClaimerActor {
             return;
         }
         if !self.state.heartbeat_healthy() {
-            // Woken again by HeartbeatHealth when the heartbeat recovers.
+            // Woken again by HeartbeatHealthChanged when the heartbeat recovers.
             self.schedule(ctx, idle);
             return;
         }
@@ -186,16 +186,16 @@ impl Handler<Tick> for ClaimerActor {
     }
 }
 
-impl Handler<Wake> for ClaimerActor {
+impl Handler<ClaimTriggered> for ClaimerActor {
     type Result = ();
-    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: ClaimTriggered, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, ctx| act.try_claim(ctx));
     }
 }
 
-impl Handler<HeartbeatHealth> for ClaimerActor {
+impl Handler<HeartbeatHealthChanged> for ClaimerActor {
     type Result = ();
-    fn handle(&mut self, msg: HeartbeatHealth, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: HeartbeatHealthChanged, ctx: &mut Context<Self>) {
         if msg.healthy {
             guarded(self, ctx, |act, ctx| act.try_claim(ctx));
         }

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::storage::{FinishStep, StorageActor};
 use crate::handler::{HandlerRegistry, StepContext, StepHandler};
-use crate::messages::{Wake, WakeReason};
+use crate::messages::{ClaimTrigger, ClaimTriggered};
 use crate::state::{InFlight, PodState};
 use crate::step::{Step, StepId};
 use crate::store::{Finish, Lease, Outcome};
@@ -102,7 +102,7 @@ pub struct ExecutorPool {
     cfg: ExecutorConfig,
     state: Arc<PodState>,
     storage: Addr<StorageActor>,
-    claimer: Option<Recipient<Wake>>,
+    claimer: Option<Recipient<ClaimTriggered>>,
     handlers: HandlerRegistry,
     runtime: tokio::runtime::Handle,
     tasks: HashMap<StepId, tokio::task::AbortHandle>,
@@ -205,7 +205,7 @@ impl ExecutorPool {
                         let due = self.cfg.backoff.delay(f.retry_count) + Duration::from_millis(5);
                         ctx.run_later(due, |act, _| {
                             if let Some(c) = &act.claimer {
-                                c.do_send(Wake(WakeReason::SlotFreed));
+                                c.do_send(ClaimTriggered(ClaimTrigger::SlotFreed));
                             }
                         });
                     }
@@ -221,7 +221,7 @@ impl ExecutorPool {
             });
             self.state.release_slots(1);
             if let Some(c) = &self.claimer {
-                c.do_send(Wake(WakeReason::SlotFreed));
+                c.do_send(ClaimTriggered(ClaimTrigger::SlotFreed));
             }
         }
         IN_USE.set(i64::from(self.state.in_flight()));
@@ -301,7 +301,7 @@ crate::impl_inject_fault!(ExecutorPool);
 /// Tells the executor whom to wake when a slot frees.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetClaimer(pub Recipient<Wake>);
+pub struct SetClaimer(pub Recipient<ClaimTriggered>);
 
 impl Handler<SetClaimer> for ExecutorPool {
     type Result = ();

@@ -15,8 +15,8 @@ use actix::prelude::*;
 
 use super::jittered;
 use super::storage::{SendHeartbeat, StorageActor};
-use crate::messages::HeartbeatHealth;
-use crate::pod::PodStatus;
+use crate::messages::HeartbeatHealthChanged;
+use crate::records::PodStatus;
 use crate::state::PodState;
 use crate::store::{HeartbeatParams, StoreError};
 use crate::supervision::{guarded, SupervisedActor};
@@ -51,7 +51,7 @@ pub struct HeartbeatActor {
     cfg: HeartbeatConfig,
     state: Arc<PodState>,
     storage: Addr<StorageActor>,
-    subscribers: Vec<Recipient<HeartbeatHealth>>,
+    subscribers: Vec<Recipient<HeartbeatHealthChanged>>,
     last_ok: Option<Instant>,
     beating: bool,
     timer: Option<SpawnHandle>,
@@ -63,7 +63,7 @@ impl HeartbeatActor {
         cfg: HeartbeatConfig,
         state: Arc<PodState>,
         storage: Addr<StorageActor>,
-        subscribers: Vec<Recipient<HeartbeatHealth>>,
+        subscribers: Vec<Recipient<HeartbeatHealthChanged>>,
     ) -> Self {
         HeartbeatActor {
             cfg,
@@ -81,7 +81,7 @@ impl HeartbeatActor {
             self.state.set_heartbeat_healthy(healthy);
             tracing::info!(healthy, pod_id = %self.state.pod_id(), "own heartbeat health changed");
             for s in &self.subscribers {
-                s.do_send(HeartbeatHealth { healthy });
+                s.do_send(HeartbeatHealthChanged { healthy });
             }
         }
     }
@@ -118,7 +118,7 @@ impl HeartbeatActor {
             meta: self.cfg.meta.clone(),
             incarnation: self.state.incarnation(),
             heartbeat_interval: Some(self.cfg.interval),
-            dead_after: Some(crate::pod::dead_after(
+            dead_after: Some(crate::records::dead_after(
                 self.cfg.interval,
                 self.cfg.dead_threshold,
             )),
@@ -235,7 +235,7 @@ impl Handler<FinalHeartbeat> for HeartbeatActor {
             meta: self.cfg.meta.clone(),
             incarnation: self.state.incarnation(),
             heartbeat_interval: Some(self.cfg.interval),
-            dead_after: Some(crate::pod::dead_after(
+            dead_after: Some(crate::records::dead_after(
                 self.cfg.interval,
                 self.cfg.dead_threshold,
             )),

@@ -17,8 +17,8 @@ use actix::prelude::*;
 
 use super::jittered;
 use super::storage::{ListPods, StorageActor};
-use crate::messages::{HeartbeatHealth, LeadershipChanged};
-use crate::pod::eldest_live_pod;
+use crate::messages::{HeartbeatHealthChanged, LeadershipChanged};
+use crate::records::eldest_live_pod;
 use crate::state::{PodState, Term};
 use crate::supervision::{guarded, SupervisedActor};
 
@@ -101,7 +101,7 @@ impl LeaderElector {
     /// Logs once per leader when the leader's declared liveness settings differ
     /// from this pod's: each pod is judged by its own declaration, so this is not a
     /// fault, but it is rarely intended.
-    fn warn_on_settings(&mut self, pods: &[crate::pod::PodRecord], term: Option<&Term>) {
+    fn warn_on_settings(&mut self, pods: &[crate::records::PodRecord], term: Option<&Term>) {
         let me = self.state.pod_id();
         let (Some(term), Some(mine)) = (term, pods.iter().find(|p| p.pod_id == me)) else {
             return;
@@ -202,7 +202,7 @@ impl LeaderElector {
 /// Who leads, and whether that is `me`: the eldest live pod leads, and `me` acts
 /// as leader only while its own heartbeat is healthy.
 fn decide(
-    pods: &[crate::pod::PodRecord],
+    pods: &[crate::records::PodRecord],
     me: &str,
     my_heartbeat_healthy: bool,
     dead_threshold: Duration,
@@ -259,9 +259,9 @@ impl Handler<Check> for LeaderElector {
     }
 }
 
-impl Handler<HeartbeatHealth> for LeaderElector {
+impl Handler<HeartbeatHealthChanged> for LeaderElector {
     type Result = ();
-    fn handle(&mut self, msg: HeartbeatHealth, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: HeartbeatHealthChanged, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, ctx| {
             if !msg.healthy && act.state.is_leader() {
                 // Step down at once; the check confirms who leads now.
@@ -276,7 +276,7 @@ impl Handler<HeartbeatHealth> for LeaderElector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pod::{PodRecord, PodStatus};
+    use crate::records::{PodRecord, PodStatus};
     use chrono::DateTime;
 
     fn pod(id: &str, birth: i64, age_s: u64) -> PodRecord {

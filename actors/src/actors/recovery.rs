@@ -30,7 +30,7 @@ use super::jittered;
 use super::storage::*;
 use crate::ledger::{Ledger, RecoverySummary};
 use crate::messages::LeadershipChanged;
-use crate::pod::PodStatus;
+use crate::records::PodStatus;
 use crate::state::PodState;
 use crate::step::StepStatus;
 use crate::store::*;
@@ -372,7 +372,11 @@ fn prune_pause(last: Duration, interval: Duration, pass_rows: u64, limit: u32) -
 const MIN_PRUNE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Pods still marked up whose heartbeat is older than the threshold (never `me`).
-fn dead_pods(pods: &[crate::pod::PodRecord], me: &str, dead_threshold: Duration) -> Vec<String> {
+fn dead_pods(
+    pods: &[crate::records::PodRecord],
+    me: &str,
+    dead_threshold: Duration,
+) -> Vec<String> {
     pods.iter()
         .filter(|p| p.status == PodStatus::Up && p.pod_id != me && !p.is_alive(dead_threshold))
         .map(|p| p.pod_id.clone())
@@ -626,7 +630,7 @@ impl Handler<RunRecovery> for RecoveryActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pod::PodRecord;
+    use crate::records::PodRecord;
     use chrono::DateTime;
 
     fn pod(id: &str, age_s: u64, status: PodStatus) -> PodRecord {

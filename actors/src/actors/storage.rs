@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::pod::{PodRecord, QueueStats};
+use crate::records::{PodRecord, QueueStats};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
 use crate::store::*;

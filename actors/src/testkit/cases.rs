@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::Harness;
-use crate::pod::{PodStatus, StatusCounts};
+use crate::records::{PodStatus, StatusCounts};
 use crate::step::{NewStep, RunAt, Step, StepId, StepSpec, StepStatus};
 use crate::store::*;
 
