@@ -161,10 +161,9 @@ fn a_panicking_handler_fails_its_step_only() {
         .await;
         // The executor actor itself never faulted.
         let actors = pod.state().actors();
-        use fleet_q_actors::supervision::SupervisedActor;
         let exec = actors
             .iter()
-            .find(|(n, _)| *n == fleet_q_actors::actors::executor::ExecutorPool::NAME)
+            .find(|(n, _)| *n == fleet_q_actors::actors::EXECUTOR)
             .unwrap();
         assert_eq!(exec.1.restarts, 0);
     });
@@ -594,7 +593,7 @@ async fn recover(pod: &Pod, dry_run: bool) -> RecoverySummary {
     loop {
         match pod.run_recovery(dry_run).await {
             Ok(s) => return s,
-            Err(fleet_q_actors::actors::recovery::RecoveryError::AlreadyRunning) => {
+            Err(fleet_q_actors::RecoveryError::AlreadyRunning) => {
                 assert!(Instant::now() < deadline, "a recovery cycle never finished");
                 actix_rt::time::sleep(Duration::from_millis(20)).await; // poll interval
             }

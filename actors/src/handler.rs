@@ -1,6 +1,6 @@
 //! Step handlers: user code that runs a step, registered by step type.
 //!
-//! Handlers never run inside an actor: the [`crate::actors::executor::ExecutorPool`] runs
+//! Handlers never run inside an actor: the `executor::ExecutorPool` runs
 //! each step as its own task on a dedicated runtime, under a timeout, catching
 //! panics, so a faulty handler fails its step and nothing else.
 

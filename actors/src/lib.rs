@@ -16,7 +16,7 @@
 //!   ([`Lease`]) and retry [`Backoff`].
 //! - [`handler`]: the [`StepHandler`] trait user code implements, and its registry.
 //! - [`actors`]: the six actors of a pod (storage, heartbeat, leader, claimer,
-//!   executor, recovery), one file each; [`messages`]: events they share.
+//!   executor, recovery), one file each; `messages`: events they share.
 //! - [`supervision`]: panic isolation and the restart budget; [`state`]: what the
 //!   actors share with the HTTP side; [`ledger`]: the recovery ledger.
 //! - [`pod`]: [`Pod`], the composition of all of the above.
@@ -32,7 +32,7 @@ pub mod actors;
 pub mod defaults;
 pub mod handler;
 pub mod ledger;
-pub mod messages;
+pub(crate) mod messages;
 pub mod metrics;
 pub mod pod;
 pub mod records;
@@ -43,6 +43,7 @@ pub mod supervision;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use actors::recovery::RecoveryError;
 pub use handler::{HandlerError, HandlerRegistry, StepContext, StepHandler};
 pub use ledger::RecoverySummary;
 pub use pod::{Pod, PodConfig, PodError, ShutdownReport};

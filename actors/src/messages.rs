@@ -30,12 +30,10 @@ pub enum ClaimTrigger {
     Submitted,
     /// A slot freed up.
     SlotFreed,
-    /// The heartbeat recovered.
-    Healthy,
 }
 
 /// Something happened that may let the claimer take work now (a submit, a
-/// freed slot, a recovered heartbeat): it looks at once instead of at its next
+/// freed slot): it looks at once instead of at its next
 /// tick.
 #[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 #[rtype(result = "()")]

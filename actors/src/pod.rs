@@ -46,12 +46,12 @@ pub struct PodConfig {
     /// Recovery period (leader only).
     pub recovery_interval: Duration,
     /// Self-reconciliation period (`None`: off); see
-    /// [`crate::actors::storage::StorageConfig::reconcile_interval`].
+    /// `storage::StorageConfig::reconcile_interval`.
     pub reconcile_interval: Option<Duration>,
     /// Shared-stats period; see
-    /// [`crate::actors::storage::StorageConfig::stats_interval`].
+    /// `storage::StorageConfig::stats_interval`.
     pub stats_interval: Duration,
-    /// See [`crate::actors::storage::StorageConfig::stats_lag`].
+    /// See `storage::StorageConfig::stats_lag`.
     pub stats_lag: Duration,
     /// Liveness threshold.
     pub dead_pod_threshold: Duration,
@@ -61,10 +61,10 @@ pub struct PodConfig {
     pub shutdown_grace: Duration,
     /// Finished steps are pruned after this.
     pub retention: Duration,
-    /// Rows per prune chunk; see [`crate::actors::recovery::RecoveryConfig::prune_batch`].
+    /// Rows per prune chunk; see `recovery::RecoveryConfig::prune_batch`.
     pub prune_batch: u32,
     /// Longest pause between prune chunks; see
-    /// [`crate::actors::recovery::RecoveryConfig::prune_interval`].
+    /// `recovery::RecoveryConfig::prune_interval`.
     pub prune_interval: Duration,
     /// Step retry backoff.
     pub step_backoff: Backoff,

@@ -80,7 +80,7 @@ pub struct PodState {
 
 impl PodState {
     /// State for a pod called `pod_id` that runs up to `max_capacity` steps at once.
-    pub fn new(pod_id: impl Into<String>, max_capacity: u32, budget: RestartBudget) -> Self {
+    pub(crate) fn new(pod_id: impl Into<String>, max_capacity: u32, budget: RestartBudget) -> Self {
         let pod_id = pod_id.into();
         PodState {
             base_pod_id: pod_id.clone(),
@@ -116,7 +116,7 @@ impl PodState {
 
     /// Takes a new identity after being presumed dead: the configured id with a
     /// generation suffix. Returns the new id.
-    pub fn rejoin(&self) -> String {
+    pub(crate) fn rejoin(&self) -> String {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let id = format!("{}-r{g}", self.base_pod_id);
         *self.pod_id.write().expect("pod id lock") = id.clone();
@@ -228,7 +228,7 @@ impl PodState {
     /// Records a store call's outcome. Only writes count: readiness means "can
     /// write" (heartbeats are writes), and a successful read during a write outage
     /// must not make the pod look ready. Reads are ignored here.
-    pub fn store_result(&self, write: bool, ok: Result<(), String>) {
+    pub(crate) fn store_result(&self, write: bool, ok: Result<(), String>) {
         if !write {
             return;
         }
@@ -272,7 +272,7 @@ impl PodState {
 
     /// Makes this pod's heartbeats fail for `d` (fault injection, test builds).
     #[cfg(feature = "failpoints")]
-    pub fn inject_heartbeat_failure(&self, d: Duration) {
+    pub(crate) fn inject_heartbeat_failure(&self, d: Duration) {
         *self.heartbeat_fail_until.lock().expect("failpoint lock") = Some(Instant::now() + d);
     }
 
@@ -330,7 +330,7 @@ impl PodState {
 
     /// Records a fault of actor `name`; when the pod-wide restart budget is
     /// exceeded, stops the actix system with [`crate::supervision::EXIT_RESTART_BUDGET`].
-    pub fn record_fault(&self, name: &'static str, why: String) {
+    pub(crate) fn record_fault(&self, name: &'static str, why: String) {
         crate::supervision::RESTARTS
             .with_label_values(&[name])
             .inc();

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use fleet_q_actors::actors::recovery::RecoveryError;
 use fleet_q_actors::{
-    eldest_live_pod, metrics, CancelOutcome, PageParams, PodRecord, RecoverySummary, RetryOutcome,
+    eldest_live_pod, metrics, CancelOutcome, PageParams, PodRecord, RecoveryError, RecoverySummary,
+    RetryOutcome,
 };
 
 use super::{fetch_step, parse_id};
