@@ -4,8 +4,12 @@
 //! collected and reported together ([`ConfigError`]), so a user fixes a broken
 //! deployment in one round. Secrets ([`Secret`]) never print.
 //!
-//! [`KEYS`] is the one list of settings: parsing, `fleet-q config`, the README's
-//! table (checked by a test) and the deployment checks all read it.
+//! Each setting is declared once, in the `keys!` table: name, default, [`Kind`]
+//! (with the range the parser enforces), secrecy and doc line. From it come
+//! [`KEYS`] (parsing, `fleet-q config --describe`, the README's table, checked by
+//! a test, and the deployment checks) and [`Key`], which the parser and
+//! [`Settings::entries`] match on exhaustively: a setting that is declared but
+//! not parsed or printed, or a misspelt one, does not compile.
 //!
 //! Unknown keys in the TOML file are errors (they are typos). Unknown `FLEET_Q_*`
 //! environment variables are ignored: Kubernetes injects service-link variables
@@ -21,13 +25,55 @@ use serde::Serialize;
 /// Prefix of every environment variable fleet-q reads.
 pub const ENV_PREFIX: &str = "FLEET_Q_";
 
+/// How a setting's text is read and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Text, checked by the setting's own rule if it has one.
+    Text,
+    /// A whole number in `min..=max`.
+    Int {
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// Whole seconds in `min..=max`.
+    Seconds {
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// A decimal number, checked by the setting's own rule.
+    Number,
+    /// One of these words (any case).
+    OneOf(&'static [&'static str]),
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Text => f.write_str("text"),
+            Kind::Int { min, max } => write!(f, "integer {min} to {max}"),
+            Kind::Seconds { min, max } => write!(f, "seconds {min} to {max}"),
+            Kind::Number => f.write_str("number"),
+            Kind::OneOf(options) => write!(f, "one of {}", options.join(", ")),
+        }
+    }
+}
+
 /// One documented setting.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyDoc {
+    /// Which setting (the parser and printer use this, so a misspelt setting
+    /// does not compile).
+    pub id: Key,
     /// Key in the TOML file; the environment variable is `FLEET_Q_` + upper case.
     pub key: &'static str,
     /// Default as text; empty when unset by default.
     pub default: &'static str,
+    /// How its value is read, with the allowed range.
+    pub kind: Kind,
     /// Never printed.
     pub secret: bool,
     /// What it does and what it accepts.
@@ -41,62 +87,84 @@ impl KeyDoc {
     }
 }
 
+/// Declares every setting once: its [`Key`], its name, default, [`Kind`]
+/// (with the range the parser enforces), whether it is secret, and its doc
+/// line. [`KEYS`] (parsing, `fleet-q config`, the README check, the deployment
+/// checks) and [`Key`] (which the parser and [`Settings::entries`] match on
+/// exhaustively) both come from here.
 macro_rules! keys {
-    ($( $key:literal, $default:literal, $secret:literal, $doc:literal; )*) => {
-        /// Every setting fleet-q reads, in documentation order.
-        pub const KEYS: &[KeyDoc] = &[ $( KeyDoc { key: $key, default: $default, secret: $secret, doc: $doc } ),* ];
+    ($( $id:ident $key:literal = $default:literal, $kind:expr, $secret:literal, $doc:literal; )*) => {
+        /// A setting, by name in code.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Key {
+            $(
+                #[doc = concat!("`", $key, "` (`FLEET_Q_` + upper case); its doc line is in [`KEYS`].")]
+                $id,
+            )*
+        }
+
+        /// Every setting fleet-q reads, in documentation order (the order of
+        /// [`Key`]).
+        pub const KEYS: &[KeyDoc] = &[ $( KeyDoc { id: Key::$id, key: $key, default: $default, kind: { use Kind::*; $kind }, secret: $secret, doc: $doc } ),* ];
     };
 }
 
+impl Key {
+    /// This setting's declaration.
+    pub fn doc(self) -> &'static KeyDoc {
+        &KEYS[self as usize]
+    }
+}
+
 keys! {
-    "storage_mode", "sqlite", false, "`sqlite` (embedded, one file) or `snowflake`";
-    "sqlite_db_path", "./fleet-q.db", false, "SQLite database file, shared by the pods of one machine";
-    "api_host", "0.0.0.0", false, "address the HTTP API binds";
-    "api_port", "8000", false, "HTTP port (0 picks a free port)";
-    "pod_id", "", false, "prefix of this process's id (1-100 of A-Z a-z 0-9 . _ -); each process adds an incarnation suffix of start time and randomness (default prefix: host name)";
-    "max_parallelism", "10", false, "steps one pod may run at once, 1 to 10000";
-    "capacity_threshold", "0.8", false, "(0, 1]; max capacity = floor(parallelism x threshold), at least 1";
-    "heartbeat_interval_seconds", "30", false, "heartbeat period, at least 1";
-    "claim_interval_seconds", "5", false, "idle claim period, at least 1 (busy pods claim at once)";
-    "claim_batch_size", "100", false, "most steps claimed at once, 1 to 10000";
-    "recovery_interval_seconds", "300", false, "leader's recovery period, at least 1";
-    "stats_interval_seconds", "15", false, "Snowflake: how often the leader computes queue statistics into a shared row and the other pods read it, 1 to 3600 (requests for statistics send no statement)";
-    "reconcile_interval_seconds", "60", false, "each pod's self-reconciliation period: claims the store says it holds but it never received, older than one period, are released (0: off)";
-    "dead_pod_threshold_seconds", "180", false, "a pod is dead after this long without a heartbeat; more than 2 x heartbeat interval";
-    "leader_check_interval_seconds", "60", false, "leader election period, at least 1";
-    "actor_restart_limit", "5", false, "actor restarts allowed per window across the pod; past it the pod exits (code 70) for the orchestrator to replace";
-    "actor_restart_window_seconds", "30", false, "the restart budget's window, 1 to 3600";
-    "log_level", "INFO", false, "TRACE, DEBUG, INFO, WARN or ERROR";
-    "log_format", "", false, "`json` or `console`; default: `console` when stdout is a terminal, else `json` (containers)";
-    "default_max_attempts", "5", false, "attempts of a store call on transient errors, at least 1";
-    "default_base_delay_ms", "100", false, "first retry delay (store calls and step retries), at least 1";
-    "default_max_delay_ms", "30000", false, "cap on any retry delay, at least the base delay";
-    "snowflake_account", "", false, "account identifier (required in snowflake mode)";
-    "snowflake_user", "", false, "user (required in snowflake mode)";
-    "snowflake_password", "", true, "password (or use a private key)";
-    "snowflake_database", "", false, "database (required in snowflake mode)";
-    "snowflake_schema", "PUBLIC", false, "schema";
-    "snowflake_warehouse", "COMPUTE_WH", false, "warehouse";
-    "snowflake_role", "", false, "role; default: the user's default role";
-    "snowflake_private_key_path", "", false, "PEM file with the key-pair authentication private key";
-    "snowflake_private_key", "", true, "the private key PEM itself (instead of a path)";
-    "snowflake_connection_pool_size", "10", false, "sessions kept open, 1 to 100";
-    "snowflake_connection_timeout", "30", false, "seconds to connect or answer, at least 1";
-    "snowflake_host", "", false, "endpoint host override (proxies, PrivateLink, tests)";
-    "snowflake_port", "443", false, "endpoint port";
-    "snowflake_protocol", "https", false, "`https` or `http`";
-    "admin_token", "", true, "when set, admin routes require `Authorization: Bearer <token>`";
-    "http_handlers", "", false, "`type=url,...`: step types run by POSTing to a URL";
-    "step_timeout_seconds", "300", false, "handler timeout unless the step sets its own, 1 to 86400";
-    "shutdown_grace_seconds", "20", false, "time in-flight steps get to finish on SIGTERM, 0 to 3600";
-    "retention_seconds", "604800", false, "finished steps are pruned after this, at least 60";
-    "prune_batch_size", "500", false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
-    "prune_interval_seconds", "10", false, "longest pause between prune passes, 1 to 3600 (a full chunk is followed at once; an idle store is asked once per interval)";
-    "ledger_path", "", false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
-    "max_payload_bytes", "1048576", false, "HTTP request body limit, 1024 to 67108864";
-    "http_body_timeout_seconds", "10", false, "a request body must arrive within this (else 408 and the connection closes), 1 to 3600";
-    "http_max_connections", "1024", false, "open HTTP connections past which requests get 503 (probes excepted), 16 to 100000";
-    "http_max_result_bytes", "65536", false, "largest response the `http` handler stores as a step's result (larger fails the step), 1024 to 16777216";
+    StorageMode "storage_mode" = "sqlite", OneOf(&["sqlite", "snowflake"]), false, "`sqlite` (embedded, one file) or `snowflake`";
+    SqliteDbPath "sqlite_db_path" = "./fleet-q.db", Text, false, "SQLite database file, shared by the pods of one machine";
+    ApiHost "api_host" = "0.0.0.0", Text, false, "address the HTTP API binds";
+    ApiPort "api_port" = "8000", Int { min: 0, max: 65535 }, false, "HTTP port (0 picks a free port)";
+    PodId "pod_id" = "", Text, false, "prefix of this process's id (1-100 of A-Z a-z 0-9 . _ -); each process adds an incarnation suffix of start time and randomness (default prefix: host name)";
+    MaxParallelism "max_parallelism" = "10", Int { min: 1, max: 10_000 }, false, "steps one pod may run at once, 1 to 10000";
+    CapacityThreshold "capacity_threshold" = "0.8", Number, false, "(0, 1]; max capacity = floor(parallelism x threshold), at least 1";
+    HeartbeatIntervalSeconds "heartbeat_interval_seconds" = "30", Seconds { min: 1, max: 86_400 }, false, "heartbeat period, at least 1";
+    ClaimIntervalSeconds "claim_interval_seconds" = "5", Seconds { min: 1, max: 86_400 }, false, "idle claim period, at least 1 (busy pods claim at once)";
+    ClaimBatchSize "claim_batch_size" = "100", Int { min: 1, max: 10_000 }, false, "most steps claimed at once, 1 to 10000";
+    RecoveryIntervalSeconds "recovery_interval_seconds" = "300", Seconds { min: 1, max: 86_400 }, false, "leader's recovery period, at least 1";
+    StatsIntervalSeconds "stats_interval_seconds" = "15", Seconds { min: 1, max: 3600 }, false, "Snowflake: how often the leader computes queue statistics into a shared row and the other pods read it, 1 to 3600 (requests for statistics send no statement)";
+    ReconcileIntervalSeconds "reconcile_interval_seconds" = "60", Seconds { min: 0, max: 86_400 }, false, "each pod's self-reconciliation period: claims the store says it holds but it never received, older than one period, are released (0: off)";
+    DeadPodThresholdSeconds "dead_pod_threshold_seconds" = "180", Seconds { min: 1, max: 86_400 }, false, "a pod is dead after this long without a heartbeat; more than 2 x heartbeat interval";
+    LeaderCheckIntervalSeconds "leader_check_interval_seconds" = "60", Seconds { min: 1, max: 86_400 }, false, "leader election period, at least 1";
+    ActorRestartLimit "actor_restart_limit" = "5", Int { min: 0, max: 10_000 }, false, "actor restarts allowed per window across the pod; past it the pod exits (code 70) for the orchestrator to replace";
+    ActorRestartWindowSeconds "actor_restart_window_seconds" = "30", Seconds { min: 1, max: 3600 }, false, "the restart budget's window, 1 to 3600";
+    LogLevel "log_level" = "INFO", OneOf(&["info", "trace", "debug", "warn", "warning", "error"]), false, "TRACE, DEBUG, INFO, WARN or ERROR";
+    LogFormat "log_format" = "", OneOf(&["json", "console"]), false, "`json` or `console`; default: `console` when stdout is a terminal, else `json` (containers)";
+    DefaultMaxAttempts "default_max_attempts" = "5", Int { min: 1, max: 100 }, false, "attempts of a store call on transient errors, at least 1";
+    DefaultBaseDelayMs "default_base_delay_ms" = "100", Int { min: 1, max: 3_600_000 }, false, "first retry delay (store calls and step retries), at least 1";
+    DefaultMaxDelayMs "default_max_delay_ms" = "30000", Int { min: 1, max: 3_600_000 }, false, "cap on any retry delay, at least the base delay";
+    SnowflakeAccount "snowflake_account" = "", Text, false, "account identifier (required in snowflake mode)";
+    SnowflakeUser "snowflake_user" = "", Text, false, "user (required in snowflake mode)";
+    SnowflakePassword "snowflake_password" = "", Text, true, "password (or use a private key)";
+    SnowflakeDatabase "snowflake_database" = "", Text, false, "database (required in snowflake mode)";
+    SnowflakeSchema "snowflake_schema" = "PUBLIC", Text, false, "schema";
+    SnowflakeWarehouse "snowflake_warehouse" = "COMPUTE_WH", Text, false, "warehouse";
+    SnowflakeRole "snowflake_role" = "", Text, false, "role; default: the user's default role";
+    SnowflakePrivateKeyPath "snowflake_private_key_path" = "", Text, false, "PEM file with the key-pair authentication private key";
+    SnowflakePrivateKey "snowflake_private_key" = "", Text, true, "the private key PEM itself (instead of a path)";
+    SnowflakeConnectionPoolSize "snowflake_connection_pool_size" = "10", Int { min: 1, max: 100 }, false, "sessions kept open, 1 to 100";
+    SnowflakeConnectionTimeout "snowflake_connection_timeout" = "30", Seconds { min: 1, max: 3600 }, false, "seconds to connect or answer, at least 1";
+    SnowflakeHost "snowflake_host" = "", Text, false, "endpoint host override (proxies, PrivateLink, tests)";
+    SnowflakePort "snowflake_port" = "443", Int { min: 1, max: 65535 }, false, "endpoint port";
+    SnowflakeProtocol "snowflake_protocol" = "https", OneOf(&["https", "http"]), false, "`https` or `http`";
+    AdminToken "admin_token" = "", Text, true, "when set, admin routes require `Authorization: Bearer <token>`";
+    HttpHandlers "http_handlers" = "", Text, false, "`type=url,...`: step types run by POSTing to a URL";
+    StepTimeoutSeconds "step_timeout_seconds" = "300", Seconds { min: 1, max: 86_400 }, false, "handler timeout unless the step sets its own, 1 to 86400";
+    ShutdownGraceSeconds "shutdown_grace_seconds" = "20", Seconds { min: 0, max: 3600 }, false, "time in-flight steps get to finish on SIGTERM, 0 to 3600";
+    RetentionSeconds "retention_seconds" = "604800", Seconds { min: 60, max: 10 * 365 * 86_400 }, false, "finished steps are pruned after this, at least 60";
+    PruneBatchSize "prune_batch_size" = "500", Int { min: 1, max: 100_000 }, false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
+    PruneIntervalSeconds "prune_interval_seconds" = "10", Seconds { min: 1, max: 3600 }, false, "longest pause between prune passes, 1 to 3600 (a full chunk is followed at once; an idle store is asked once per interval)";
+    LedgerPath "ledger_path" = "", Text, false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
+    MaxPayloadBytes "max_payload_bytes" = "1048576", Int { min: 1024, max: 64 * 1024 * 1024 }, false, "HTTP request body limit, 1024 to 67108864";
+    HttpBodyTimeoutSeconds "http_body_timeout_seconds" = "10", Seconds { min: 1, max: 3600 }, false, "a request body must arrive within this (else 408 and the connection closes), 1 to 3600";
+    HttpMaxConnections "http_max_connections" = "1024", Int { min: 16, max: 100_000 }, false, "open HTTP connections past which requests get 503 (probes excepted), 16 to 100000";
+    HttpMaxResultBytes "http_max_result_bytes" = "65536", Int { min: 1024, max: 16 * 1024 * 1024 }, false, "largest response the `http` handler stores as a step's result (larger fails the step), 1024 to 16777216";
 }
 
 pub use crate::secret::Secret;
@@ -212,11 +280,11 @@ impl Settings {
     /// shown only as `<redacted>`.
     pub fn entries(&self) -> Vec<(String, String)> {
         KEYS.iter()
-            .map(|k| (k.env(), self.value_of(k.key)))
+            .map(|k| (k.env(), self.value_of(k.id)))
             .collect()
     }
 
-    fn value_of(&self, key: &str) -> String {
+    fn value_of(&self, key: Key) -> String {
         fn opt<T: fmt::Display>(v: &Option<T>) -> String {
             v.as_ref().map(ToString::to_string).unwrap_or_default()
         }
@@ -224,63 +292,62 @@ impl Settings {
         let millis = |d: Duration| d.as_millis().to_string();
         let sf = &self.snowflake;
         match key {
-            "storage_mode" => format!("{:?}", self.storage_mode).to_ascii_lowercase(),
-            "sqlite_db_path" => self.sqlite_db_path.display().to_string(),
-            "api_host" => self.api_host.clone(),
-            "api_port" => self.api_port.to_string(),
-            "pod_id" => self.pod_id.clone(),
-            "max_parallelism" => self.max_parallelism.to_string(),
-            "capacity_threshold" => self.capacity_threshold.to_string(),
-            "heartbeat_interval_seconds" => secs(self.heartbeat_interval),
-            "claim_interval_seconds" => secs(self.claim_interval),
-            "claim_batch_size" => self.claim_batch_size.to_string(),
-            "ledger_path" => self
+            Key::StorageMode => format!("{:?}", self.storage_mode).to_ascii_lowercase(),
+            Key::SqliteDbPath => self.sqlite_db_path.display().to_string(),
+            Key::ApiHost => self.api_host.clone(),
+            Key::ApiPort => self.api_port.to_string(),
+            Key::PodId => self.pod_id.clone(),
+            Key::MaxParallelism => self.max_parallelism.to_string(),
+            Key::CapacityThreshold => self.capacity_threshold.to_string(),
+            Key::HeartbeatIntervalSeconds => secs(self.heartbeat_interval),
+            Key::ClaimIntervalSeconds => secs(self.claim_interval),
+            Key::ClaimBatchSize => self.claim_batch_size.to_string(),
+            Key::LedgerPath => self
                 .ledger_path
                 .as_ref()
                 .map_or(":memory:".to_string(), |p| p.display().to_string()),
-            "recovery_interval_seconds" => secs(self.recovery_interval),
-            "reconcile_interval_seconds" => secs(self.reconcile_interval),
-            "stats_interval_seconds" => secs(self.stats_interval),
-            "dead_pod_threshold_seconds" => secs(self.dead_pod_threshold),
-            "leader_check_interval_seconds" => secs(self.leader_check_interval),
-            "actor_restart_limit" => self.actor_restart_limit.to_string(),
-            "actor_restart_window_seconds" => secs(self.actor_restart_window),
-            "log_level" => self.log_level.clone(),
-            "log_format" => format!("{:?}", self.log_format).to_ascii_lowercase(),
-            "default_max_attempts" => self.default_max_attempts.to_string(),
-            "default_base_delay_ms" => millis(self.default_base_delay),
-            "default_max_delay_ms" => millis(self.default_max_delay),
-            "snowflake_account" => sf.account.clone(),
-            "snowflake_user" => sf.user.clone(),
-            "snowflake_password" => opt(&sf.password),
-            "snowflake_database" => sf.database.clone(),
-            "snowflake_schema" => sf.schema.clone(),
-            "snowflake_warehouse" => sf.warehouse.clone(),
-            "snowflake_role" => opt(&sf.role),
-            "snowflake_private_key_path" => opt(&sf.private_key_path.as_ref().map(|p| p.display())),
-            "snowflake_private_key" => opt(&sf.private_key),
-            "snowflake_connection_pool_size" => sf.pool_size.to_string(),
-            "snowflake_connection_timeout" => secs(sf.connection_timeout),
-            "snowflake_host" => opt(&sf.host),
-            "snowflake_port" => sf.port.to_string(),
-            "snowflake_protocol" => sf.protocol.clone(),
-            "admin_token" => opt(&self.admin_token),
-            "http_handlers" => self
+            Key::RecoveryIntervalSeconds => secs(self.recovery_interval),
+            Key::ReconcileIntervalSeconds => secs(self.reconcile_interval),
+            Key::StatsIntervalSeconds => secs(self.stats_interval),
+            Key::DeadPodThresholdSeconds => secs(self.dead_pod_threshold),
+            Key::LeaderCheckIntervalSeconds => secs(self.leader_check_interval),
+            Key::ActorRestartLimit => self.actor_restart_limit.to_string(),
+            Key::ActorRestartWindowSeconds => secs(self.actor_restart_window),
+            Key::LogLevel => self.log_level.clone(),
+            Key::LogFormat => format!("{:?}", self.log_format).to_ascii_lowercase(),
+            Key::DefaultMaxAttempts => self.default_max_attempts.to_string(),
+            Key::DefaultBaseDelayMs => millis(self.default_base_delay),
+            Key::DefaultMaxDelayMs => millis(self.default_max_delay),
+            Key::SnowflakeAccount => sf.account.clone(),
+            Key::SnowflakeUser => sf.user.clone(),
+            Key::SnowflakePassword => opt(&sf.password),
+            Key::SnowflakeDatabase => sf.database.clone(),
+            Key::SnowflakeSchema => sf.schema.clone(),
+            Key::SnowflakeWarehouse => sf.warehouse.clone(),
+            Key::SnowflakeRole => opt(&sf.role),
+            Key::SnowflakePrivateKeyPath => opt(&sf.private_key_path.as_ref().map(|p| p.display())),
+            Key::SnowflakePrivateKey => opt(&sf.private_key),
+            Key::SnowflakeConnectionPoolSize => sf.pool_size.to_string(),
+            Key::SnowflakeConnectionTimeout => secs(sf.connection_timeout),
+            Key::SnowflakeHost => opt(&sf.host),
+            Key::SnowflakePort => sf.port.to_string(),
+            Key::SnowflakeProtocol => sf.protocol.clone(),
+            Key::AdminToken => opt(&self.admin_token),
+            Key::HttpHandlers => self
                 .http_handlers
                 .iter()
                 .map(|(t, u)| format!("{t}={u}"))
                 .collect::<Vec<_>>()
                 .join(","),
-            "step_timeout_seconds" => secs(self.step_timeout),
-            "shutdown_grace_seconds" => secs(self.shutdown_grace),
-            "retention_seconds" => secs(self.retention),
-            "prune_batch_size" => self.prune_batch_size.to_string(),
-            "prune_interval_seconds" => secs(self.prune_interval),
-            "max_payload_bytes" => self.max_payload_bytes.to_string(),
-            "http_body_timeout_seconds" => secs(self.http_body_timeout),
-            "http_max_connections" => self.http_max_connections.to_string(),
-            "http_max_result_bytes" => self.http_max_result_bytes.to_string(),
-            other => unreachable!("setting {other} is in KEYS but not printed"),
+            Key::StepTimeoutSeconds => secs(self.step_timeout),
+            Key::ShutdownGraceSeconds => secs(self.shutdown_grace),
+            Key::RetentionSeconds => secs(self.retention),
+            Key::PruneBatchSize => self.prune_batch_size.to_string(),
+            Key::PruneIntervalSeconds => secs(self.prune_interval),
+            Key::MaxPayloadBytes => self.max_payload_bytes.to_string(),
+            Key::HttpBodyTimeoutSeconds => secs(self.http_body_timeout),
+            Key::HttpMaxConnections => self.http_max_connections.to_string(),
+            Key::HttpMaxResultBytes => self.http_max_result_bytes.to_string(),
         }
     }
 }
@@ -382,26 +449,21 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn doc(key: &str) -> &'static KeyDoc {
-        KEYS.iter()
-            .find(|d| d.key == key)
-            .expect("every parsed key is documented in KEYS")
-    }
-
     /// The raw text for `key`, or its default.
-    fn text(&self, key: &str) -> String {
+    fn text(&self, key: Key) -> String {
+        let d = key.doc();
         self.raw
-            .get(key)
+            .get(d.key)
             .map(|(v, _)| v.trim().to_string())
-            .unwrap_or_else(|| Self::doc(key).default.to_string())
+            .unwrap_or_else(|| d.default.to_string())
     }
 
-    fn opt(&self, key: &str) -> Option<String> {
+    fn opt(&self, key: Key) -> Option<String> {
         Some(self.text(key)).filter(|s| !s.is_empty())
     }
 
-    fn problem(&mut self, key: &str, msg: impl fmt::Display) {
-        let d = Self::doc(key);
+    fn problem(&mut self, key: Key, msg: impl fmt::Display) {
+        let d = key.doc();
         let shown = if d.secret {
             String::new()
         } else {
@@ -410,17 +472,24 @@ impl Parser<'_> {
         self.problems.push(format!("{}: {msg}{shown}", d.env()));
     }
 
-    fn num<T>(&mut self, key: &str, min: T, max: T) -> T
+    /// A whole number within the range its declaration gives.
+    fn num<T>(&mut self, key: Key) -> T
     where
-        T: std::str::FromStr + PartialOrd + Copy + fmt::Display,
+        T: std::str::FromStr + TryFrom<u64> + Copy,
     {
-        let default: T = Self::doc(key)
+        let d = key.doc();
+        let (Kind::Int { min, max } | Kind::Seconds { min, max }) = d.kind else {
+            unreachable!("{} is declared {}, not a whole number", d.key, d.kind)
+        };
+        let in_type = |v: u64| T::try_from(v).ok();
+        let default = d
             .default
-            .parse()
+            .parse::<u64>()
             .ok()
-            .expect("numeric defaults parse");
-        match self.text(key).parse::<T>() {
-            Ok(v) if v >= min && v <= max => v,
+            .and_then(in_type)
+            .expect("numeric defaults parse and fit");
+        match self.text(key).parse::<u64>() {
+            Ok(v) if (min..=max).contains(&v) => in_type(v).unwrap_or(default),
             Ok(_) => {
                 self.problem(key, format!("must be between {min} and {max}"));
                 default
@@ -432,11 +501,15 @@ impl Parser<'_> {
         }
     }
 
-    fn secs(&mut self, key: &str, min: u64, max: u64) -> Duration {
-        Duration::from_secs(self.num(key, min, max))
+    fn secs(&mut self, key: Key) -> Duration {
+        Duration::from_secs(self.num(key))
     }
 
-    fn choice(&mut self, key: &str, options: &[&'static str]) -> &'static str {
+    /// One of the words its declaration lists.
+    fn choice(&mut self, key: Key) -> &'static str {
+        let Kind::OneOf(options) = key.doc().kind else {
+            unreachable!("{} is not declared as a choice", key.doc().key)
+        };
         let t = self.text(key).to_ascii_lowercase();
         match options.iter().find(|o| **o == t) {
             Some(o) => o,
@@ -504,28 +577,27 @@ fn valid_identifier(s: &str) -> bool {
 }
 
 fn build(p: &mut Parser<'_>) -> Settings {
-    let storage_mode = match p.choice("storage_mode", &["sqlite", "snowflake"]) {
+    let storage_mode = match p.choice(Key::StorageMode) {
         "snowflake" => StorageMode::Snowflake,
         _ => StorageMode::Sqlite,
     };
-    let sqlite_db_path = PathBuf::from(p.text("sqlite_db_path"));
+    let sqlite_db_path = PathBuf::from(p.text(Key::SqliteDbPath));
     if sqlite_db_path.as_os_str().is_empty() {
-        p.problem("sqlite_db_path", "must not be empty");
+        p.problem(Key::SqliteDbPath, "must not be empty");
     }
-    let api_host = p.text("api_host");
+    let api_host = p.text(Key::ApiHost);
     if api_host.parse::<std::net::IpAddr>().is_err() && api_host != "localhost" {
-        p.problem("api_host", "must be an IP address or localhost");
+        p.problem(Key::ApiHost, "must be an IP address or localhost");
     }
-    let api_port = p.num::<u16>("api_port", 0, 65535);
+    let api_port = p.num::<u16>(Key::ApiPort);
     // Every process gets its own identity: a configured id is a prefix, to which an
     // incarnation suffix is added. A restarted container (same pod name) must not
     // take over the row of its previous run, or the steps that run held would stay
     // claimed by a "live" pod forever instead of being recovered.
-    let prefix = match p.opt("pod_id") {
+    let prefix = match p.opt(Key::PodId) {
         Some(prefix) => {
             if !valid_pod_prefix(&prefix) {
-                p.problem(
-                    "pod_id",
+                p.problem(Key::PodId,
                     format!(
                         "must be 1 to {MAX_POD_PREFIX} characters of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.' and without '..'"
                     ),
@@ -536,82 +608,80 @@ fn build(p: &mut Parser<'_>) -> Settings {
         None => default_pod_prefix(),
     };
     let pod_id = incarnation_id(&prefix);
-    let max_parallelism = p.num::<u32>("max_parallelism", 1, 10_000);
-    let capacity_threshold = match p.text("capacity_threshold").parse::<f64>() {
+    let max_parallelism = p.num::<u32>(Key::MaxParallelism);
+    let capacity_threshold = match p.text(Key::CapacityThreshold).parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 1.0 => v,
         _ => {
             p.problem(
-                "capacity_threshold",
+                Key::CapacityThreshold,
                 "must be a number above 0 and at most 1",
             );
             0.8
         }
     };
-    let heartbeat_interval = p.secs("heartbeat_interval_seconds", 1, 86_400);
-    let claim_interval = p.secs("claim_interval_seconds", 1, 86_400);
-    let claim_batch_size = p.num::<u32>("claim_batch_size", 1, 10_000);
-    let recovery_interval = p.secs("recovery_interval_seconds", 1, 86_400);
-    let reconcile_interval = p.secs("reconcile_interval_seconds", 0, 86_400);
-    let stats_interval = p.secs("stats_interval_seconds", 1, 3600);
-    let dead_pod_threshold = p.secs("dead_pod_threshold_seconds", 1, 86_400);
+    let heartbeat_interval = p.secs(Key::HeartbeatIntervalSeconds);
+    let claim_interval = p.secs(Key::ClaimIntervalSeconds);
+    let claim_batch_size = p.num::<u32>(Key::ClaimBatchSize);
+    let recovery_interval = p.secs(Key::RecoveryIntervalSeconds);
+    let reconcile_interval = p.secs(Key::ReconcileIntervalSeconds);
+    let stats_interval = p.secs(Key::StatsIntervalSeconds);
+    let dead_pod_threshold = p.secs(Key::DeadPodThresholdSeconds);
     if dead_pod_threshold <= heartbeat_interval * 2 {
-        p.problem(
-            "dead_pod_threshold_seconds",
+        p.problem(Key::DeadPodThresholdSeconds,
             format!(
                 "must be more than twice the heartbeat interval ({}s), or live pods would be declared dead",
                 heartbeat_interval.as_secs()
             ),
         );
     }
-    let leader_check_interval = p.secs("leader_check_interval_seconds", 1, 86_400);
-    let actor_restart_limit = p.num::<u32>("actor_restart_limit", 0, 10_000);
-    let actor_restart_window = p.secs("actor_restart_window_seconds", 1, 3600);
+    let leader_check_interval = p.secs(Key::LeaderCheckIntervalSeconds);
+    let actor_restart_limit = p.num::<u32>(Key::ActorRestartLimit);
+    let actor_restart_window = p.secs(Key::ActorRestartWindowSeconds);
     let log_level = p
-        .choice(
-            "log_level",
-            &["info", "trace", "debug", "warn", "warning", "error"],
-        )
+        .choice(Key::LogLevel)
         .replace("warning", "warn")
         .to_ascii_uppercase();
-    let log_format = match p.opt("log_format") {
+    let log_format = match p.opt(Key::LogFormat) {
         // A person at a terminal reads lines; a container's log collector parses JSON.
         None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => LogFormat::Console,
         None => LogFormat::Json,
-        Some(_) => match p.choice("log_format", &["json", "console"]) {
+        Some(_) => match p.choice(Key::LogFormat) {
             "console" => LogFormat::Console,
             _ => LogFormat::Json,
         },
     };
-    let default_max_attempts = p.num::<u32>("default_max_attempts", 1, 100);
-    let base = p.num::<u64>("default_base_delay_ms", 1, 3_600_000);
-    let max = p.num::<u64>("default_max_delay_ms", 1, 3_600_000);
+    let default_max_attempts = p.num::<u32>(Key::DefaultMaxAttempts);
+    let base = p.num::<u64>(Key::DefaultBaseDelayMs);
+    let max = p.num::<u64>(Key::DefaultMaxDelayMs);
     if max < base {
         p.problem(
-            "default_max_delay_ms",
+            Key::DefaultMaxDelayMs,
             format!("must be at least FLEET_Q_DEFAULT_BASE_DELAY_MS ({base})"),
         );
     }
 
     let snowflake = SnowflakeSettings {
-        account: p.text("snowflake_account"),
-        user: p.text("snowflake_user"),
-        password: p.opt("snowflake_password").map(Secret::new),
-        database: p.text("snowflake_database"),
-        schema: p.text("snowflake_schema"),
-        warehouse: p.text("snowflake_warehouse"),
-        role: p.opt("snowflake_role"),
-        private_key_path: p.opt("snowflake_private_key_path").map(PathBuf::from),
-        private_key: p.opt("snowflake_private_key").map(Secret::new),
-        pool_size: p.num::<u32>("snowflake_connection_pool_size", 1, 100),
-        connection_timeout: p.secs("snowflake_connection_timeout", 1, 3600),
-        host: p.opt("snowflake_host"),
-        port: p.num::<u16>("snowflake_port", 1, 65535),
-        protocol: p
-            .choice("snowflake_protocol", &["https", "http"])
-            .to_string(),
+        account: p.text(Key::SnowflakeAccount),
+        user: p.text(Key::SnowflakeUser),
+        password: p.opt(Key::SnowflakePassword).map(Secret::new),
+        database: p.text(Key::SnowflakeDatabase),
+        schema: p.text(Key::SnowflakeSchema),
+        warehouse: p.text(Key::SnowflakeWarehouse),
+        role: p.opt(Key::SnowflakeRole),
+        private_key_path: p.opt(Key::SnowflakePrivateKeyPath).map(PathBuf::from),
+        private_key: p.opt(Key::SnowflakePrivateKey).map(Secret::new),
+        pool_size: p.num::<u32>(Key::SnowflakeConnectionPoolSize),
+        connection_timeout: p.secs(Key::SnowflakeConnectionTimeout),
+        host: p.opt(Key::SnowflakeHost),
+        port: p.num::<u16>(Key::SnowflakePort),
+        protocol: p.choice(Key::SnowflakeProtocol).to_string(),
     };
     if storage_mode == StorageMode::Snowflake {
-        for key in ["snowflake_account", "snowflake_user", "snowflake_database"] {
+        for key in [
+            Key::SnowflakeAccount,
+            Key::SnowflakeUser,
+            Key::SnowflakeDatabase,
+        ] {
             if p.opt(key).is_none() {
                 p.problem(key, "is required when FLEET_Q_STORAGE_MODE=snowflake");
             }
@@ -636,14 +706,14 @@ fn build(p: &mut Parser<'_>) -> Settings {
         }
         if let Some(path) = &snowflake.private_key_path {
             if !path.is_file() {
-                p.problem("snowflake_private_key_path", "is not a readable file");
+                p.problem(Key::SnowflakePrivateKeyPath, "is not a readable file");
             }
         }
         for key in [
-            "snowflake_database",
-            "snowflake_schema",
-            "snowflake_warehouse",
-            "snowflake_role",
+            Key::SnowflakeDatabase,
+            Key::SnowflakeSchema,
+            Key::SnowflakeWarehouse,
+            Key::SnowflakeRole,
         ] {
             if let Some(v) = p.opt(key) {
                 if !valid_identifier(&v) {
@@ -656,10 +726,10 @@ fn build(p: &mut Parser<'_>) -> Settings {
         }
     }
 
-    let admin_token = p.raw.get("admin_token").map(|(v, _)| v.clone());
+    let admin_token = p.raw.get(Key::AdminToken.doc().key).map(|(v, _)| v.clone());
     let admin_token = match admin_token {
         Some(t) if t.trim().is_empty() => {
-            p.problem("admin_token", "must not be blank when set");
+            p.problem(Key::AdminToken, "must not be blank when set");
             None
         }
         Some(t) => Some(Secret::new(t)),
@@ -667,7 +737,7 @@ fn build(p: &mut Parser<'_>) -> Settings {
     };
 
     let mut http_handlers = BTreeMap::new();
-    if let Some(spec) = p.opt("http_handlers") {
+    if let Some(spec) = p.opt(Key::HttpHandlers) {
         for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match part.split_once('=') {
                 Some((t, url))
@@ -680,28 +750,28 @@ fn build(p: &mut Parser<'_>) -> Settings {
                         .is_some()
                     {
                         p.problem(
-                            "http_handlers",
+                            Key::HttpHandlers,
                             format!("type `{}` is listed twice", t.trim()),
                         );
                     }
                 }
                 _ => p.problem(
-                    "http_handlers",
+                    Key::HttpHandlers,
                     format!("`{part}` is not `type=http(s)://host/path`"),
                 ),
             }
         }
     }
-    let step_timeout = p.secs("step_timeout_seconds", 1, 86_400);
-    let shutdown_grace = p.secs("shutdown_grace_seconds", 0, 3600);
-    let retention = p.secs("retention_seconds", 60, 10 * 365 * 86_400);
-    let prune_batch_size = p.num::<u32>("prune_batch_size", 1, 100_000);
-    let prune_interval = p.secs("prune_interval_seconds", 1, 3600);
-    let max_payload_bytes = p.num::<usize>("max_payload_bytes", 1024, 64 * 1024 * 1024);
-    let http_body_timeout = p.secs("http_body_timeout_seconds", 1, 3600);
-    let http_max_connections = p.num::<usize>("http_max_connections", 16, 100_000);
-    let http_max_result_bytes = p.num::<usize>("http_max_result_bytes", 1024, 16 * 1024 * 1024);
-    let ledger_path = match p.opt("ledger_path").as_deref() {
+    let step_timeout = p.secs(Key::StepTimeoutSeconds);
+    let shutdown_grace = p.secs(Key::ShutdownGraceSeconds);
+    let retention = p.secs(Key::RetentionSeconds);
+    let prune_batch_size = p.num::<u32>(Key::PruneBatchSize);
+    let prune_interval = p.secs(Key::PruneIntervalSeconds);
+    let max_payload_bytes = p.num::<usize>(Key::MaxPayloadBytes);
+    let http_body_timeout = p.secs(Key::HttpBodyTimeoutSeconds);
+    let http_max_connections = p.num::<usize>(Key::HttpMaxConnections);
+    let http_max_result_bytes = p.num::<usize>(Key::HttpMaxResultBytes);
+    let ledger_path = match p.opt(Key::LedgerPath).as_deref() {
         Some(":memory:") => None,
         Some(path) => Some(PathBuf::from(path)),
         None => Some(std::env::temp_dir().join(format!("fleet-q-ledger-{pod_id}.db"))),
@@ -757,6 +827,54 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn the_engine_accepts_what_the_settings_accept() {
+        // Settings validation is at least as strict as the engine's own checks:
+        // a configuration `fleet-q serve` accepts never fails `Pod::start`.
+        let s = load(&env(&[])).unwrap();
+        crate::serve::pod_config(&s).validate().unwrap();
+        let s = load(&env(&[
+            ("FLEET_Q_HEARTBEAT_INTERVAL_SECONDS", "1"),
+            ("FLEET_Q_DEAD_POD_THRESHOLD_SECONDS", "3"),
+            ("FLEET_Q_DEFAULT_BASE_DELAY_MS", "1"),
+            ("FLEET_Q_DEFAULT_MAX_DELAY_MS", "1"),
+            ("FLEET_Q_CLAIM_BATCH_SIZE", "1"),
+            ("FLEET_Q_PRUNE_BATCH_SIZE", "1"),
+            ("FLEET_Q_RECONCILE_INTERVAL_SECONDS", "0"),
+        ]))
+        .unwrap();
+        crate::serve::pod_config(&s).validate().unwrap();
+    }
+
+    #[test]
+    fn every_declared_default_fits_its_kind() {
+        for (i, k) in KEYS.iter().enumerate() {
+            assert_eq!(k.id as usize, i, "{} is out of order", k.key);
+            assert_eq!(k.id.doc().key, k.key);
+            match k.kind {
+                Kind::Int { min, max } | Kind::Seconds { min, max } => {
+                    let v: u64 = k.default.parse().expect(k.key);
+                    assert!(
+                        (min..=max).contains(&v),
+                        "{}: {v} not in {min}..={max}",
+                        k.key
+                    );
+                }
+                Kind::OneOf(options) => assert!(
+                    k.default.is_empty()
+                        || options.contains(&k.default.to_ascii_lowercase().as_str()),
+                    "{}: {} is not one of {options:?}",
+                    k.key,
+                    k.default
+                ),
+                Kind::Number => {
+                    k.default.parse::<f64>().expect(k.key);
+                }
+                Kind::Text => {}
+            }
         }
     }
 

@@ -327,10 +327,11 @@ fn main() -> ExitCode {
             if describe {
                 for k in KEYS {
                     println!(
-                        "{:<44} default {:<14} {}",
+                        "{:<44} default {:<14} {} ({})",
                         k.env(),
                         format!("{:?}", k.default),
-                        k.doc
+                        k.doc,
+                        k.kind
                     );
                 }
                 return ExitCode::SUCCESS;

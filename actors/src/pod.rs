@@ -118,12 +118,101 @@ impl Default for PodConfig {
     }
 }
 
+impl PodConfig {
+    /// Every problem that would keep a pod from running with this
+    /// configuration, checked by each actor's own config (the same checks
+    /// `fleet-q serve` gets; [`Pod::start`] refuses an invalid configuration).
+    pub fn validate(&self) -> Result<(), PodError> {
+        let mut problems = Vec::new();
+        if self.pod_id.trim().is_empty() {
+            problems.push("pod_id must not be empty".into());
+        }
+        if self.max_capacity == 0 {
+            problems.push("max_capacity must be at least 1".into());
+        }
+        if self.handler_threads == 0 {
+            problems.push("handler_threads must be at least 1".into());
+        }
+        if self.restart_budget.window.is_zero() {
+            problems.push("restart_budget: window must be above zero".into());
+        }
+        self.storage_config().validate(&mut problems);
+        self.executor_config().validate(&mut problems);
+        self.claimer_config().validate(&mut problems);
+        self.recovery_config().validate(&mut problems);
+        self.leader_config().validate(&mut problems);
+        self.heartbeat_config().validate(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PodError::Config(problems))
+        }
+    }
+
+    fn storage_config(&self) -> StorageConfig {
+        StorageConfig {
+            max_attempts: self.store_max_attempts,
+            base_delay: self.store_base_delay,
+            max_delay: self.store_max_delay,
+            step_backoff: self.step_backoff,
+            reconcile_interval: self.reconcile_interval,
+            stats_interval: self.stats_interval,
+            stats_lag: self.stats_lag,
+            ..Default::default()
+        }
+    }
+
+    fn executor_config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            default_timeout: self.step_timeout,
+            backoff: self.step_backoff,
+        }
+    }
+
+    fn claimer_config(&self) -> ClaimerConfig {
+        ClaimerConfig {
+            interval: self.claim_interval,
+            batch: self.claim_batch,
+        }
+    }
+
+    fn recovery_config(&self) -> RecoveryConfig {
+        RecoveryConfig {
+            interval: self.recovery_interval,
+            dead_threshold: self.dead_pod_threshold,
+            retention: self.retention,
+            prune_batch: self.prune_batch,
+            prune_interval: self.prune_interval,
+            backoff: self.step_backoff,
+            ..Default::default()
+        }
+    }
+
+    fn leader_config(&self) -> LeaderConfig {
+        LeaderConfig {
+            check_interval: self.leader_check_interval,
+            dead_threshold: self.dead_pod_threshold,
+        }
+    }
+
+    fn heartbeat_config(&self) -> HeartbeatConfig {
+        HeartbeatConfig {
+            interval: self.heartbeat_interval,
+            dead_threshold: self.dead_pod_threshold,
+            meta: self.meta.clone(),
+        }
+    }
+}
+
 /// Why a pod could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     /// The handler runtime could not be started.
     #[error("cannot start the handler runtime: {0}")]
     Runtime(String),
+    /// The configuration is invalid: every problem, one per entry.
+    #[error("invalid pod configuration:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
 }
 
 /// What a graceful shutdown did.
@@ -210,6 +299,7 @@ impl Pod {
         store: Arc<dyn Store>,
         handlers: HandlerRegistry,
     ) -> Result<Pod, PodError> {
+        cfg.validate()?;
         crate::metrics::register_all();
         crate::metrics::allow_type_labels(handlers.types().iter().map(String::as_str));
         let state = Arc::new(PodState::new(
@@ -220,16 +310,7 @@ impl Pod {
         let ledger = Ledger::open_or_memory(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept);
         let rt = Arc::new(HandlerRuntime::start(cfg.handler_threads)?);
 
-        let storage_cfg = StorageConfig {
-            max_attempts: cfg.store_max_attempts,
-            base_delay: cfg.store_base_delay,
-            max_delay: cfg.store_max_delay,
-            step_backoff: cfg.step_backoff,
-            reconcile_interval: cfg.reconcile_interval,
-            stats_interval: cfg.stats_interval,
-            stats_lag: cfg.stats_lag,
-            ..Default::default()
-        };
+        let storage_cfg = cfg.storage_config();
         let (s, st) = (store.clone(), state.clone());
         let storage = Supervisor::start(move |_| StorageActor::new(s, storage_cfg, st));
 
@@ -239,48 +320,27 @@ impl Pod {
             handlers.clone(),
             rt.handle.clone(),
         );
-        let exec_cfg = ExecutorConfig {
-            default_timeout: cfg.step_timeout,
-            backoff: cfg.step_backoff,
-        };
+        let exec_cfg = cfg.executor_config();
         let executor = Supervisor::start(move |_| ExecutorPool::new(exec_cfg, st, sa, h, handle));
 
         let (st, sa, ex) = (state.clone(), storage.clone(), executor.clone());
-        let claimer_cfg = ClaimerConfig {
-            interval: cfg.claim_interval,
-            batch: cfg.claim_batch,
-        };
+        let claimer_cfg = cfg.claimer_config();
         let claimer = Supervisor::start(move |_| ClaimerActor::new(claimer_cfg, st, sa, ex));
         executor.do_send(SetClaimer(claimer.clone().recipient()));
 
         let (st, sa, lg) = (state.clone(), storage.clone(), ledger.clone());
-        let recovery_cfg = RecoveryConfig {
-            interval: cfg.recovery_interval,
-            dead_threshold: cfg.dead_pod_threshold,
-            retention: cfg.retention,
-            prune_batch: cfg.prune_batch,
-            prune_interval: cfg.prune_interval,
-            backoff: cfg.step_backoff,
-            ..Default::default()
-        };
+        let recovery_cfg = cfg.recovery_config();
         let recovery = Supervisor::start(move |_| RecoveryActor::new(recovery_cfg, st, sa, lg));
 
         let (st, sa, rec) = (state.clone(), storage.clone(), recovery.clone());
-        let leader_cfg = LeaderConfig {
-            check_interval: cfg.leader_check_interval,
-            dead_threshold: cfg.dead_pod_threshold,
-        };
+        let leader_cfg = cfg.leader_config();
         let leader = Supervisor::start(move |_| {
             LeaderElector::new(leader_cfg, st, sa, vec![rec.recipient()])
         });
 
         let (st, sa) = (state.clone(), storage.clone());
         let subs = vec![claimer.clone().recipient(), leader.clone().recipient()];
-        let hb_cfg = HeartbeatConfig {
-            interval: cfg.heartbeat_interval,
-            dead_threshold: cfg.dead_pod_threshold,
-            meta: cfg.meta.clone(),
-        };
+        let hb_cfg = cfg.heartbeat_config();
         let heartbeat = Supervisor::start(move |_| HeartbeatActor::new(hb_cfg, st, sa, subs));
 
         tracing::info!(pod_id = %cfg.pod_id, max_capacity = cfg.max_capacity, handlers = %handlers.types().join(","), "pod started");
@@ -500,5 +560,47 @@ impl Pod {
             _ => return false,
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_is_valid() {
+        PodConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_listed_by_the_actor_that_has_it() {
+        let cfg = PodConfig {
+            max_capacity: 0,
+            claim_batch: 0,
+            heartbeat_interval: Duration::from_secs(30),
+            dead_pod_threshold: Duration::from_secs(60),
+            store_max_attempts: 0,
+            store_base_delay: Duration::from_secs(2),
+            store_max_delay: Duration::from_secs(1),
+            prune_batch: 0,
+            ..PodConfig::default()
+        };
+        let Err(PodError::Config(problems)) = cfg.validate() else {
+            panic!("an invalid configuration passed")
+        };
+        for want in [
+            "max_capacity",
+            "claimer: batch",
+            "heartbeat: dead_threshold",
+            "storage: max_attempts",
+            "storage: max_delay",
+            "recovery: prune_batch",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want} missing from {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 6, "{problems:?}");
     }
 }

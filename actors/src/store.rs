@@ -165,6 +165,20 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Adds a line to `problems` when this backoff cannot be used (`what`
+    /// names it). A zero base is allowed: retries then come at once.
+    pub(crate) fn validate(&self, what: &str, problems: &mut Vec<String>) {
+        if self.max < self.base {
+            problems.push(format!(
+                "{what}: max ({:?}) must be at least base ({:?})",
+                self.max, self.base
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            problems.push(format!("{what}: jitter must be between 0 and 1"));
+        }
+    }
+
     /// The un-jittered delay before retry number `retry_count` (0-based).
     pub fn delay(&self, retry_count: u32) -> Duration {
         let factor = 2u32.saturating_pow(retry_count.min(31));

@@ -37,6 +37,18 @@ impl Default for ClaimerConfig {
     }
 }
 
+impl ClaimerConfig {
+    /// Adds a line to `problems` for each value this actor cannot run with.
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) {
+        if self.interval.is_zero() {
+            problems.push("claimer: interval must be above zero".into());
+        }
+        if self.batch == 0 {
+            problems.push("claimer: batch must be at least 1".into());
+        }
+    }
+}
+
 /// The actor.
 pub struct ClaimerActor {
     cfg: ClaimerConfig,

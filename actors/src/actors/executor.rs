@@ -97,6 +97,16 @@ impl Default for ExecutorConfig {
     }
 }
 
+impl ExecutorConfig {
+    /// Adds a line to `problems` for each value this actor cannot run with.
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) {
+        if self.default_timeout < std::time::Duration::from_millis(1) {
+            problems.push("executor: default_timeout must be at least 1 ms".into());
+        }
+        self.backoff.validate("executor: backoff", problems);
+    }
+}
+
 /// The actor.
 pub struct ExecutorPool {
     cfg: ExecutorConfig,

@@ -43,6 +43,21 @@ impl Default for HeartbeatConfig {
     }
 }
 
+impl HeartbeatConfig {
+    /// Adds a line to `problems` for each value this actor cannot run with.
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) {
+        if self.interval.is_zero() {
+            problems.push("heartbeat: interval must be above zero".into());
+        }
+        if self.dead_threshold <= self.interval * 2 {
+            problems.push(format!(
+                "heartbeat: dead_threshold ({:?}) must be more than twice the interval ({:?}), or live pods would be declared dead",
+                self.dead_threshold, self.interval
+            ));
+        }
+    }
+}
+
 /// Retry period while the heartbeat is unhealthy.
 const UNHEALTHY_RETRY: Duration = Duration::from_secs(1);
 

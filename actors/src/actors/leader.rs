@@ -63,6 +63,18 @@ impl Default for LeaderConfig {
     }
 }
 
+impl LeaderConfig {
+    /// Adds a line to `problems` for each value this actor cannot run with.
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) {
+        if self.check_interval.is_zero() {
+            problems.push("leader: check_interval must be above zero".into());
+        }
+        if self.dead_threshold.is_zero() {
+            problems.push("leader: dead_threshold must be above zero".into());
+        }
+    }
+}
+
 /// The actor.
 pub struct LeaderElector {
     cfg: LeaderConfig,

@@ -151,6 +151,31 @@ impl Default for RecoveryConfig {
     }
 }
 
+impl RecoveryConfig {
+    /// Adds a line to `problems` for each value this actor cannot run with.
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) {
+        if self.interval.is_zero() {
+            problems.push("recovery: interval must be above zero".into());
+        }
+        if self.dead_threshold.is_zero() {
+            problems.push("recovery: dead_threshold must be above zero".into());
+        }
+        if self.retention.is_zero() {
+            problems.push("recovery: retention must be above zero".into());
+        }
+        if self.orphan_batch == 0 {
+            problems.push("recovery: orphan_batch must be at least 1".into());
+        }
+        if self.prune_batch == 0 {
+            problems.push("recovery: prune_batch must be at least 1".into());
+        }
+        if self.prune_interval.is_zero() {
+            problems.push("recovery: prune_interval must be above zero".into());
+        }
+        self.backoff.validate("recovery: backoff", problems);
+    }
+}
+
 /// Why a requested cycle did not run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecoveryError {

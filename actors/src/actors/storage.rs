@@ -166,6 +166,36 @@ impl Default for StorageConfig {
     }
 }
 
+impl StorageConfig {
+    /// Adds a line to `problems` for each value this actor cannot run with.
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) {
+        if self.max_attempts == 0 {
+            problems.push("storage: max_attempts must be at least 1".into());
+        }
+        if self.base_delay.is_zero() {
+            problems.push("storage: base_delay must be above zero".into());
+        }
+        if self.max_delay < self.base_delay {
+            problems.push(format!(
+                "storage: max_delay ({:?}) must be at least base_delay ({:?})",
+                self.max_delay, self.base_delay
+            ));
+        }
+        if self.finish_batch == 0 {
+            problems.push("storage: finish_batch must be at least 1".into());
+        }
+        if self.reconcile_interval.is_some_and(|d| d.is_zero()) {
+            problems
+                .push("storage: reconcile_interval must be above zero (None turns it off)".into());
+        }
+        if self.stats_interval.is_zero() {
+            problems.push("storage: stats_interval must be above zero".into());
+        }
+        self.step_backoff
+            .validate("storage: step_backoff", problems);
+    }
+}
+
 /// The actor.
 pub struct StorageActor {
     store: Arc<dyn Store>,
