@@ -103,48 +103,56 @@ where
 /// (an `async fn() -> Harness`) for a fresh database. With `skip = f`, a case
 /// returns early (printing the reason) when `f()` gives one: only for a missing
 /// prerequisite, never to hide a failure.
+///
+/// The `@list` arm holds the one list of cases (`area::case`, the modules of
+/// `testkit::cases`); it builds both the tests here and the engine's own
+/// [`cases::registry`], through which the tests reach the (crate-private)
+/// cases. A case missing from the list is dead code, which fails the build.
 #[macro_export]
 macro_rules! conformance_suite {
     ($open:path) => {
         $crate::conformance_suite!($open, skip = $crate::testkit::never_skip);
     };
     ($open:path, skip = $skip:path) => {
-        $crate::conformance_suite!(@cases $open, $skip;
-            payload_round_trip_is_byte_exact,
-            schema_init_twice,
-            insert_answers_in_order_with_store_times,
-            exclusive_claims_with_concurrent_claimers,
-            claim_order_priority_then_age,
-            claim_respects_run_at,
-            fencing_rejects_stale_pod_and_stale_attempt,
-            complete_stores_result,
-            retry_backoff_and_exact_max_retries,
-            terminal_failure_skips_retries,
-            release_spends_no_retry,
-            orphans_found_for_down_and_unknown_pods_only,
-            steps_held_lists_one_pods_claims,
-            orphan_requeue_by_two_leaders_is_harmless,
-            orphan_requeue_spends_retries_then_fails,
-            heartbeat_keeps_birth_and_ages_by_store_time,
-            down_pod_is_not_revived_by_heartbeat,
-            mark_down_spares_fresh_pods,
-            eldest_live_pod_leads,
-            cancel_only_pending,
-            retry_failed_step,
-            failed_list_pages,
-            idempotency_key_dedupe_under_concurrent_submits,
-            prune_deletes_only_old_finished_steps,
-            prune_chunks_step_over_live_rows,
-            stats_count_by_status_priority_and_type,
-            stats_stay_exact_through_every_transition,
-            stats_match_a_recount_after_random_transitions,
-            store_rejects_nothing_valid_and_survives_hostile_strings,
-            pods_are_judged_by_their_own_declared_threshold,
-            a_new_incarnation_orphans_the_old_ones_claims,
-            a_success_clears_the_last_error
+        $crate::conformance_suite!(@list (@tests $open, $skip));
+    };
+    (@list ($($head:tt)*)) => {
+        $crate::conformance_suite!($($head)*;
+            submit::payload_round_trip_is_byte_exact,
+            submit::schema_init_twice,
+            submit::insert_answers_in_order_with_store_times,
+            submit::idempotency_key_dedupe_under_concurrent_submits,
+            submit::store_rejects_nothing_valid_and_survives_hostile_strings,
+            claim::exclusive_claims_with_concurrent_claimers,
+            claim::claim_order_priority_then_age,
+            claim::claim_respects_run_at,
+            fencing::fencing_rejects_stale_pod_and_stale_attempt,
+            fencing::complete_stores_result,
+            fencing::a_success_clears_the_last_error,
+            retry::retry_backoff_and_exact_max_retries,
+            retry::terminal_failure_skips_retries,
+            retry::release_spends_no_retry,
+            recovery::orphans_found_for_down_and_unknown_pods_only,
+            recovery::steps_held_lists_one_pods_claims,
+            recovery::orphan_requeue_by_two_leaders_is_harmless,
+            recovery::orphan_requeue_spends_retries_then_fails,
+            recovery::a_new_incarnation_orphans_the_old_ones_claims,
+            pods::heartbeat_keeps_birth_and_ages_by_store_time,
+            pods::down_pod_is_not_revived_by_heartbeat,
+            pods::mark_down_spares_fresh_pods,
+            pods::eldest_live_pod_leads,
+            pods::pods_are_judged_by_their_own_declared_threshold,
+            admin::cancel_only_pending,
+            admin::retry_failed_step,
+            admin::failed_list_pages,
+            admin::prune_deletes_only_old_finished_steps,
+            admin::prune_chunks_step_over_live_rows,
+            stats::stats_stay_exact_through_every_transition,
+            stats::stats_match_a_recount_after_random_transitions,
+            stats::stats_count_by_status_priority_and_type,
         );
     };
-    (@cases $open:path, $skip:path; $($case:ident),+ $(,)?) => {
+    (@tests $open:path, $skip:path; $($area:ident :: $case:ident),+ $(,)?) => {
         $(
             #[test]
             fn $case() {
@@ -152,44 +160,35 @@ macro_rules! conformance_suite {
                     eprintln!("skipped {}: {why}", stringify!($case));
                     return;
                 }
-                $crate::testkit::run_case($open, $crate::testkit::cases::$case);
+                $crate::testkit::run_case($open, $crate::testkit::cases::registered(stringify!($case)));
             }
         )+
+    };
+    (@registry; $($area:ident :: $case:ident),+ $(,)?) => {
+        /// Every case by name, in the suite's order.
+        pub fn registry() -> Vec<(&'static str, Case)> {
+            vec![$((stringify!($case), (|h| Box::pin($area::$case(h))) as Case)),+]
+        }
+
+        /// The case named `name` (the suite's tests call this).
+        pub fn registered(name: &str) -> Case {
+            registry()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c)
+                .unwrap_or_else(|| panic!("no conformance case {name}"))
+        }
     };
 }
 
 #[cfg(test)]
 mod tests {
-    /// Every case defined in `cases.rs` is in the suite's list, and every listed
-    /// case exists: a case written but not registered would never run.
+    /// Every listed case is registered once, under a unique name.
     #[test]
-    fn every_defined_case_is_registered() {
-        let cases = include_str!("cases.rs");
-        let suite = include_str!("mod.rs");
-        let list_start = suite.find("@cases $open, $skip;").expect("the case list");
-        let list_end = list_start + suite[list_start..].find(");").expect("its end");
-        let listed: std::collections::BTreeSet<&str> = suite[list_start..list_end]
-            .lines()
-            .skip(1)
-            .map(|l| l.trim().trim_end_matches(','))
-            .filter(|l| !l.is_empty())
-            .collect();
-        let defined: std::collections::BTreeSet<&str> = cases
-            .lines()
-            .filter_map(|l| l.strip_prefix("pub async fn "))
-            .filter(|l| l.contains("(h: Harness)"))
-            .filter_map(|l| l.split('(').next())
-            .collect();
-        assert!(defined.len() >= 25, "found the cases: {defined:?}");
-        let unlisted: Vec<_> = defined.difference(&listed).collect();
-        let missing: Vec<_> = listed.difference(&defined).collect();
-        assert!(
-            unlisted.is_empty(),
-            "cases defined but never run: {unlisted:?}"
-        );
-        assert!(
-            missing.is_empty(),
-            "listed cases that do not exist: {missing:?}"
-        );
+    fn the_registry_holds_every_case_once() {
+        let names: Vec<&str> = super::cases::registry().iter().map(|(n, _)| *n).collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "a case is listed twice");
+        assert!(names.len() >= 30, "{names:?}");
     }
 }
