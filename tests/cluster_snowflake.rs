@@ -156,9 +156,11 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
     );
     let c = client();
     let bodies: Vec<Value> = (0..200)
-        .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}}))
+        .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}, "idempotency_key": format!("so-{i}")}))
         .collect();
-    let ids = submit_batches(&c, &f.pods[0], &bodies, 200);
+    // One store attempt per call (FLEET_Q_DEFAULT_MAX_ATTEMPTS=1): on a loaded
+    // machine the first batch may outlast the 5 s timeout, so it is resent.
+    let ids = submit_keyed_batches(&c, &f.pods[0], &bodies, 200, Duration::from_secs(120));
     // Work is running when the store goes away.
     wait_for("steps to be running", Duration::from_secs(60), || {
         (!f.rec.calls().is_empty()).then_some(())

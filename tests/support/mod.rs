@@ -507,6 +507,48 @@ pub fn submit_batches(
     ids
 }
 
+/// [`submit_batches`] for batches whose steps all carry an idempotency key: a
+/// batch answered 503 (the store slow or briefly unavailable, e.g. a loaded
+/// machine past the store's timeout) is sent again until it is accepted or
+/// `deadline` passes. The keys make a resend of a batch that was in fact stored
+/// return the same steps instead of new ones.
+pub fn submit_keyed_batches(
+    c: &reqwest::blocking::Client,
+    pod: &PodProc,
+    bodies: &[Value],
+    chunk: usize,
+    deadline: Duration,
+) -> Vec<String> {
+    assert!(
+        bodies.iter().all(|b| b["idempotency_key"].is_string()),
+        "every step needs an idempotency key to be resent safely"
+    );
+    let mut ids = Vec::with_capacity(bodies.len());
+    for part in bodies.chunks(chunk) {
+        let v = wait_for("a batch to be accepted", deadline, || {
+            let r = c
+                .post(pod.url("/submit/batch"))
+                .timeout(Duration::from_secs(120))
+                .json(&json!({ "steps": part }))
+                .send()
+                .ok()?;
+            match r.status().as_u16() {
+                201 => r.json::<Value>().ok(),
+                503 => None,
+                other => panic!("batch submit answered {other}: {:?}", r.text()),
+            }
+        });
+        ids.extend(
+            v["step_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string()),
+        );
+    }
+    ids
+}
+
 /// The chaos tests' fault schedule: the pause between two kills, 1-3 s at random.
 /// This is when the next fault is injected, not a wait for some state.
 pub fn fault_interval() {
