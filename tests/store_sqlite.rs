@@ -145,3 +145,30 @@ fn statistics_stay_bounded_and_exact_with_more_types_than_they_list() {
         assert_eq!(sum, want, "by_type sums to the counts");
     });
 }
+
+/// Statements are counted by the connection itself (SQLite's profile hook),
+/// on the writer and on every reader: a write transaction is at least BEGIN,
+/// its statement and COMMIT; a read at least its query.
+#[test]
+fn statements_are_counted_by_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = SqliteStore::open(dir.path().join("fleet-q.db"), SqliteOptions::default()).unwrap();
+        s.schema_init().await.unwrap();
+        let before = s.statement_count();
+        let step = fleet_q_actors::NewStep::new(fleet_q_actors::StepSpec {
+            step_type: "noop".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let id = s.steps_insert(vec![step]).await.unwrap()[0].step_id;
+        let after_insert = s.statement_count();
+        assert!(after_insert >= before + 3, "{before} -> {after_insert}");
+        s.step_get(id).await.unwrap().unwrap();
+        assert!(s.statement_count() > after_insert);
+    });
+}

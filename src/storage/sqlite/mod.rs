@@ -70,6 +70,7 @@ struct ReaderPool {
     busy_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Connection>>,
+    statements: Arc<AtomicU64>,
 }
 
 impl ReaderPool {
@@ -77,7 +78,7 @@ impl ReaderPool {
         if let Some(c) = self.idle.lock().expect("reader pool lock").pop() {
             return Ok(c);
         }
-        let c = Connection::open_with_flags(
+        let mut c = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
@@ -86,6 +87,7 @@ impl ReaderPool {
             .map_err(|e| map_err("open", e))?;
         c.execute_batch("PRAGMA query_only = ON")
             .map_err(|e| map_err("open", e))?;
+        count_statements(&mut c, self.statements.clone());
         Ok(c)
     }
 
@@ -336,7 +338,7 @@ impl SqliteStore {
                 StoreError::fatal("open", format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let conn = Connection::open(&path).map_err(|e| map_err("open", e))?;
+        let mut conn = Connection::open(&path).map_err(|e| map_err("open", e))?;
         // Multi-row statements come in up to eight shapes per operation.
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(options.busy_timeout)
@@ -375,13 +377,8 @@ impl SqliteStore {
             conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
                 .map_err(|e| map_err("open", e))?;
         }
-        let writer = Writer::start(
-            conn,
-            statements.clone(),
-            commits,
-            options.queue.max(1),
-            identity,
-        );
+        count_statements(&mut conn, statements.clone());
+        let writer = Writer::start(conn, commits, options.queue.max(1), identity);
         Ok(SqliteStore {
             _checkpointer: checkpointer,
             readers: Arc::new(ReaderPool {
@@ -389,6 +386,7 @@ impl SqliteStore {
                 busy_timeout: options.busy_timeout,
                 max_idle: options.readers.max(1),
                 idle: Mutex::new(Vec::new()),
+                statements: statements.clone(),
             }),
             path,
             writer,
@@ -407,11 +405,9 @@ impl SqliteStore {
         F: FnOnce(&Connection, i64) -> rusqlite::Result<T> + Send + 'static,
     {
         let pool = self.readers.clone();
-        let stmts = self.statements.clone();
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
             let r = f(&conn, clock_ms()).map_err(|e| map_err(op, e));
-            stmts.fetch_add(1, Ordering::Relaxed);
             pool.give_back(conn);
             r
         })
@@ -430,7 +426,6 @@ const PRUNE_SLICE: u64 = 64;
 fn prune_slice(
     c: &Connection,
     now: i64,
-    stmts: &AtomicU64,
     totals: &mut Totals,
     retention: Duration,
     want: u64,
@@ -467,7 +462,6 @@ fn prune_slice(
             SqlValue::Blob(after.clone())
         ])
         .map_err(|e| map_err(op, e))?;
-    count(stmts, 1);
     let (mut n, mut last) = (0u64, after);
     // Rows come back in deletion order, mostly runs of one type.
     let mut run: Option<(String, String, i64)> = None;
@@ -497,8 +491,18 @@ fn prune_slice(
     Ok((n, last))
 }
 
-fn count(stmts: &AtomicU64, n: u64) {
-    stmts.fetch_add(n, Ordering::Relaxed);
+/// Counts every statement `conn` runs into `statements`, from SQLite's own
+/// profile hook (one event per statement run to completion), so no call site
+/// counts by hand and none can be missed. Installed after a connection's setup
+/// pragmas, which are not counted.
+fn count_statements(conn: &mut Connection, statements: Arc<AtomicU64>) {
+    conn.trace_v2(
+        rusqlite::trace::TraceEventCodes::SQLITE_TRACE_PROFILE,
+        Some(move |_: rusqlite::trace::TraceEvent<'_>| {
+            statements.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .ok();
 }
 
 /// Runs one fenced UPDATE per lease. `variants` are tried in order, each a
@@ -510,7 +514,6 @@ fn fenced_update(
     op: &'static str,
     variants: &[(&str, StepStatus)],
     leases: impl Iterator<Item = (Lease, Vec<SqlValue>, usize)>,
-    stmts: &AtomicU64,
 ) -> Result<FencedReport, StoreError> {
     let mut prepared = Vec::with_capacity(variants.len());
     for (sql, status) in variants {
@@ -529,7 +532,6 @@ fn fenced_update(
             let n = st
                 .execute(rusqlite::params_from_iter(values.iter()))
                 .map_err(|e| map_err(op, e))?;
-            count(stmts, 1);
             if n == 1 {
                 applied = Some(*status);
                 break;
@@ -560,7 +562,7 @@ impl Store for SqliteStore {
 
     async fn schema_init(&self) -> Result<(), StoreError> {
         self.writer
-            .write("schema_init", |c, _, stmts| {
+            .write("schema_init", |c, _| {
                 // A file made before STEP_TOTALS existed gets it filled once, in
                 // this transaction, from the steps it holds.
                 let had_totals: bool = c
@@ -573,15 +575,12 @@ impl Store for SqliteStore {
                     .map_err(|e| map_err("schema_init", e))?;
                 c.execute_batch(SCHEMA)
                     .map_err(|e| map_err("schema_init", e))?;
-                count(stmts, 2);
                 if !had_totals {
                     c.execute_batch(totals::BACKFILL)
                         .map_err(|e| map_err("schema_init", e))?;
-                    count(stmts, 1);
                 }
                 c.execute_batch(totals::ENSURE_ALL)
                     .map_err(|e| map_err("schema_init", e))?;
-                count(stmts, 1);
                 let have: Vec<String> = c
                     .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
                     .and_then(|mut st| {
@@ -593,7 +592,6 @@ impl Store for SqliteStore {
                     if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
                         c.execute_batch(&format!("ALTER TABLE POD_HEALTH ADD COLUMN {col} {ty}"))
                             .map_err(|e| map_err("schema_init", e))?;
-                        count(stmts, 1);
                     }
                 }
                 Ok(())
@@ -610,7 +608,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.writer
-            .write_counted("steps_insert", move |c, now, stmts, totals| {
+            .write_counted("steps_insert", move |c, now, totals| {
                 let op = "steps_insert";
                 let mut out: Vec<Option<Inserted>> = vec![None; steps.len()];
                 // Steps without a key go in multi-row statements; keyed steps one at a
@@ -630,7 +628,6 @@ impl Store for SqliteStore {
                     }
                     st.execute(rusqlite::params_from_iter(values))
                         .map_err(|e| map_err(op, e))?;
-                    count(stmts, 1);
                     for &i in rows {
                         totals.rows(&steps[i].payload().step_type, StepStatus::Pending, 1);
                         out[i] = Some(Inserted {
@@ -651,7 +648,6 @@ impl Store for SqliteStore {
                         ))
                         .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
                         .map_err(|e| map_err(op, e))?;
-                    count(stmts, 1);
                     let step_id = if n == 1 {
                         totals.rows(&s.payload().step_type, StepStatus::Pending, 1);
                         s.step_id()
@@ -662,7 +658,6 @@ impl Store for SqliteStore {
                             )
                             .and_then(|mut q| q.query_row([s.idempotency_key()], |r| id_at(r, 0)))
                             .map_err(|e| map_err(op, e))?;
-                        count(stmts, 1);
                         existing
                     };
                     out[i] = Some(Inserted {
@@ -683,7 +678,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.writer
-            .write("steps_claim", move |c, now, stmts| {
+            .write("steps_claim", move |c, now| {
                 let sql = format!(
                     "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = ?1, \
                      attempt = attempt + 1, last_update_ts = ?2 \
@@ -699,7 +694,6 @@ impl Store for SqliteStore {
                     .query_map(params![p.pod_id, now, p.limit], step_from_row)
                     .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                     .map_err(|e| map_err("steps_claim", e))?;
-                count(stmts, 1);
                 // RETURNING order is unspecified: hand steps back in claim order.
                 steps.sort_by(|a, b| {
                     (b.priority, a.created_ts, a.step_id).cmp(&(
@@ -719,7 +713,7 @@ impl Store for SqliteStore {
         }
         let jitter: Vec<f64> = p.finishes.iter().map(|_| rand::random::<f64>()).collect();
         self.writer
-            .write_counted("steps_finish", move |c, now, stmts, totals| {
+            .write_counted("steps_finish", move |c, now, totals| {
                 let op = "steps_finish";
                 let b = p.backoff;
                 let mut report = FencedReport::default();
@@ -748,7 +742,7 @@ impl Store for SqliteStore {
                 }
                 for (start, len) in pow2_chunks(completes.len()) {
                     let chunk = &completes[start..start + len];
-                    let r = complete_chunk(c, now, chunk, stmts)?;
+                    let r = complete_chunk(c, now, chunk)?;
                     report.applied.extend(r.applied);
                     report.rejected.extend(r.rejected);
                 }
@@ -770,13 +764,12 @@ impl Store for SqliteStore {
                         op,
                         &[(retry, StepStatus::Pending), (terminal, StepStatus::Failed)],
                         fails.into_iter(),
-                        stmts,
                     )?;
                     // Terminal failures are the rare path: their types are read
                     // back one by one.
                     for (id, status) in &r.applied {
                         if *status == StepStatus::Failed {
-                            let t = step_type_of(c, op, id_val(*id), stmts)?;
+                            let t = step_type_of(c, op, id_val(*id))?;
                             totals.moved(&t, StepStatus::Claimed, StepStatus::Failed, 1);
                         }
                     }
@@ -793,7 +786,7 @@ impl Store for SqliteStore {
             return Ok(FencedReport::default());
         }
         self.writer
-            .write("steps_release", move |c, now, stmts| {
+            .write("steps_release", move |c, now| {
                 let sql = format!(
                     "UPDATE STEP_TRACKER SET status = 'pending', claimed_by = NULL, \
                      run_at = ?, last_update_ts = ? WHERE {FENCE}"
@@ -805,7 +798,6 @@ impl Store for SqliteStore {
                     leases
                         .into_iter()
                         .map(|l| (l, vec![SqlValue::Integer(now), SqlValue::Integer(now)], 0)),
-                    stmts,
                 )
             })
             .await
@@ -813,7 +805,7 @@ impl Store for SqliteStore {
 
     async fn step_cancel(&self, step_id: StepId) -> Result<CancelOutcome, StoreError> {
         self.writer
-            .write_counted("step_cancel", move |c, now, stmts, totals| {
+            .write_counted("step_cancel", move |c, now, totals| {
                 let op = "step_cancel";
                 let id = id_val(step_id);
                 let t: Option<String> = c
@@ -823,12 +815,11 @@ impl Store for SqliteStore {
                     )
                     .and_then(|mut st| st.query_row(params![now, id], |r| r.get(0)).optional())
                     .map_err(|e| map_err(op, e))?;
-                count(stmts, 1);
                 if let Some(t) = t {
                     totals.moved(&t, StepStatus::Pending, StepStatus::Cancelled, 1);
                     return Ok(CancelOutcome::Cancelled);
                 }
-                let status = current_status(c, op, &id, stmts)?;
+                let status = current_status(c, op, &id)?;
                 Ok(status.map_or(CancelOutcome::NotFound, CancelOutcome::NotPending))
             })
             .await
@@ -847,7 +838,7 @@ impl Store for SqliteStore {
 
     async fn step_retry(&self, step_id: StepId) -> Result<RetryOutcome, StoreError> {
         self.writer
-            .write_counted("step_retry", move |c, now, stmts, totals| {
+            .write_counted("step_retry", move |c, now, totals| {
                 let op = "step_retry";
                 let id = id_val(step_id);
                 let t: Option<String> = c
@@ -858,12 +849,11 @@ impl Store for SqliteStore {
                     )
                     .and_then(|mut st| st.query_row(params![now, id], |r| r.get(0)).optional())
                     .map_err(|e| map_err(op, e))?;
-                count(stmts, 1);
                 if let Some(t) = t {
                     totals.moved(&t, StepStatus::Failed, StepStatus::Pending, 1);
                     return Ok(RetryOutcome::Requeued);
                 }
-                let status = current_status(c, op, &id, stmts)?;
+                let status = current_status(c, op, &id)?;
                 Ok(status.map_or(RetryOutcome::NotFound, RetryOutcome::NotFailed))
             })
             .await
@@ -899,8 +889,8 @@ impl Store for SqliteStore {
             let from = std::mem::take(&mut after);
             let (n, last) = self
                 .writer
-                .write_background("steps_prune", move |c, now, stmts, totals| {
-                    prune_slice(c, now, stmts, totals, p.retention, want, from)
+                .write_background("steps_prune", move |c, now, totals| {
+                    prune_slice(c, now, totals, p.retention, want, from)
                 })
                 .await?;
             total += n;
@@ -1017,7 +1007,7 @@ impl Store for SqliteStore {
 
     async fn pod_heartbeat(&self, p: HeartbeatParams) -> Result<PodRecord, StoreError> {
         self.writer
-            .write("pod_heartbeat", move |c, now, stmts| {
+            .write("pod_heartbeat", move |c, now| {
                 let op = "pod_heartbeat";
                 let meta = p.meta.to_string();
                 let n = c
@@ -1051,7 +1041,6 @@ impl Store for SqliteStore {
                     })
                     .map_err(|e| map_err(op, e))?;
                 let _ = n;
-                count(stmts, 2);
                 c.prepare_cached(&format!("SELECT {POD_COLS} FROM POD_HEALTH WHERE pod_id = ?1"))
                     .and_then(|mut st| st.query_row([&p.pod_id], |r| pod_from_row(r, now)))
                     .map_err(|e| map_err(op, e))
@@ -1072,7 +1061,7 @@ impl Store for SqliteStore {
 
     async fn pods_mark_down(&self, p: MarkDownParams) -> Result<Vec<String>, StoreError> {
         self.writer
-            .write("pods_mark_down", move |c, now, stmts| {
+            .write("pods_mark_down", move |c, now| {
                 let mut st = c
                     .prepare_cached(
                         "UPDATE POD_HEALTH SET status = 'down', capacity_in_use = 0 \
@@ -1086,7 +1075,6 @@ impl Store for SqliteStore {
                     let n = st
                         .execute(params![id, now, default])
                         .map_err(|e| map_err("pods_mark_down", e))?;
-                    count(stmts, 1);
                     if n == 1 {
                         marked.push(id);
                     }
@@ -1154,7 +1142,6 @@ fn complete_chunk(
     c: &Connection,
     now: i64,
     chunk: &[(Lease, String)],
-    stmts: &AtomicU64,
 ) -> Result<FencedReport, StoreError> {
     let op = "steps_finish";
     let sql = format!(
@@ -1180,7 +1167,6 @@ fn complete_chunk(
         .query_map(rusqlite::params_from_iter(values), |r| id_at(r, 0))
         .and_then(|rows| rows.collect())
         .map_err(|e| map_err(op, e))?;
-    count(stmts, 1);
     let mut report = FencedReport::default();
     for (lease, _) in chunk {
         if done.contains(&lease.step_id) {
@@ -1202,13 +1188,7 @@ fn add_finished(by: &mut StatusCounts, d: [i64; 3]) {
 }
 
 /// The type of the step `id` (which exists: the caller just changed it).
-fn step_type_of(
-    c: &Connection,
-    op: &'static str,
-    id: SqlValue,
-    stmts: &AtomicU64,
-) -> Result<String, StoreError> {
-    count(stmts, 1);
+fn step_type_of(c: &Connection, op: &'static str, id: SqlValue) -> Result<String, StoreError> {
     c.prepare_cached("SELECT step_type FROM STEP_TRACKER WHERE step_id = ?1")
         .and_then(|mut st| st.query_row([id], |r| r.get(0)))
         .map_err(|e| map_err(op, e))
@@ -1218,13 +1198,11 @@ fn current_status(
     c: &Connection,
     op: &'static str,
     id: &SqlValue,
-    stmts: &AtomicU64,
 ) -> Result<Option<StepStatus>, StoreError> {
     let s: Option<String> = c
         .prepare_cached("SELECT status FROM STEP_TRACKER WHERE step_id = ?1")
         .and_then(|mut st| st.query_row([id], |r| r.get(0)).optional())
         .map_err(|e| map_err(op, e))?;
-    count(stmts, 1);
     s.map(|s| {
         s.parse()
             .map_err(|e| StoreError::fatal(op, format!("stored status: {e}")))

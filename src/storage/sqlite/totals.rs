@@ -21,7 +21,6 @@
 //! one upsert per group, plus one for the row that sums every type ([`ALL`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleet_q_actors::{StepStatus, StoreError};
 use rusqlite::{params, Connection};
@@ -98,7 +97,7 @@ impl Totals {
     /// Writes the changes: one upsert per step type that changed, and the row of a
     /// type whose last step was removed goes too (so the table stays as small as
     /// the set of live types).
-    pub(crate) fn apply(&self, c: &Connection, stmts: &AtomicU64) -> Result<(), StoreError> {
+    pub(crate) fn apply(&self, c: &Connection) -> Result<(), StoreError> {
         let mut sum = [0i64; 3];
         for d in self.0.values() {
             for i in 0..3 {
@@ -121,12 +120,10 @@ impl Totals {
             )
             .and_then(|mut st| st.execute(params![&t, d[0], d[1], d[2]]))
             .map_err(|e| map_err("step_totals", e))?;
-            stmts.fetch_add(1, Ordering::Relaxed);
             if d[0] < 0 && t != ALL {
                 c.prepare_cached("DELETE FROM STEP_TOTALS WHERE step_type = ?1 AND row_count <= 0")
                     .and_then(|mut st| st.execute([&t]))
                     .map_err(|e| map_err("step_totals", e))?;
-                stmts.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

@@ -43,13 +43,7 @@ pub(crate) trait WriteJob: Send {
     /// store time. The job records what it changed in STEP_TOTALS in `totals`,
     /// which the writer keeps only if the job succeeds. An error rolls back this
     /// job only.
-    fn run(
-        &mut self,
-        conn: &Connection,
-        now: i64,
-        stmts: &AtomicU64,
-        totals: &mut Totals,
-    ) -> Result<(), StoreError>;
+    fn run(&mut self, conn: &Connection, now: i64, totals: &mut Totals) -> Result<(), StoreError>;
     /// Called after the transaction ended: `commit` is its outcome.
     fn reply(self: Box<Self>, commit: Result<(), StoreError>);
     /// Background work (pruning) runs in a transaction of its own, only when no
@@ -67,17 +61,11 @@ struct Job<T, F> {
 impl<T, F> WriteJob for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError> + Send,
+    F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send,
 {
-    fn run(
-        &mut self,
-        conn: &Connection,
-        now: i64,
-        stmts: &AtomicU64,
-        totals: &mut Totals,
-    ) -> Result<(), StoreError> {
+    fn run(&mut self, conn: &Connection, now: i64, totals: &mut Totals) -> Result<(), StoreError> {
         let work = self.work.take().expect("a job runs once");
-        let r = work(conn, now, stmts, totals);
+        let r = work(conn, now, totals);
         let failed = r.as_ref().err().cloned();
         self.out = Some(r);
         match failed {
@@ -112,7 +100,6 @@ impl Writer {
     /// Starts the writer thread on `conn`. The thread ends when every handle is gone.
     pub(crate) fn start(
         conn: Connection,
-        stmts: Arc<AtomicU64>,
         commits: Arc<AtomicU64>,
         queue: usize,
         identity: Arc<super::identity::FileIdentity>,
@@ -120,7 +107,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(queue);
         std::thread::Builder::new()
             .name("fleet-q-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, stmts, commits))
+            .spawn(move || writer_loop(conn, rx, commits))
             .expect("spawn the SQLite writer thread");
         Writer { tx, identity }
     }
@@ -132,10 +119,9 @@ impl Writer {
     pub(crate) async fn write<T, F>(&self, op: &'static str, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64, &AtomicU64) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
     {
-        self.write_counted(op, move |c, now, stmts, _| work(c, now, stmts))
-            .await
+        self.write_counted(op, move |c, now, _| work(c, now)).await
     }
 
     /// [`Writer::write`] for work that adds or removes rows, or moves them into
@@ -149,9 +135,7 @@ impl Writer {
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError>
-            + Send
-            + 'static,
+        F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
     {
         self.send(op, work, false).await
     }
@@ -168,9 +152,7 @@ impl Writer {
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError>
-            + Send
-            + 'static,
+        F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
     {
         self.send(op, work, true).await
     }
@@ -178,9 +160,7 @@ impl Writer {
     async fn send<T, F>(&self, op: &'static str, work: F, background: bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64, &AtomicU64, &mut Totals) -> Result<T, StoreError>
-            + Send
-            + 'static,
+        F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
     {
         self.identity
             .check(op, matches!(op, "pod_heartbeat" | "steps_insert"))?;
@@ -203,7 +183,6 @@ impl Writer {
 fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
-    stmts: Arc<AtomicU64>,
     commits: Arc<AtomicU64>,
 ) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
@@ -241,7 +220,7 @@ fn writer_loop(
                 None => continue,
             }
         }
-        let commit = run_group(&conn, &mut group, &stmts);
+        let commit = run_group(&conn, &mut group);
         commits.fetch_add(1, Ordering::Relaxed);
         for job in group.drain(..) {
             job.reply(commit.clone());
@@ -274,14 +253,9 @@ fn next_job(rx: &mut mpsc::Receiver<Box<dyn WriteJob>>) -> Option<Box<dyn WriteJ
     }
 }
 
-fn run_group(
-    conn: &Connection,
-    group: &mut [Box<dyn WriteJob>],
-    stmts: &AtomicU64,
-) -> Result<(), StoreError> {
+fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| map_err("begin", e))?;
-    stmts.fetch_add(1, Ordering::Relaxed);
     // Read the clock after taking the write lock: transactions from every process
     // then see non-decreasing store time in commit order.
     let now = clock_ms();
@@ -291,7 +265,7 @@ fn run_group(
         let mut mine = Totals::default();
         if single {
             // One job: the transaction itself is its savepoint.
-            if job.run(conn, now, stmts, &mut mine).is_err() {
+            if job.run(conn, now, &mut mine).is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Ok(()); // the job's own error is its answer
             }
@@ -302,7 +276,7 @@ fn run_group(
             let _ = conn.execute_batch("ROLLBACK");
             return Err(map_err("savepoint", e));
         }
-        let ok = job.run(conn, now, stmts, &mut mine).is_ok();
+        let ok = job.run(conn, now, &mut mine).is_ok();
         let end = if ok {
             totals.merge(mine);
             "RELEASE job"
@@ -314,15 +288,12 @@ fn run_group(
             return Err(map_err("savepoint", e));
         }
     }
-    if let Err(e) = totals.apply(conn, stmts) {
+    if let Err(e) = totals.apply(conn) {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(e);
     }
     match conn.execute_batch("COMMIT") {
-        Ok(()) => {
-            stmts.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(map_err("commit", e))
