@@ -1,0 +1,140 @@
+//! Opening the file (WAL, pragmas, the writer and checkpoint threads), the
+//! reader pool, and statement counting by each connection.
+
+use super::*;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts its writer.
+    /// Call [`Store::schema_init`] before use.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::fatal("open", format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(&path).map_err(|e| map_err("open", e))?;
+        // Multi-row statements come in up to eight shapes per operation.
+        conn.set_prepared_statement_cache_capacity(64);
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(|e| map_err("open", e))?;
+        // journal_mode needs the write lock briefly; the busy timeout covers races
+        // between processes opening the same new file.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| map_err("open", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::fatal(
+                "open",
+                format!(
+                    "{} does not support WAL (journal mode {mode})",
+                    path.display()
+                ),
+            ));
+        }
+        // temp_store: RETURNING and multi-row VALUES materialise small ephemeral
+        // tables; keep them in memory. cache_size: 16 MiB of pages for the writer.
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; \
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;",
+        )
+        .map_err(|e| map_err("open", e))?;
+        let statements = Arc::new(AtomicU64::new(0));
+        let identity = Arc::new(identity::FileIdentity::of(&path));
+        // Checkpoints run on their own thread (see [`checkpoint`]); if that
+        // cannot start, the writer keeps SQLite's automatic checkpoints.
+        let commits = Arc::new(AtomicU64::new(0));
+        let checkpointer = Connection::open(&path)
+            .and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
+            .ok()
+            .and_then(|c| checkpoint::Checkpointer::start(c, commits.clone()).ok());
+        if checkpointer.is_some() {
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+                .map_err(|e| map_err("open", e))?;
+        }
+        count_statements(&mut conn, statements.clone());
+        let writer = Writer::start(conn, commits, options.queue.max(1), identity);
+        Ok(SqliteStore {
+            _checkpointer: checkpointer,
+            readers: Arc::new(ReaderPool {
+                path: path.clone(),
+                busy_timeout: options.busy_timeout,
+                max_idle: options.readers.max(1),
+                idle: Mutex::new(Vec::new()),
+                statements: statements.clone(),
+            }),
+            path,
+            writer,
+            statements,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let r = f(&conn, clock_ms()).map_err(|e| map_err(op, e));
+            pool.give_back(conn);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::fatal(op, format!("read task failed: {e}")))?
+    }
+}
+
+pub(super) struct ReaderPool {
+    pub(super) path: PathBuf,
+    pub(super) busy_timeout: Duration,
+    pub(super) max_idle: usize,
+    pub(super) idle: Mutex<Vec<Connection>>,
+    pub(super) statements: Arc<AtomicU64>,
+}
+
+impl ReaderPool {
+    pub(super) fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().expect("reader pool lock").pop() {
+            return Ok(c);
+        }
+        let mut c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| map_err("open", e))?;
+        c.busy_timeout(self.busy_timeout)
+            .map_err(|e| map_err("open", e))?;
+        c.execute_batch("PRAGMA query_only = ON")
+            .map_err(|e| map_err("open", e))?;
+        count_statements(&mut c, self.statements.clone());
+        Ok(c)
+    }
+
+    pub(super) fn give_back(&self, c: Connection) {
+        let mut idle = self.idle.lock().expect("reader pool lock");
+        if idle.len() < self.max_idle {
+            idle.push(c);
+        }
+    }
+}
+
+/// Counts every statement `conn` runs into `statements`, from SQLite's own
+/// profile hook (one event per statement run to completion), so no call site
+/// counts by hand and none can be missed. Installed after a connection's setup
+/// pragmas, which are not counted.
+pub(super) fn count_statements(conn: &mut Connection, statements: Arc<AtomicU64>) {
+    conn.trace_v2(
+        rusqlite::trace::TraceEventCodes::SQLITE_TRACE_PROFILE,
+        Some(move |_: rusqlite::trace::TraceEvent<'_>| {
+            statements.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .ok();
+}

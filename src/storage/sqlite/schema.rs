@@ -1,0 +1,69 @@
+//! The tables, as `schema_init` creates them and `fleet-q schema` prints them.
+
+/// The DDL `schema_init` runs (idempotent), as `fleet-q schema` prints it.
+pub fn schema_ddl() -> &'static str {
+    SCHEMA
+}
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS STEP_TRACKER (
+    step_id         BLOB    NOT NULL PRIMARY KEY, -- UUIDv7 bytes; hex(step_id) to read
+    status          TEXT    NOT NULL,
+    claimed_by      TEXT,
+    last_update_ts  INTEGER NOT NULL,
+    payload         TEXT    NOT NULL,
+    retry_count     INTEGER NOT NULL DEFAULT 0,
+    priority        INTEGER NOT NULL DEFAULT 0,
+    created_ts      INTEGER NOT NULL,
+    max_retries     INTEGER NOT NULL,
+    attempt         INTEGER NOT NULL DEFAULT 0,
+    run_at          INTEGER NOT NULL,
+    idempotency_key TEXT,
+    last_error      TEXT,
+    result          TEXT,
+    timeout_ms      INTEGER,
+    step_type       TEXT    NOT NULL
+);
+-- One index serves claims (status = 'pending', in claim order) and orphan
+-- detection (status = 'claimed'): a step moves within it instead of between two.
+CREATE INDEX IF NOT EXISTS step_tracker_live
+    ON STEP_TRACKER (status, priority DESC, created_ts, step_id)
+    WHERE status IN ('pending', 'claimed');
+CREATE UNIQUE INDEX IF NOT EXISTS step_tracker_idempotency_key
+    ON STEP_TRACKER (idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- Failed steps are few: this index costs nothing on the success path.
+CREATE INDEX IF NOT EXISTS step_tracker_failed
+    ON STEP_TRACKER (step_id) WHERE status = 'failed';
+-- Per step type: rows held in STEP_TRACKER, and how many are failed and
+-- cancelled. Kept in the transaction of each insert, terminal failure, cancel,
+-- manual retry and prune, so stats never scan history (README, Statistics).
+CREATE TABLE IF NOT EXISTS STEP_TOTALS (
+    step_type TEXT    NOT NULL PRIMARY KEY,
+    row_count INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+-- Statistics read the largest types only (clients choose types).
+CREATE INDEX IF NOT EXISTS step_totals_by_size ON STEP_TOTALS (row_count DESC);
+CREATE TABLE IF NOT EXISTS POD_HEALTH (
+    pod_id            TEXT    NOT NULL PRIMARY KEY,
+    birth_ts          INTEGER NOT NULL,
+    last_heartbeat_ts INTEGER NOT NULL,
+    status            TEXT    NOT NULL,
+    capacity_in_use   INTEGER NOT NULL DEFAULT 0,
+    max_capacity      INTEGER NOT NULL DEFAULT 0,
+    meta              TEXT    NOT NULL DEFAULT '{}',
+    incarnation       TEXT,
+    heartbeat_interval_ms INTEGER,
+    dead_after_ms     INTEGER
+);
+";
+
+/// Columns added to POD_HEALTH after its first release: `schema_init` adds each
+/// one a table created by an older version lacks (SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`).
+pub(super) const POD_HEALTH_ADDED: [(&str, &str); 3] = [
+    ("incarnation", "TEXT"),
+    ("heartbeat_interval_ms", "INTEGER"),
+    ("dead_after_ms", "INTEGER"),
+];

@@ -1,0 +1,36 @@
+//! Unit tests of the pure helpers.
+
+use super::{id_floor, id_val, pow2_chunks};
+use fleet_q_actors::StepId;
+use rusqlite::types::Value;
+
+#[test]
+fn id_floor_orders_below_ids_minted_at_or_after_it() {
+    let id = StepId::generate();
+    let ms = id.as_uuid().get_timestamp().unwrap().to_unix();
+    let ms = (ms.0 * 1000 + u64::from(ms.1) / 1_000_000) as i64;
+    let (Value::Blob(floor), Value::Blob(idb)) = (id_floor(ms), id_val(id)) else {
+        unreachable!()
+    };
+    assert!(floor <= idb);
+    let Value::Blob(later) = id_floor(ms + 1) else {
+        unreachable!()
+    };
+    assert!(idb < later);
+}
+
+#[test]
+fn chunks_are_powers_of_two_covering_every_row() {
+    assert!(pow2_chunks(0).is_empty());
+    assert_eq!(pow2_chunks(1), vec![(0, 1)]);
+    assert_eq!(pow2_chunks(100), vec![(0, 64), (64, 32), (96, 4)]);
+    assert_eq!(
+        pow2_chunks(300),
+        vec![(0, 128), (128, 128), (256, 32), (288, 8), (296, 4)]
+    );
+    for n in 0..600 {
+        let c = pow2_chunks(n);
+        assert_eq!(c.iter().map(|(_, l)| l).sum::<usize>(), n);
+        assert!(c.iter().all(|(_, l)| l.is_power_of_two() && *l <= 128));
+    }
+}
