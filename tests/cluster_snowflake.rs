@@ -158,9 +158,10 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
     let bodies: Vec<Value> = (0..200)
         .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}, "idempotency_key": format!("so-{i}")}))
         .collect();
-    // One store attempt per call (FLEET_Q_DEFAULT_MAX_ATTEMPTS=1): on a loaded
-    // machine the first batch may outlast the 5 s timeout, so it is resent.
-    let ids = submit_keyed_batches(&c, &f.pods[0], &bodies, 200, Duration::from_secs(120));
+    // One store attempt per call (FLEET_Q_DEFAULT_MAX_ATTEMPTS=1) and a 5 s
+    // timeout: on a loaded machine a large batch can outlast it every time, so
+    // the steps go in small keyed batches, each resent on 503.
+    let ids = submit_keyed_batches(&c, &f.pods[0], &bodies, 25, Duration::from_secs(120));
     // Work is running when the store goes away.
     wait_for("steps to be running", Duration::from_secs(60), || {
         (!f.rec.calls().is_empty()).then_some(())
