@@ -23,31 +23,66 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// What to run.
-#[derive(Clone, Debug)]
+/// `fleet-q bench`: what to run.
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchOpts {
-    /// A running pod; when absent, pods are started.
+    /// A running pod to drive; without it, pods are started.
+    #[arg(long)]
     pub url: Option<String>,
-    /// Pods to start (ignored with `url`).
+    /// Local pods to start on one store.
+    #[arg(long, default_value_t = 1)]
     pub pods: usize,
-    /// `sqlite` (a temporary file) or `snowflake` (the configured account).
+    /// Store for started pods: sqlite (a temporary file) or snowflake (the
+    /// configured account).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "snowflake"])]
     pub store: String,
     /// Steps to submit.
+    #[arg(long, default_value_t = 10_000)]
     pub steps: usize,
-    /// `noop` or `sleep`.
+    /// Step type: noop or sleep.
+    #[arg(long = "type", default_value = "noop")]
     pub step_type: String,
-    /// For `sleep`: milliseconds per step.
+    /// Milliseconds per sleep step.
+    #[arg(long, default_value_t = 10)]
     pub sleep_ms: u64,
-    /// Steps per request: 1 uses `POST /submit`, more `POST /submit/batch`.
+    /// Steps per request (1: POST /submit; more: POST /submit/batch).
+    #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-    /// Priorities to draw from, uniformly.
+    /// Comma-separated priorities to draw from.
+    #[arg(
+        long,
+        default_value = "0",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
     pub priorities: Vec<i32>,
-    /// Extra `FLEET_Q_*` settings for started pods (e.g. parallelism).
-    pub pod_env: Vec<(String, String)>,
+    /// FLEET_Q_MAX_PARALLELISM for started pods.
+    #[arg(long)]
+    pub max_parallelism: Option<u32>,
+    /// FLEET_Q_CLAIM_BATCH_SIZE for started pods.
+    #[arg(long)]
+    pub claim_batch: Option<u32>,
     /// Print JSON.
+    #[arg(long)]
     pub json: bool,
+}
+
+impl BenchOpts {
+    /// Extra `FLEET_Q_*` settings for started pods.
+    fn pod_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(p) = self.max_parallelism {
+            env.push(("FLEET_Q_MAX_PARALLELISM".to_string(), p.to_string()));
+            env.push(("FLEET_Q_CAPACITY_THRESHOLD".to_string(), "1".to_string()));
+        }
+        if let Some(b) = self.claim_batch {
+            env.push(("FLEET_Q_CLAIM_BATCH_SIZE".to_string(), b.to_string()));
+        }
+        env
+    }
 }
 
 struct Pods {
@@ -99,7 +134,7 @@ fn start_pods(o: &BenchOpts) -> Result<Pods, String> {
         } else {
             cmd.env("FLEET_Q_STORAGE_MODE", "snowflake");
         }
-        for (k, v) in &o.pod_env {
+        for (k, v) in &o.pod_env() {
             cmd.env(k, v);
         }
         children.push(
@@ -228,25 +263,20 @@ fn step_body(o: &BenchOpts, i: usize) -> Value {
     }
 }
 
-/// Runs the benchmark; returns the exit code (1 when a step was lost or failed).
-pub fn run(o: BenchOpts) -> i32 {
-    match run_inner(&o) {
-        Ok((report, ok)) => {
-            if o.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                print_human(&report);
-            }
-            i32::from(!ok)
-        }
-        Err(e) => {
-            eprintln!("fleet-q bench: {e}");
-            1
-        }
+/// Runs the benchmark and prints its report; an error when a step was lost or
+/// failed, or the run could not be made.
+pub fn run(o: BenchOpts) -> anyhow::Result<()> {
+    let (report, ok) = run_inner(&o).map_err(|e| anyhow::anyhow!("bench: {e}"))?;
+    if o.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_human(&report);
     }
+    anyhow::ensure!(ok, "bench: a step was lost or failed (see the report)");
+    Ok(())
 }
 
 fn run_inner(o: &BenchOpts) -> Result<(Value, bool), String> {

@@ -16,19 +16,12 @@ struct Line {
     ms: f64,
 }
 
-/// Runs the checks (and with `smoke`, [`crate::smoke`]); returns the exit code
-/// (0 when every check passed).
-pub fn run(settings: &Settings, json_out: bool, smoke: bool) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// Runs the checks (and with `smoke`, [`crate::smoke`]) and prints them; an
+/// error when any failed.
+pub fn run(settings: &Settings, json_out: bool, smoke: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fleet-q: {e}");
-            return 1;
-        }
-    };
+        .build()?;
     let mut lines = rt.block_on(checks(settings));
     if smoke && lines.iter().all(|l| l.ok) {
         lines.extend(
@@ -60,7 +53,9 @@ pub fn run(settings: &Settings, json_out: bool, smoke: bool) -> i32 {
             );
         }
     }
-    i32::from(!ok)
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    anyhow::ensure!(ok, "{failed} check(s) failed");
+    Ok(())
 }
 
 async fn checks(settings: &Settings) -> Vec<Line> {
@@ -165,12 +160,12 @@ async fn checks(settings: &Settings) -> Vec<Line> {
 }
 
 /// `fleet-q schema`: prints the DDL, or applies it with `apply`.
-pub fn schema(settings: &Settings, apply: bool) -> i32 {
+pub fn schema(settings: &Settings, apply: bool) -> anyhow::Result<()> {
     match settings.storage_mode {
         StorageMode::Sqlite => {
             if !apply {
                 println!("{}", crate::storage::sqlite::schema_ddl().trim());
-                return 0;
+                return Ok(());
             }
         }
         StorageMode::Snowflake => {
@@ -178,16 +173,16 @@ pub fn schema(settings: &Settings, apply: bool) -> i32 {
                 for ddl in crate::storage::snowflake::DDL {
                     println!("{ddl};\n");
                 }
-                return 0;
+                return Ok(());
             }
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .expect("runtime");
-    match rt.block_on(crate::serve::open_store(settings)) {
-        Ok(_) => {
+        .build()?;
+    rt.block_on(crate::serve::open_store(settings))?;
+    {
+        {
             match settings.storage_mode {
                 StorageMode::Sqlite => {
                     println!("schema applied to {}", settings.sqlite_db_path.display())
@@ -197,11 +192,7 @@ pub fn schema(settings: &Settings, apply: bool) -> i32 {
                     settings.snowflake.database, settings.snowflake.schema
                 ),
             }
-            0
-        }
-        Err(e) => {
-            eprintln!("fleet-q: {e}");
-            1
         }
     }
+    Ok(())
 }

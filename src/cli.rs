@@ -8,69 +8,106 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// A request to run against a pod.
-#[derive(Debug, Clone)]
+/// Options every client command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// The pod to talk to.
+    #[arg(long, default_value = "http://localhost:8000")]
+    pub url: String,
+    /// Print the API's JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A request to run against a pod: the client subcommands of `fleet-q`.
+#[derive(clap::Subcommand, Debug, Clone)]
 pub enum ClientCommand {
-    /// Submit one step.
+    /// Submit a step to a running pod.
     Submit {
         /// Step type.
+        #[arg(long = "type")]
         step_type: String,
-        /// Arguments (JSON object text).
+        /// Handler arguments as a JSON object.
+        #[arg(long)]
         args: Option<String>,
-        /// Priority.
+        /// Priority (-1000 to 1000).
+        #[arg(long, allow_hyphen_values = true)]
         priority: Option<i64>,
-        /// Retries allowed.
+        /// Retries allowed (0 to 10).
+        #[arg(long)]
         max_retries: Option<i64>,
         /// Client dedupe key.
+        #[arg(long)]
         idempotency_key: Option<String>,
-        /// Delay before it may run.
+        /// Seconds before it may run.
+        #[arg(long)]
         delay_seconds: Option<f64>,
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Show a step.
     Status {
         /// Step id.
         step_id: String,
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
     },
-    /// Queue statistics.
-    Queue,
-    /// Leadership.
-    Leader,
-    /// Run a recovery cycle on the leader.
+    /// Queue depth and fleet capacity (admin).
+    Queue {
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Who leads the fleet (admin).
+    Leader {
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Run a recovery cycle on the leader (admin).
     Recover {
-        /// Compute without writing.
+        /// Report what would be recovered without writing.
+        #[arg(long)]
         dry_run: bool,
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
     },
 }
 
-/// Runs `cmd` against `url`; returns the process exit code.
-pub fn run(url: &str, json_out: bool, cmd: ClientCommand) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fleet-q: {e}");
-            return 1;
+impl ClientCommand {
+    fn opts(&self) -> &ClientOpts {
+        match self {
+            ClientCommand::Submit { client, .. }
+            | ClientCommand::Status { client, .. }
+            | ClientCommand::Queue { client }
+            | ClientCommand::Leader { client }
+            | ClientCommand::Recover { client, .. } => client,
         }
-    };
+    }
+}
+
+/// Runs `cmd` against its pod and prints the answer; an error carries the
+/// API's `detail`.
+pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let token = std::env::var("FLEET_Q_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    match rt.block_on(call(url.trim_end_matches('/'), token.as_deref(), &cmd)) {
-        Ok(v) => {
-            if json_out {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                print!("{}", human(&cmd, &v));
-            }
-            0
-        }
-        Err(msg) => {
-            eprintln!("fleet-q: {msg}");
-            1
-        }
+    let o = cmd.opts();
+    let v = rt
+        .block_on(call(o.url.trim_end_matches('/'), token.as_deref(), &cmd))
+        .map_err(anyhow::Error::msg)?;
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", human(&cmd, &v));
     }
+    Ok(())
 }
 
 async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Value, String> {
@@ -86,6 +123,7 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
             max_retries,
             idempotency_key,
             delay_seconds,
+            ..
         } => {
             let args: Option<Value> = args
                 .as_deref()
@@ -109,10 +147,10 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
             put(&mut body, "delay_seconds", delay_seconds.map(Value::from));
             client.post(format!("{url}/submit")).json(&body)
         }
-        ClientCommand::Status { step_id } => client.get(format!("{url}/status/{step_id}")),
-        ClientCommand::Queue => client.get(format!("{url}/admin/queue")),
-        ClientCommand::Leader => client.get(format!("{url}/admin/leader")),
-        ClientCommand::Recover { dry_run } => client
+        ClientCommand::Status { step_id, .. } => client.get(format!("{url}/status/{step_id}")),
+        ClientCommand::Queue { .. } => client.get(format!("{url}/admin/queue")),
+        ClientCommand::Leader { .. } => client.get(format!("{url}/admin/leader")),
+        ClientCommand::Recover { dry_run, .. } => client
             .post(format!("{url}/admin/recovery/run"))
             .json(&json!({ "dry_run": dry_run })),
     };
@@ -172,7 +210,7 @@ fn human(cmd: &ClientCommand, v: &Value) -> String {
             out.push_str(&format!("{:<15} {}\n", "type", s(&v["payload"]["type"])));
             out
         }
-        ClientCommand::Queue => {
+        ClientCommand::Queue { .. } => {
             let mut out = format!(
                 "pending {}  claimed {}  completed {}  failed {}  cancelled {}\n",
                 s(&v["pending_steps"]),
@@ -198,7 +236,7 @@ fn human(cmd: &ClientCommand, v: &Value) -> String {
             }
             out
         }
-        ClientCommand::Leader => {
+        ClientCommand::Leader { .. } => {
             let mut out = format!(
                 "leader {} (born {})  active pods {}\n",
                 s(&v["current_leader"]),

@@ -19,12 +19,10 @@
 //!   [`telemetry`]: logging.
 //! - [`cli`]: the client commands (`fleet-q submit`, `status`, `queue`, `leader`,
 //!   `recover`) that talk to a running pod.
-//! - `bench`: `fleet-q bench`, the load generator.
 //! - [`check`]: `fleet-q check` (store connectivity report) and `fleet-q schema`.
 //! - `main.rs`: the thin `fleet-q` binary.
 
 pub mod api;
-pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;

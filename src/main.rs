@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod bench;
 use fleet_q::config::{self, Sources, KEYS};
 
 /// jemalloc gives freed memory back to the OS within seconds of its being freed
@@ -38,99 +40,10 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
-    /// Submit a step to a running pod.
-    Submit {
-        /// Step type.
-        #[arg(long = "type")]
-        step_type: String,
-        /// Handler arguments as a JSON object.
-        #[arg(long)]
-        args: Option<String>,
-        /// Priority (-1000 to 1000).
-        #[arg(long, allow_hyphen_values = true)]
-        priority: Option<i64>,
-        /// Retries allowed (0 to 10).
-        #[arg(long)]
-        max_retries: Option<i64>,
-        /// Client dedupe key.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Seconds before it may run.
-        #[arg(long)]
-        delay_seconds: Option<f64>,
-        #[command(flatten)]
-        client: ClientOpts,
-    },
-    /// Show a step.
-    Status {
-        /// Step id.
-        step_id: String,
-        #[command(flatten)]
-        client: ClientOpts,
-    },
-    /// Queue depth and fleet capacity (admin).
-    Queue {
-        #[command(flatten)]
-        client: ClientOpts,
-    },
-    /// Who leads the fleet (admin).
-    Leader {
-        #[command(flatten)]
-        client: ClientOpts,
-    },
-    /// Run a recovery cycle on the leader (admin).
-    Recover {
-        /// Report what would be recovered without writing.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        client: ClientOpts,
-    },
+    #[command(flatten)]
+    Client(fleet_q::cli::ClientCommand),
     /// Load-test pods: throughput, latency, statements, memory (see BENCHMARKS.md).
-    Bench {
-        /// A running pod to drive; without it, pods are started.
-        #[arg(long)]
-        url: Option<String>,
-        /// Local pods to start on one store.
-        #[arg(long, default_value_t = 1)]
-        pods: usize,
-        /// Store for started pods: sqlite (a temporary file) or snowflake (the
-        /// configured account).
-        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "snowflake"])]
-        store: String,
-        /// Steps to submit.
-        #[arg(long, default_value_t = 10_000)]
-        steps: usize,
-        /// Step type: noop or sleep.
-        #[arg(long = "type", default_value = "noop")]
-        step_type: String,
-        /// Milliseconds per sleep step.
-        #[arg(long, default_value_t = 10)]
-        sleep_ms: u64,
-        /// Steps per request (1: POST /submit; more: POST /submit/batch).
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
-        /// Requests in flight.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Comma-separated priorities to draw from.
-        #[arg(
-            long,
-            default_value = "0",
-            value_delimiter = ',',
-            allow_hyphen_values = true
-        )]
-        priorities: Vec<i32>,
-        /// FLEET_Q_MAX_PARALLELISM for started pods.
-        #[arg(long)]
-        max_parallelism: Option<u32>,
-        /// FLEET_Q_CLAIM_BATCH_SIZE for started pods.
-        #[arg(long)]
-        claim_batch: Option<u32>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(bench::BenchOpts),
     /// Connect to the configured store and report what works.
     Check {
         /// Print JSON.
@@ -159,46 +72,23 @@ enum Command {
     },
 }
 
-/// Options of the client commands.
-#[derive(clap::Args, Clone)]
-struct ClientOpts {
-    /// The pod to talk to.
-    #[arg(long, default_value = "http://localhost:8000")]
-    url: String,
-    /// Print the API's JSON instead of a summary.
-    #[arg(long)]
-    json: bool,
-}
-
-fn client(o: ClientOpts, cmd: fleet_q::cli::ClientCommand) -> ExitCode {
-    code(fleet_q::cli::run(&o.url, o.json, cmd))
-}
-
-/// Loads the settings (exit 2 listing every problem) and runs `f` with them.
-fn with_settings(
-    cli_config: Option<&std::path::Path>,
-    f: impl FnOnce(config::Settings) -> ExitCode,
-) -> ExitCode {
-    match load(cli_config) {
-        Ok(s) => f(s),
-        Err(code) => code,
-    }
-}
-
-/// 0 is success; any other code is 1.
-fn code(c: i32) -> ExitCode {
-    if c == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
+/// Loads the settings; exit 2 listing every problem.
 fn load(cli_config: Option<&std::path::Path>) -> Result<config::Settings, ExitCode> {
     config::load(&Sources::from_process(cli_config)).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })
+}
+
+/// Exit 0, or 1 with the error on stderr.
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-q: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn serve(mut settings: config::Settings, port: Option<u16>, host: Option<String>) -> ExitCode {
@@ -249,80 +139,22 @@ fn main() -> ExitCode {
     let _ = tikv_jemalloc_ctl::max_background_threads::write(1);
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
+    let settings = || load(cli.config.as_deref());
     match cli.command {
-        Command::Submit {
-            step_type,
-            args,
-            priority,
-            max_retries,
-            idempotency_key,
-            delay_seconds,
-            client: o,
-        } => client(
-            o,
-            fleet_q::cli::ClientCommand::Submit {
-                step_type,
-                args,
-                priority,
-                max_retries,
-                idempotency_key,
-                delay_seconds,
-            },
-        ),
-        Command::Status { step_id, client: o } => {
-            client(o, fleet_q::cli::ClientCommand::Status { step_id })
-        }
-        Command::Queue { client: o } => client(o, fleet_q::cli::ClientCommand::Queue),
-        Command::Leader { client: o } => client(o, fleet_q::cli::ClientCommand::Leader),
-        Command::Recover { dry_run, client: o } => {
-            client(o, fleet_q::cli::ClientCommand::Recover { dry_run })
-        }
-        Command::Bench {
-            url,
-            pods,
-            store,
-            steps,
-            step_type,
-            sleep_ms,
-            batch,
-            concurrency,
-            priorities,
-            max_parallelism,
-            claim_batch,
-            json,
-        } => {
-            let mut pod_env = Vec::new();
-            if let Some(p) = max_parallelism {
-                pod_env.push(("FLEET_Q_MAX_PARALLELISM".to_string(), p.to_string()));
-                pod_env.push(("FLEET_Q_CAPACITY_THRESHOLD".to_string(), "1".to_string()));
-            }
-            if let Some(b) = claim_batch {
-                pod_env.push(("FLEET_Q_CLAIM_BATCH_SIZE".to_string(), b.to_string()));
-            }
-            let code = fleet_q::bench::run(fleet_q::bench::BenchOpts {
-                url,
-                pods,
-                store,
-                steps,
-                step_type,
-                sleep_ms,
-                batch,
-                concurrency,
-                priorities,
-                pod_env,
-                json,
-            });
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
-        Command::Check { json, smoke } => with_settings(cli.config.as_deref(), |s| {
-            code(fleet_q::check::run(&s, json, smoke))
-        }),
-        Command::Schema { apply } => with_settings(cli.config.as_deref(), |s| {
-            code(fleet_q::check::schema(&s, apply))
-        }),
-        Command::Serve { port, host } => {
-            with_settings(cli.config.as_deref(), |s| serve(s, port, host))
-        }
+        Command::Client(cmd) => exit(fleet_q::cli::run(cmd)),
+        Command::Bench(o) => exit(bench::run(o)),
+        Command::Check { json, smoke } => match settings() {
+            Ok(s) => exit(fleet_q::check::run(&s, json, smoke)),
+            Err(code) => code,
+        },
+        Command::Schema { apply } => match settings() {
+            Ok(s) => exit(fleet_q::check::schema(&s, apply)),
+            Err(code) => code,
+        },
+        Command::Serve { port, host } => match settings() {
+            Ok(s) => serve(s, port, host),
+            Err(code) => code,
+        },
         Command::Config { json, describe } => {
             if describe {
                 for k in KEYS {
@@ -336,12 +168,9 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::SUCCESS;
             }
-            let settings = match config::load(&Sources::from_process(cli.config.as_deref())) {
+            let settings = match settings() {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if json {
                 let map: serde_json::Map<String, serde_json::Value> = settings
