@@ -9,7 +9,7 @@
 //! - step ids are rendered from the parsed UUID (hex and `-` only);
 //! - numbers are rendered from Rust integers and floats (finite only);
 //! - NULL is the keyword, typed where SQL needs a type;
-//! - identifiers from configuration are validated at start-up (config.rs) and never
+//! - identifiers from configuration are validated at start-up (`crate::config`) and never
 //!   interpolated here: sessions log in with the configured database and schema.
 
 use base64::Engine;
