@@ -181,18 +181,14 @@ pub fn schema(settings: &Settings, apply: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(crate::serve::open_store(settings))?;
-    {
-        {
-            match settings.storage_mode {
-                StorageMode::Sqlite => {
-                    println!("schema applied to {}", settings.sqlite_db_path.display())
-                }
-                StorageMode::Snowflake => println!(
-                    "schema applied to {}.{}",
-                    settings.snowflake.database, settings.snowflake.schema
-                ),
-            }
+    match settings.storage_mode {
+        StorageMode::Sqlite => {
+            println!("schema applied to {}", settings.sqlite_db_path.display())
         }
+        StorageMode::Snowflake => println!(
+            "schema applied to {}.{}",
+            settings.snowflake.database, settings.snowflake.schema
+        ),
     }
     Ok(())
 }

@@ -32,12 +32,12 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
 /// two faults): it shapes what the test does, never waits for some state to
 /// appear (that is [`wait_for`], with a deadline).
 pub fn pace(d: Duration) {
-    std::thread::sleep(d);
+    std::thread::sleep(d); // pacing a workload, not waiting for state
 }
 
 /// [`pace`] for async tests.
 pub async fn pace_async(d: Duration) {
-    actix_rt::time::sleep(d).await;
+    actix_rt::time::sleep(d).await; // pacing a workload, not waiting for state
 }
 
 /// The last `n` lines of a pod's log, headed by its path, for failure messages.

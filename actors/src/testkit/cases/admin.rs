@@ -118,14 +118,7 @@ pub(crate) async fn prune_deletes_only_old_finished_steps(h: Harness) {
     // Wait until the finished rows are measurably old, then prune with a short one.
     let retention = Duration::from_millis(100);
     let done_at = get(&h.a, ids[3]).await.last_update_ts;
-    wait_for("finished steps to age", Duration::from_secs(10), || {
-        let store = h.a.clone();
-        async move {
-            let now = store.now().await.unwrap();
-            ((now - done_at).to_std().unwrap_or_default() > retention * 2).then_some(())
-        }
-    })
-    .await;
+    wait_aged(&h.a, done_at, retention * 2).await;
     let n =
         h.b.steps_prune(PruneParams {
             retention,
@@ -175,14 +168,7 @@ pub(crate) async fn prune_chunks_step_over_live_rows(h: Harness) {
     assert_eq!(report.applied.len(), 100);
     let retention = Duration::from_millis(100);
     let done_at = get(&h.a, claimed[99].step_id).await.last_update_ts;
-    wait_for("finished steps to age", Duration::from_secs(10), || {
-        let store = h.a.clone();
-        async move {
-            let now = store.now().await.unwrap();
-            ((now - done_at).to_std().unwrap_or_default() > retention * 2).then_some(())
-        }
-    })
-    .await;
+    wait_aged(&h.a, done_at, retention * 2).await;
     let prune = |limit| {
         let store = h.b.clone();
         async move {

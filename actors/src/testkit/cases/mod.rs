@@ -150,3 +150,19 @@ mod submit;
 pub type Case = fn(Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 crate::conformance_suite!(@list (@registry));
+
+/// Waits until more than `age` has passed on the store's clock since `since`.
+pub(super) async fn wait_aged(
+    store: &Arc<dyn Store>,
+    since: chrono::DateTime<chrono::Utc>,
+    age: Duration,
+) {
+    wait_for("finished steps to age", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            let now = store.now().await.unwrap();
+            ((now - since).to_std().unwrap_or_default() > age).then_some(())
+        }
+    })
+    .await;
+}
