@@ -72,8 +72,9 @@ fn settings(port: u16) -> SnowflakeSettings {
 fn run(port: u16, capacity: u32, batch: u32, n: usize) -> (f64, f64, Vec<(&'static str, u64)>) {
     let dir = tempfile::tempdir().unwrap();
     actix_rt::System::new().block_on(async move {
-        let d = Duration::from_millis(100);
-        let store = Arc::new(SnowflakeStore::open(&settings(port), 5, d, d * 300).unwrap());
+        let store = Arc::new(
+            SnowflakeStore::open(&settings(port), fleet_q_actors::Backoff::default()).unwrap(),
+        );
         store.schema_init().await.unwrap();
         let mut h = HandlerRegistry::new();
         h.register("noop", fleet_q::handlers::Noop);
@@ -144,8 +145,7 @@ fn store_ops(port: u16) {
         .enable_all()
         .build()
         .unwrap();
-    let d = Duration::from_millis(100);
-    let store = SnowflakeStore::open(&settings(port), 5, d, d * 300).unwrap();
+    let store = SnowflakeStore::open(&settings(port), fleet_q_actors::Backoff::default()).unwrap();
     rt.block_on(store.schema_init()).unwrap();
     for batch in [1usize, 10, 100] {
         let rounds = (200 / batch).max(3);

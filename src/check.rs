@@ -100,9 +100,7 @@ async fn checks(settings: &Settings) -> Vec<Line> {
         let t0 = Instant::now();
         match crate::storage::snowflake::SnowflakeStore::open(
             &settings.snowflake,
-            settings.default_max_attempts,
-            settings.default_base_delay,
-            settings.default_max_delay,
+            settings.store_retry().backoff,
         ) {
             Ok(sf) => {
                 let r = sf.session_report_line().await;

@@ -39,9 +39,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
             max: s.default_max_delay,
             jitter: 0.5,
         },
-        store_max_attempts: s.default_max_attempts,
-        store_base_delay: s.default_base_delay,
-        store_max_delay: s.default_max_delay,
+        store_retry: s.store_retry(),
         ledger_path: s.ledger_path.clone(),
         restart_budget: fleet_q_actors::supervision::RestartBudget {
             max_restarts: s.actor_restart_limit,
@@ -201,11 +199,14 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreErro
         )?),
         StorageMode::Snowflake => Arc::new(storage::snowflake::SnowflakeStore::open(
             &settings.snowflake,
-            settings.default_max_attempts,
-            settings.default_base_delay,
-            settings.default_max_delay,
+            settings.store_retry().backoff,
         )?),
     };
-    store.schema_init().await?;
+    // The one store call made before the pod (and its StorageActor) exists,
+    // under the same retry policy.
+    settings
+        .store_retry()
+        .run("schema_init", || store.schema_init())
+        .await?;
     Ok(store)
 }

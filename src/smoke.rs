@@ -441,12 +441,7 @@ pub async fn smoke(settings: &Settings) -> Vec<Line> {
                 let mut s = sf.clone();
                 s.schema = schema.to_string();
                 s.pool_size = 2;
-                SnowflakeStore::open(
-                    &s,
-                    settings.default_max_attempts,
-                    settings.default_base_delay,
-                    settings.default_max_delay,
-                )
+                SnowflakeStore::open(&s, settings.store_retry().backoff)
             };
             let base = match open(&sf.schema) {
                 Ok(b) => b,

@@ -66,10 +66,9 @@ impl Fleet {
             .enable_all()
             .build()
             .unwrap();
-        let d = Duration::from_millis(50);
         (
             rt,
-            SnowflakeStore::open(&self.emu.settings(), 5, d, d * 10).unwrap(),
+            SnowflakeStore::open(&self.emu.settings(), fleet_q_actors::Backoff::default()).unwrap(),
         )
     }
 

@@ -24,10 +24,9 @@ async fn open() -> Harness {
     let py = emulator::python().expect("checked by skip()");
     let emu = emulator::Emulator::start(&py);
     let s = emu.settings();
-    let d = Duration::from_millis(50);
-    let a = SnowflakeStore::open(&s, 5, d, d * 10).expect("open a");
+    let a = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open a");
     a.schema_init().await.expect("schema a");
-    let b = SnowflakeStore::open(&s, 5, d, d * 10).expect("open b");
+    let b = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open b");
     b.schema_init().await.expect("schema b");
     Harness {
         a: Arc::new(a),
@@ -166,10 +165,9 @@ fn plain() -> fleet_q_actors::NewStep {
 
 fn stores(emu: &emulator::Emulator) -> (SnowflakeStore, SnowflakeStore) {
     let s = emu.settings();
-    let d = Duration::from_millis(50);
     (
-        SnowflakeStore::open(&s, 5, d, d * 10).unwrap(),
-        SnowflakeStore::open(&s, 5, d, d * 10).unwrap(),
+        SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).unwrap(),
+        SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).unwrap(),
     )
 }
 
@@ -516,20 +514,30 @@ async fn a_claim_that_outlives_its_client_is_cancelled_by_the_server() {
     );
     let mut settings = emu.settings();
     settings.connection_timeout = Duration::from_secs(4);
-    let d = Duration::from_millis(50);
-    let a = SnowflakeStore::open(&settings, 5, d, d * 10).unwrap();
+    let a = SnowflakeStore::open(&settings, fleet_q_actors::Backoff::default()).unwrap();
     assert_eq!(a.server_timeout_secs(), 1);
     a.schema_init().await.unwrap();
     a.steps_insert((0..4).map(|_| plain()).collect())
         .await
         .unwrap();
-    let got = a
-        .steps_claim(ClaimParams {
+    // The held claim is cancelled by the server (or, if its answer were lost,
+    // reported once the server's timeouts have ended it and its read-back
+    // found nothing): a transient error. The claimer claims again at its next
+    // tick.
+    let claim = || {
+        a.steps_claim(ClaimParams {
             pod_id: "p".into(),
             limit: 2,
         })
-        .await
-        .unwrap();
+    };
+    let first = claim().await;
+    let got = match first {
+        Ok(got) => got,
+        Err(e) => {
+            assert!(e.is_transient(), "{e}");
+            claim().await.unwrap()
+        }
+    };
     assert_eq!(got.len(), 2);
     // Until the held statement is over (cancelled, or run late), then the store
     // must hold exactly what the claim returned.
@@ -568,16 +576,9 @@ async fn the_twenty_waiter_lock_limit_aborts_newcomers_with_000625() {
     let emu = emulator::Emulator::start_with_args(&py, &["--latency-ms", "500"]);
     let mut settings = emu.settings();
     settings.pool_size = 30;
-    // One attempt per call: the abort itself must reach the caller.
-    let a = Arc::new(
-        SnowflakeStore::open(
-            &settings,
-            1,
-            Duration::from_millis(10),
-            Duration::from_millis(10),
-        )
-        .unwrap(),
-    );
+    // A statement is sent once (retries belong to the caller): the abort
+    // itself reaches the caller.
+    let a = Arc::new(SnowflakeStore::open(&settings, fleet_q_actors::Backoff::default()).unwrap());
     a.schema_init().await.unwrap();
     // Every session signed in and configured first (reads take no lock), so the
     // UPDATEs below arrive together: each holds the lock for half a second, so the

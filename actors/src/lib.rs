@@ -14,6 +14,8 @@
 //! - [`records`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
+//! - [`retry`]: [`RetryPolicy`], the one layer where failed store calls are
+//!   retried.
 //! - [`handler`]: the [`StepHandler`] trait user code implements, and its registry.
 //! - [`actors`]: the six actors of a pod (storage, heartbeat, leader, claimer,
 //!   executor, recovery), one file each; `messages`: events they share.
@@ -36,6 +38,7 @@ pub(crate) mod messages;
 pub mod metrics;
 pub mod pod;
 pub mod records;
+pub mod retry;
 pub mod state;
 pub mod step;
 pub mod store;
@@ -51,6 +54,7 @@ pub use records::{
     eldest_live_pod, fold_types, PodRecord, PodStatus, QueueStats, StatusCounts, OTHER_TYPES,
     STATS_TYPES,
 };
+pub use retry::RetryPolicy;
 pub use state::PodState;
 pub use step::{
     NewStep, Payload, RunAt, Step, StepId, StepSpec, StepStatus, ValidationError, ValidationErrors,

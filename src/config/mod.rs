@@ -137,6 +137,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// How failed store calls are retried: built here once from
+    /// `FLEET_Q_DEFAULT_MAX_ATTEMPTS`, `_BASE_DELAY_MS` and `_MAX_DELAY_MS`,
+    /// and applied in one layer (`fleet_q_actors::retry`).
+    pub fn store_retry(&self) -> fleet_q_actors::RetryPolicy {
+        fleet_q_actors::RetryPolicy::new(
+            self.default_max_attempts,
+            self.default_base_delay,
+            self.default_max_delay,
+        )
+    }
+
     /// Steps this pod runs at once: `floor(max_parallelism × capacity_threshold)`,
     /// at least 1.
     pub fn max_capacity(&self) -> u32 {

@@ -2,6 +2,7 @@
 //! checks its own part), and the actor configurations built from it.
 
 use super::*;
+use crate::retry::RetryPolicy;
 
 /// Everything a pod needs to know. Defaults match the documented settings.
 #[derive(Clone, Debug)]
@@ -43,12 +44,8 @@ pub struct PodConfig {
     pub prune_interval: Duration,
     /// Step retry backoff.
     pub step_backoff: Backoff,
-    /// Store call attempts on transient errors.
-    pub store_max_attempts: u32,
-    /// First store retry delay.
-    pub store_base_delay: Duration,
-    /// Cap on store retry delays.
-    pub store_max_delay: Duration,
+    /// How failed store calls are retried (the engine's one retry layer).
+    pub store_retry: RetryPolicy,
     /// Recovery ledger file (`None`: in memory).
     pub ledger_path: Option<PathBuf>,
     /// Recovery cycles kept in the ledger.
@@ -81,9 +78,7 @@ impl Default for PodConfig {
             prune_batch: crate::defaults::PRUNE_BATCH,
             prune_interval: crate::defaults::PRUNE_INTERVAL,
             step_backoff: Backoff::default(),
-            store_max_attempts: crate::defaults::STORE_MAX_ATTEMPTS,
-            store_base_delay: crate::defaults::BASE_DELAY,
-            store_max_delay: crate::defaults::MAX_DELAY,
+            store_retry: RetryPolicy::default(),
             ledger_path: None,
             recovery_cycles_kept: 20,
             restart_budget: RestartBudget::default(),
@@ -126,9 +121,7 @@ impl PodConfig {
 
     pub(super) fn storage_config(&self) -> StorageConfig {
         StorageConfig {
-            max_attempts: self.store_max_attempts,
-            base_delay: self.store_base_delay,
-            max_delay: self.store_max_delay,
+            retry: self.store_retry,
             step_backoff: self.step_backoff,
             reconcile_interval: self.reconcile_interval,
             stats_interval: self.stats_interval,
@@ -195,9 +188,7 @@ mod config_tests {
             claim_batch: 0,
             heartbeat_interval: Duration::from_secs(30),
             dead_pod_threshold: Duration::from_secs(60),
-            store_max_attempts: 0,
-            store_base_delay: Duration::from_secs(2),
-            store_max_delay: Duration::from_secs(1),
+            store_retry: RetryPolicy::new(0, Duration::from_secs(2), Duration::from_secs(1)),
             prune_batch: 0,
             ..PodConfig::default()
         };
@@ -208,8 +199,8 @@ mod config_tests {
             "max_capacity",
             "claimer: batch",
             "heartbeat: dead_threshold",
-            "storage: max_attempts",
-            "storage: max_delay",
+            "storage: retry: max_attempts",
+            "storage: retry: max (1s) must be at least base (2s)",
             "recovery: prune_batch",
         ] {
             assert!(

@@ -179,20 +179,25 @@ impl SnowflakeStore {
             tok = sql::token(&token),
             v = values.join(", ")
         );
-        // The token makes a retried UPDATE report what an earlier attempt did.
+        // The token tags the rows this UPDATE changed: the read-back below learns
+        // what it did even when its answer was lost.
         let first = self.exec(op, &stmt).await;
         if let Err(e) = &first {
-            if !e.is_transient() {
+            if !e.outcome_unknown() {
+                // Refused or never sent: nothing changed.
                 return Err(e.clone());
             }
         }
+        let by_token = format!("s.op_token = {}", sql::token(&token));
         let applied = self
-            .read_checked(
-                op,
-                "step_id AS step_id, status AS status",
-                &format!("s.op_token = {}", sql::token(&token)),
-                chunk.len() as u32,
-            )
+            .read_back(op, || {
+                self.read_checked(
+                    op,
+                    "step_id AS step_id, status AS status",
+                    &by_token,
+                    chunk.len() as u32,
+                )
+            })
             .await?;
         if applied.is_empty() {
             first?;

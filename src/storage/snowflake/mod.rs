@@ -72,7 +72,6 @@ pub struct SnowflakeStore {
     statements: AtomicU64,
     by_op: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     timeout: Duration,
-    attempts: u32,
-    base_delay: Duration,
-    max_delay: Duration,
+    /// Pacing of [`Self::read_back`].
+    read_back: Backoff,
 }

@@ -19,8 +19,9 @@ pub(super) const POD_COLS: &str =
      heartbeat_interval_ms AS heartbeat_interval_ms, dead_after_ms AS dead_after_ms, \
      DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS now_ms";
 
-/// How long a claim keeps trying to read back what it claimed.
-pub(super) const CLAIM_READ_BACK_LIMIT: Duration = Duration::from_secs(600);
+/// How long the read-back of a tagged write (a claim, a fenced update) keeps
+/// trying through an outage.
+pub(super) const READ_BACK_LIMIT: Duration = Duration::from_secs(600);
 
 /// Most rows per multi-row statement.
 pub(super) const CHUNK: usize = 500;

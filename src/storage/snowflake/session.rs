@@ -1,6 +1,7 @@
 //! The session pool and one statement's life: the endpoint override, login and
-//! session parameters, the per-call deadline, the retry policy for transient
-//! failures and the statement counts by operation.
+//! session parameters, the per-call deadline, error classification and the
+//! statement counts by operation. A statement is sent once: retries of failed
+//! calls belong to the caller (see `fleet_q_actors::retry`).
 
 use super::*;
 
@@ -80,7 +81,7 @@ pub(super) fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
             }
         }
         // 000625/000630: lock wait; 000604/000605: statement cancelled/timed out;
-        // session lost or expired (a new session is made before the retry).
+        // session lost or expired (a new session is made for the next statement).
         E::ApiError(code, _)
             if ["000625", "000630", "000604", "000605", "261000"].contains(&code.as_str())
                 || SESSION_LOST.contains(&code.as_str()) =>
@@ -101,12 +102,7 @@ pub(super) struct Session {
 
 impl SnowflakeStore {
     /// Builds the session pool (sessions log in on their first statement).
-    pub fn open(
-        s: &SnowflakeOptions,
-        attempts: u32,
-        base_delay: Duration,
-        max_delay: Duration,
-    ) -> Result<SnowflakeStore, StoreError> {
+    pub fn open(s: &SnowflakeOptions, read_back: Backoff) -> Result<SnowflakeStore, StoreError> {
         let key_pem = match (&s.password, &s.private_key, &s.private_key_path) {
             (Some(_), _, _) => None,
             (None, Some(k), _) => Some(k.expose().to_string()),
@@ -131,9 +127,7 @@ impl SnowflakeStore {
             statements: AtomicU64::new(0),
             by_op: std::sync::Mutex::new(BTreeMap::new()),
             timeout: s.connection_timeout,
-            attempts: attempts.max(1),
-            base_delay,
-            max_delay,
+            read_back,
         };
         for _ in 0..s.pool_size.max(1) {
             let api = store.session()?;
@@ -291,45 +285,56 @@ impl SnowflakeStore {
         }
     }
 
-    /// Runs one statement on a free session, retrying transient failures. A write
-    /// whose outcome is unknown (no answer) is resent, or its failure reported,
-    /// only once the server's own timeouts guarantee the first copy is no longer
-    /// running, so two copies of one write never run at once, whoever resends.
+    /// Runs one statement on a free session, once. A write whose outcome is
+    /// unknown (no answer in time, a broken connection after sending) is
+    /// reported only once the server's own timeouts have ended it
+    /// ([`Self::server_bound`]): whoever acts next (the caller's retry, a claim
+    /// reading back its token) must not meet the first copy still running.
     pub(super) async fn exec(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
         let read = sql.trim_start().starts_with("SELECT");
-        let mut attempt = 0;
+        let sent = std::time::Instant::now();
+        let r = self.exec_on_free_session(op, sql).await;
+        if let Err(e) = &r {
+            if !read && e.outcome_unknown() {
+                tokio::time::sleep(self.server_bound().saturating_sub(sent.elapsed())).await;
+            }
+        }
+        r
+    }
+
+    /// Repeats `read` (never the write before it) on transient errors until it
+    /// answers or [`READ_BACK_LIMIT`] has passed, waiting the store's read-back
+    /// backoff between tries. For the read-back of a tagged write: the write was
+    /// sent once, and what it did can only be learnt here; a caller resending
+    /// the write would make a new token and could never recover the first
+    /// one's rows.
+    pub(super) async fn read_back<T, F, Fut>(
+        &self,
+        op: &'static str,
+        mut read: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = std::time::Instant::now() + READ_BACK_LIMIT;
+        let mut tries = 0;
         loop {
-            attempt += 1;
-            let sent = std::time::Instant::now();
-            let r = self.exec_once(op, sql).await;
-            match r {
-                Err(e) if e.is_transient() && attempt < self.attempts => {
-                    let b = Backoff {
-                        base: self.base_delay,
-                        max: self.max_delay,
-                        jitter: 0.5,
-                    };
-                    let mut wait = b.jittered(attempt - 1, rand::random());
-                    if !read && e.outcome_unknown() {
-                        wait = wait.max(self.server_bound().saturating_sub(sent.elapsed()));
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) if !read && e.outcome_unknown() => {
-                    // Whoever retries this write next (the storage actor, a claim
-                    // reading back its token) must not meet the first copy still
-                    // running: report the failure only once the server's own
-                    // timeouts have ended it.
-                    tokio::time::sleep(self.server_bound().saturating_sub(sent.elapsed())).await;
-                    return Err(e);
+            match read().await {
+                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                    let delay = self.read_back.jittered(tries, rand::random());
+                    tries += 1;
+                    tracing::warn!(op, error = %e, delay_ms = delay.as_millis() as u64, "read-back of a sent write failed; reading again");
+                    tokio::time::sleep(delay).await;
                 }
                 other => return other,
             }
         }
     }
 
-    /// One statement, no retry.
-    pub(super) async fn exec_once(
+    /// One statement on the first free session (waiting for one when all are
+    /// busy), configuring the session first if it is new.
+    async fn exec_on_free_session(
         &self,
         op: &'static str,
         sql: &str,
@@ -377,7 +382,7 @@ impl SnowflakeStore {
             Err(e) => {
                 if session_lost(&e) {
                     // The server dropped the session (restart, expiry): log in again
-                    // on the next statement; the retry loop runs it.
+                    // on the next statement.
                     tracing::warn!(op, "Snowflake session lost; opening a new one");
                     *session = Session {
                         api: self.session()?,

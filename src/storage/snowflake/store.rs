@@ -57,20 +57,16 @@ impl Store for SnowflakeStore {
         // timeouts have ended it (see `exec`), so a claim cannot commit after the
         // read-back below and strand its steps.
         let first = self.exec(op, &update).await;
-        let by_token = format!("s.op_token = {}", sql::token(&token));
-        let deadline = std::time::Instant::now() + CLAIM_READ_BACK_LIMIT;
-        let mut delay = self.base_delay;
-        let mut steps = loop {
-            match self.read_steps_checked(op, &by_token, p.limit).await {
-                Ok(s) => break s,
-                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "claim read-back failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.max_delay);
-                }
-                Err(e) => return Err(e),
+        if let Err(e) = &first {
+            if !e.outcome_unknown() {
+                // Refused or never sent: nothing was claimed.
+                return Err(e.clone());
             }
-        };
+        }
+        let by_token = format!("s.op_token = {}", sql::token(&token));
+        let mut steps = self
+            .read_back(op, || self.read_steps_checked(op, &by_token, p.limit))
+            .await?;
         if steps.is_empty() {
             first?;
         }

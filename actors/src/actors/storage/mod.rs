@@ -19,6 +19,7 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::records::{PodRecord, QueueStats};
+use crate::retry::RetryPolicy;
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
 use crate::store::*;
@@ -124,12 +125,9 @@ pub fn register_metrics() {
 /// StorageActor settings.
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
-    /// Attempts per call on transient errors (default 5, `FLEET_Q_DEFAULT_MAX_ATTEMPTS`).
-    pub max_attempts: u32,
-    /// First retry delay (default 100 ms).
-    pub base_delay: Duration,
-    /// Cap on retry delays (default 30 s).
-    pub max_delay: Duration,
+    /// How a failed store call is retried: the one retry layer of the engine
+    /// (see [`crate::retry`]).
+    pub retry: RetryPolicy,
     /// Step retry backoff applied by the store to retryable failures.
     pub step_backoff: Backoff,
     /// Most outcomes written in one call (default 512).
@@ -157,9 +155,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            max_attempts: crate::defaults::STORE_MAX_ATTEMPTS,
-            base_delay: crate::defaults::BASE_DELAY,
-            max_delay: crate::defaults::MAX_DELAY,
+            retry: RetryPolicy::default(),
             step_backoff: Backoff::default(),
             finish_batch: 512,
             reconcile_interval: Some(crate::defaults::RECONCILE_INTERVAL),
@@ -172,18 +168,7 @@ impl Default for StorageConfig {
 impl StorageConfig {
     /// Adds a line to `problems` for each value this actor cannot run with.
     pub(crate) fn validate(&self, problems: &mut Vec<String>) {
-        if self.max_attempts == 0 {
-            problems.push("storage: max_attempts must be at least 1".into());
-        }
-        if self.base_delay.is_zero() {
-            problems.push("storage: base_delay must be above zero".into());
-        }
-        if self.max_delay < self.base_delay {
-            problems.push(format!(
-                "storage: max_delay ({:?}) must be at least base_delay ({:?})",
-                self.max_delay, self.base_delay
-            ));
-        }
+        self.retry.validate("storage: retry", problems);
         if self.finish_batch == 0 {
             problems.push("storage: finish_batch must be at least 1".into());
         }
@@ -270,7 +255,9 @@ impl StorageActor {
         }));
     }
 
-    /// Runs `f` against the store with retries on transient errors.
+    /// Runs `f` against the store under the retry policy (the engine's one
+    /// retry layer), recording every attempt in the store metrics and the pod's
+    /// store health.
     fn call<T, F, Fut>(&self, op: &'static str, f: F) -> ResponseFuture<Result<T, StoreError>>
     where
         T: 'static,
@@ -279,31 +266,25 @@ impl StorageActor {
     {
         let store = self.store.clone();
         let state = self.state.clone();
-        let cfg = self.cfg.clone();
+        let retry = self.cfg.retry;
         Box::pin(async move {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let t0 = std::time::Instant::now();
-                let r = f(store.clone()).await;
-                observe(op, t0, &r);
-                match r {
-                    Ok(v) => {
-                        state.store_result(is_write(op), Ok(()));
-                        return Ok(v);
-                    }
-                    Err(e) => {
-                        state.store_result(is_write(op), Err(e.to_string()));
-                        if !e.is_transient() || attempt >= cfg.max_attempts {
-                            tracing::warn!(op, attempt, error = %e, "store call failed");
-                            return Err(e);
-                        }
-                        let delay = backoff_delay(&cfg, attempt);
-                        tracing::debug!(op, attempt, delay_ms = delay.as_millis() as u64, error = %e, "transient store error; retrying");
-                        actix_rt::time::sleep(delay).await;
-                    }
-                }
-            }
+            let t0 = std::cell::Cell::new(std::time::Instant::now());
+            retry
+                .run_observed(
+                    op,
+                    || {
+                        t0.set(std::time::Instant::now());
+                        f(store.clone())
+                    },
+                    |r| {
+                        observe(op, t0.get(), r);
+                        state.store_result(
+                            is_write(op),
+                            r.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                        );
+                    },
+                )
+                .await
         })
     }
 
@@ -439,7 +420,7 @@ impl StorageActor {
                                 // only record of work done.
                                 act.pending.splice(0..0, retry);
                                 act.failures += 1;
-                                let delay = backoff_delay(&act.cfg, act.failures);
+                                let delay = act.cfg.retry.delay_after(act.failures, rand::random());
                                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "writing step outcomes failed; will retry");
                                 ctx.run_later(delay, |act, ctx| act.flush(ctx));
                             }
@@ -456,15 +437,6 @@ impl StorageActor {
                 }),
         );
     }
-}
-
-fn backoff_delay(cfg: &StorageConfig, attempt: u32) -> Duration {
-    let b = Backoff {
-        base: cfg.base_delay,
-        max: cfg.max_delay,
-        jitter: 0.5,
-    };
-    b.jittered(attempt.saturating_sub(1), rand::random())
 }
 
 impl Actor for StorageActor {
@@ -512,25 +484,3 @@ impl SupervisedActor for StorageActor {
 }
 
 crate::impl_inject_fault!(StorageActor);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_retries_back_off_exponentially_within_the_cap() {
-        let cfg = StorageConfig {
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(1000),
-            ..Default::default()
-        };
-        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
-            let d = backoff_delay(&cfg, attempt);
-            let full = Duration::from_millis(full);
-            assert!(
-                d <= full && d >= full / 2,
-                "attempt {attempt}: {d:?} vs {full:?}"
-            );
-        }
-    }
-}
