@@ -14,6 +14,7 @@
 //! - [`records`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
+//! - [`search`]: [`StepFilter`] and the bounded search and bulk actions.
 //! - [`retry`]: [`RetryPolicy`], the one layer where failed store calls are
 //!   retried.
 //! - [`handler`]: the [`StepHandler`] trait user code implements, and its registry.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod pod;
 pub mod records;
 pub mod retry;
+pub mod search;
 pub mod state;
 pub mod step;
 pub mod store;
@@ -55,6 +57,7 @@ pub use records::{
     STATS_TYPES,
 };
 pub use retry::RetryPolicy;
+pub use search::{BulkAction, SearchPage, SearchParams, StepFilter};
 pub use state::PodState;
 pub use step::{
     NewStep, Payload, RunAt, Step, StepId, StepSpec, StepStatus, ValidationError, ValidationErrors,

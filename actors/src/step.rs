@@ -55,6 +55,14 @@ impl StepId {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         StepId(Uuid::from_bytes(bytes))
     }
+
+    /// The smallest id that could be minted at `ms` (Unix milliseconds): a
+    /// UUIDv7 starts with its 48-bit big-endian timestamp.
+    pub fn floor_at(ms: i64) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&ms.clamp(0, (1 << 48) - 1).to_be_bytes()[2..]);
+        StepId::from_bytes(bytes)
+    }
 }
 
 impl fmt::Display for StepId {

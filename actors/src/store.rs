@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::records::{PodRecord, PodStatus, QueueStats};
+use crate::search::{BulkAction, SearchPage, SearchParams};
 use crate::step::{NewStep, Step, StepId, StepStatus};
 
 /// Whether retrying the same call later may succeed.
@@ -401,6 +402,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Failed steps in id order, a page at a time.
     async fn steps_failed_list(&self, params: PageParams) -> Result<Vec<Step>, StoreError>;
+
+    /// Steps matching a filter, newest first, examining at most
+    /// `params.scan_limit` candidate rows (see [`crate::search`]).
+    async fn steps_search(&self, params: SearchParams) -> Result<SearchPage, StoreError>;
+
+    /// Applies `action` to each of `step_ids` that has the status it applies to
+    /// ([`BulkAction::applies_to`]), each step atomically; the others are left
+    /// as they are. Returns the ids changed.
+    async fn steps_bulk(
+        &self,
+        action: BulkAction,
+        step_ids: Vec<StepId>,
+    ) -> Result<Vec<StepId>, StoreError>;
 
     /// Deletes finished (`completed`, `failed`, `cancelled`) steps past retention.
     /// Returns how many were deleted.

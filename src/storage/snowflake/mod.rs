@@ -35,6 +35,7 @@ mod insert;
 mod options;
 mod rows;
 mod schema;
+mod search;
 mod session;
 pub mod sql;
 mod stats;

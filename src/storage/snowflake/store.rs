@@ -219,6 +219,24 @@ impl Store for SnowflakeStore {
         .await
     }
 
+    async fn steps_search(&self, p: SearchParams) -> Result<SearchPage, StoreError> {
+        if !p.filter.problems().is_empty() {
+            return Err(StoreError::fatal(
+                "steps_search",
+                p.filter.problems().join("; "),
+            ));
+        }
+        self.search(p).await
+    }
+
+    async fn steps_bulk(
+        &self,
+        action: BulkAction,
+        step_ids: Vec<StepId>,
+    ) -> Result<Vec<StepId>, StoreError> {
+        self.bulk(action, step_ids).await
+    }
+
     async fn steps_prune(&self, p: PruneParams) -> Result<u64, StoreError> {
         let rows = self
             .exec(

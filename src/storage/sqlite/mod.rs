@@ -38,6 +38,7 @@ mod identity;
 mod prune;
 mod rows;
 mod schema;
+mod search;
 mod stats;
 mod store;
 #[cfg(test)]

@@ -321,6 +321,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn steps_search(&self, p: SearchParams) -> Result<SearchPage, StoreError> {
+        if !p.filter.problems().is_empty() {
+            return Err(StoreError::fatal(
+                "steps_search",
+                p.filter.problems().join("; "),
+            ));
+        }
+        self.read("steps_search", move |c, _| search::search(c, &p))
+            .await
+    }
+
+    async fn steps_bulk(
+        &self,
+        action: BulkAction,
+        step_ids: Vec<StepId>,
+    ) -> Result<Vec<StepId>, StoreError> {
+        if step_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writer
+            .write_counted("steps_bulk", move |c, now, totals| {
+                search::bulk(c, now, totals, action, &step_ids)
+            })
+            .await
+    }
+
     async fn steps_prune(&self, p: PruneParams) -> Result<u64, StoreError> {
         // A chunk of `p.limit` rows is deleted in slices of at most PRUNE_SLICE
         // rows, each a background job of the writer: it runs alone, only when

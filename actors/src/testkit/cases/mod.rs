@@ -143,6 +143,7 @@ mod fencing;
 mod pods;
 mod recovery;
 mod retry;
+mod search;
 mod stats;
 mod submit;
 
