@@ -33,5 +33,6 @@ pub mod serve;
 pub mod smoke;
 pub mod storage;
 pub mod telemetry;
+pub mod ui;
 
 pub use fleet_q_actors as engine;

@@ -67,6 +67,9 @@ pub async fn run(
     let pod = Arc::new(Pod::start(pod_config(&settings), store, handlers)?);
     let addr = listener.local_addr()?;
     let max_payload = settings.max_payload_bytes;
+    let ui = settings.ui.then_some(crate::ui::UiConfig {
+        read_only: settings.ui_read_only,
+    });
     let state = web::Data::new(AppState::new(
         pod.clone(),
         settings.admin_token.clone(),
@@ -80,6 +83,11 @@ pub async fn run(
         App::new()
             .app_data(state.clone())
             .configure(|c| api::routes(c, max_payload))
+            .configure(|c| {
+                if let Some(ui) = ui {
+                    crate::ui::routes(c, ui)
+                }
+            })
             .wrap_fn(move |mut req, srv| {
                 use actix_web::dev::Service;
                 use futures_util::future::{ready, Either};

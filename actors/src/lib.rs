@@ -15,6 +15,7 @@
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
 //! - [`search`]: [`StepFilter`] and the bounded search and bulk actions.
+//! - [`throughput`]: fleet runs per minute, carried in heartbeats.
 //! - [`retry`]: [`RetryPolicy`], the one layer where failed store calls are
 //!   retried.
 //! - [`handler`]: the [`StepHandler`] trait user code implements, and its registry.
@@ -47,11 +48,12 @@ pub mod store;
 pub mod supervision;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod throughput;
 
 pub use actors::recovery::RecoveryError;
 pub use handler::{HandlerError, HandlerRegistry, StepContext, StepHandler};
 pub use ledger::RecoverySummary;
-pub use pod::{Pod, PodConfig, PodError, ShutdownReport};
+pub use pod::{Matching, Pod, PodConfig, PodError, ShutdownReport};
 pub use records::{
     eldest_live_pod, fold_types, PodRecord, PodStatus, QueueStats, StatusCounts, OTHER_TYPES,
     STATS_TYPES,

@@ -68,6 +68,7 @@ pub struct PodState {
     restarts: Mutex<RestartWindow>,
     budget_exhausted: AtomicBool,
     fenced_results: AtomicU64,
+    throughput: Mutex<crate::throughput::Throughput>,
     recovery: Mutex<(u32, Option<String>)>,
     /// On shared-stats backends: the statistics last read or published.
     shared_stats: RwLock<Option<crate::records::QueueStats>>,
@@ -101,6 +102,7 @@ impl PodState {
             restarts: Mutex::new(RestartWindow::new(budget)),
             budget_exhausted: AtomicBool::new(false),
             fenced_results: AtomicU64::new(0),
+            throughput: Mutex::new(Default::default()),
             recovery: Mutex::new((0, None)),
             shared_stats: RwLock::new(None),
             pods_seen: RwLock::new(None),
@@ -268,6 +270,36 @@ impl PodState {
 
     pub(crate) fn add_fenced(&self, n: u64) {
         self.fenced_results.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a finished run the store accepted in this minute's bucket (see
+    /// [`crate::throughput`]).
+    pub(crate) fn record_finished(&self, kind: crate::throughput::Finished) {
+        self.throughput.lock().expect("throughput").record(
+            crate::throughput::now_minute(),
+            kind,
+            1,
+        );
+    }
+
+    /// This pod's runs per minute over the last hour.
+    pub fn throughput(&self) -> crate::throughput::Series {
+        self.throughput
+            .lock()
+            .expect("throughput")
+            .series(crate::throughput::now_minute())
+    }
+
+    /// The heartbeat `meta`: `base` plus this pod's throughput buckets and its
+    /// fenced-result count, so every pod can show the fleet's.
+    pub(crate) fn heartbeat_meta(&self, base: &serde_json::Value) -> serde_json::Value {
+        let mut meta = self
+            .throughput
+            .lock()
+            .expect("throughput")
+            .into_meta(base, crate::throughput::now_minute());
+        meta["fenced_results"] = self.fenced_results().into();
+        meta
     }
 
     /// Makes this pod's heartbeats fail for `d` (fault injection, test builds).

@@ -50,7 +50,7 @@ impl RequestMeta {
 /// The request middleware: counts requests by route and status; turns a panic in
 /// any handler into a 500 with the error body (the worker survives); and rewrites
 /// any error response that is not already the JSON error body (e.g. actix's own
-/// extractor errors) into one, so clients always get `{detail, error_type, …}`.
+/// extractor errors) or a dashboard page into one, so clients always get `{detail, error_type, …}`.
 pub async fn observe<F>(
     meta: RequestMeta,
     call: F,
@@ -82,12 +82,13 @@ where
         }
     };
     let status = res.status();
-    let is_json = res
+    // The dashboard's own error pages (HTML) stay as they are.
+    let rendered = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let res = if status.as_u16() >= 400 && !is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    let res = if status.as_u16() >= 400 && !rendered {
         let (req, resp) = res.into_parts();
         let text = actix_web::body::to_bytes(resp.into_body())
             .await

@@ -24,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub(crate) mod routes;
+pub mod search;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,16 +42,16 @@ use metrics::register_metrics;
 pub use middleware::{admit, observe, on_connect, HttpLimits, RequestMeta};
 pub use routes::admin::MAX_TYPES_SHOWN;
 pub use routes::probes::RECOVERY_FAILING_AFTER;
-use routes::{admin, debug, probes, steps};
+use routes::{admin, debug, finder, probes, steps};
 
 /// How long queue statistics are reused before the store is asked again.
 const STATS_TTL: Duration = Duration::from_secs(2);
 
-struct Snapshot {
+pub(crate) struct Snapshot {
     at: Instant,
-    stats: QueueStats,
-    pods: Vec<PodRecord>,
-    now: DateTime<Utc>,
+    pub(crate) stats: QueueStats,
+    pub(crate) pods: Vec<PodRecord>,
+    pub(crate) now: DateTime<Utc>,
 }
 
 /// What the handlers share.
@@ -87,7 +88,7 @@ impl AppState {
     }
 
     /// Queue statistics and pods, reused for [`STATS_TTL`]; one refresh at a time.
-    async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
+    pub(crate) async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
         let mut slot = self.snapshot.lock().await;
         if let Some(s) = slot.as_ref() {
             if s.at.elapsed() < STATS_TTL {
@@ -151,6 +152,8 @@ route_table! {
     "GET" "/admin/recovery" => admin::admin_recovery,
     "GET" "/admin/failed" => admin::admin_failed,
     "POST" "/admin/steps/{step_id}/retry" => admin::admin_retry,
+    "GET" "/admin/steps" => finder::admin_steps,
+    "POST" "/admin/steps/bulk" => finder::admin_steps_bulk,
     "GET" "/metrics" => metrics::metrics_text,
     "GET" "/openapi.json" => probes::openapi_json,
 }

@@ -132,8 +132,16 @@ pub struct Settings {
     pub http_max_connections: usize,
     /// Largest response body the `http` handler stores as a result.
     pub http_max_result_bytes: usize,
+    /// Serve the dashboard.
+    pub ui: bool,
+    /// The dashboard shows no actions and refuses them.
+    pub ui_read_only: bool,
     /// Recovery ledger file; `None` keeps it in memory.
     pub ledger_path: Option<PathBuf>,
+}
+
+fn on_off(b: bool) -> String {
+    if b { "on" } else { "off" }.to_string()
 }
 
 impl Settings {
@@ -226,6 +234,8 @@ impl Settings {
             Key::HttpBodyTimeoutSeconds => secs(self.http_body_timeout),
             Key::HttpMaxConnections => self.http_max_connections.to_string(),
             Key::HttpMaxResultBytes => self.http_max_result_bytes.to_string(),
+            Key::Ui => on_off(self.ui),
+            Key::UiReadOnly => on_off(self.ui_read_only),
         }
     }
 }

@@ -360,6 +360,8 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
     let http_body_timeout = p.secs(Key::HttpBodyTimeoutSeconds);
     let http_max_connections = p.num::<usize>(Key::HttpMaxConnections);
     let http_max_result_bytes = p.num::<usize>(Key::HttpMaxResultBytes);
+    let ui = p.choice(Key::Ui) == "on";
+    let ui_read_only = p.choice(Key::UiReadOnly) == "on";
     let ledger_path = match p.opt(Key::LedgerPath).as_deref() {
         Some(":memory:") => None,
         Some(path) => Some(PathBuf::from(path)),
@@ -401,6 +403,8 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         http_body_timeout,
         http_max_connections,
         http_max_result_bytes,
+        ui,
+        ui_read_only,
         ledger_path,
     }
 }

@@ -348,6 +348,7 @@ pub struct Call {
 pub struct Recorder {
     pub url: String,
     calls: Arc<Mutex<Vec<Call>>>,
+    healed: Arc<std::sync::atomic::AtomicBool>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -356,6 +357,8 @@ impl Recorder {
     pub fn start() -> Recorder {
         use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+        let healed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let h2 = healed.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/run", listener.local_addr().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -364,12 +367,15 @@ impl Recorder {
             let sys = actix_rt::System::new();
             sys.block_on(async move {
                 let calls = c2;
+                let healed = h2;
                 let server = HttpServer::new(move || {
                     let calls = calls.clone();
+                    let healed = healed.clone();
                     App::new().route(
                         "/run",
                         web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
                             let calls = calls.clone();
+                            let healed = healed.clone();
                             async move {
                                 let h = |n: &str| {
                                     req.headers()
@@ -382,13 +388,17 @@ impl Recorder {
                                 let attempt: u32 = h("x-fleet-q-attempt").parse().unwrap_or(0);
                                 let retry_count = body["retry_count"].as_u64().unwrap_or(0);
                                 // `fail_first: n` answers 500 to the first n runs.
-                                let status =
-                                    if args["fail_first"].as_u64().is_some_and(|n| retry_count < n)
-                                    {
-                                        500
-                                    } else {
-                                        args["status"].as_u64().unwrap_or(200) as u16
-                                    };
+                                // `fail_until_healed: true` answers 500 until
+                                // `Recorder::heal`.
+                                let sick = args["fail_until_healed"] == true
+                                    && !healed.load(std::sync::atomic::Ordering::SeqCst);
+                                let status = if sick
+                                    || args["fail_first"].as_u64().is_some_and(|n| retry_count < n)
+                                {
+                                    500
+                                } else {
+                                    args["status"].as_u64().unwrap_or(200) as u16
+                                };
                                 let call = Call {
                                     step_id: h("x-fleet-q-step-id"),
                                     attempt,
@@ -439,9 +449,15 @@ impl Recorder {
         Recorder {
             url,
             calls,
+            healed,
             handle,
             thread: Some(thread),
         }
+    }
+
+    /// Steps with `fail_until_healed` succeed from now on.
+    pub fn heal(&self) {
+        self.healed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn calls(&self) -> Vec<Call> {

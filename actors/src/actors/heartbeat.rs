@@ -130,7 +130,7 @@ impl HeartbeatActor {
             status: PodStatus::Up,
             capacity_in_use: self.state.in_flight(),
             max_capacity: self.state.max_capacity(),
-            meta: self.cfg.meta.clone(),
+            meta: self.state.heartbeat_meta(&self.cfg.meta),
             incarnation: self.state.incarnation(),
             heartbeat_interval: Some(self.cfg.interval),
             dead_after: Some(crate::records::dead_after(
@@ -247,7 +247,7 @@ impl Handler<FinalHeartbeat> for HeartbeatActor {
             status: PodStatus::Down,
             capacity_in_use: 0,
             max_capacity: self.state.max_capacity(),
-            meta: self.cfg.meta.clone(),
+            meta: self.state.heartbeat_meta(&self.cfg.meta),
             incarnation: self.state.incarnation(),
             heartbeat_interval: Some(self.cfg.interval),
             dead_after: Some(crate::records::dead_after(

@@ -23,10 +23,28 @@ use crate::handler::HandlerRegistry;
 use crate::ledger::{Ledger, RecoverySummary};
 use crate::messages::{ClaimTrigger, ClaimTriggered};
 use crate::records::{PodRecord, QueueStats};
+use crate::search::{BulkAction, SearchPage, SearchParams, StepFilter};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
 use crate::store::{Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError};
 use crate::supervision::RestartBudget;
+
+/// Most steps one bulk store call changes (each chunk is its own transaction).
+pub const BULK_CHUNK: usize = 500;
+
+/// Most candidate rows [`Pod::matching_steps`] reads to find a filter's
+/// matches: the bound on what "everything matching this filter" costs.
+pub const MATCH_SCAN_LIMIT: u64 = 200_000;
+
+/// What [`Pod::matching_steps`] found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Matching {
+    /// The matching steps, newest first.
+    pub ids: Vec<StepId>,
+    /// True when these are all the matches; false when a bound stopped the
+    /// walk first.
+    pub complete: bool,
+}
 
 mod config;
 
@@ -211,6 +229,86 @@ impl Pod {
             .send(RetryStep(id))
             .await
             .map_err(Self::storage_down)?
+    }
+
+    /// A page of a step search (see [`crate::search`]): at most
+    /// `params.scan_limit` candidate rows read.
+    pub async fn search_steps(&self, params: SearchParams) -> Result<SearchPage, StoreError> {
+        self.storage
+            .send(SearchSteps(params))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Applies `action` to the given steps that are in the status it applies
+    /// to, [`BULK_CHUNK`] steps per store call; returns the ids changed. Retried
+    /// steps wake this pod's claimer.
+    pub async fn bulk_steps(
+        &self,
+        action: BulkAction,
+        ids: Vec<StepId>,
+    ) -> Result<Vec<StepId>, StoreError> {
+        let mut changed = Vec::new();
+        for chunk in ids.chunks(BULK_CHUNK) {
+            changed.extend(
+                self.storage
+                    .send(BulkSteps(action, chunk.to_vec()))
+                    .await
+                    .map_err(Self::storage_down)??,
+            );
+        }
+        if action == BulkAction::Retry && !changed.is_empty() {
+            self.claimer
+                .do_send(ClaimTriggered(ClaimTrigger::Submitted));
+        }
+        Ok(changed)
+    }
+
+    /// The steps `action` would change among those matching `filter`: the
+    /// filter narrowed to the status the action applies to, followed newest
+    /// first until `max` are found or [`MATCH_SCAN_LIMIT`] candidate rows were
+    /// read. `complete` is false when either bound stopped the walk (say "at
+    /// least"), true when every match was found.
+    pub async fn matching_steps(
+        &self,
+        action: BulkAction,
+        filter: StepFilter,
+        max: usize,
+    ) -> Result<Matching, StoreError> {
+        let filter = StepFilter {
+            status: Some(action.applies_to()),
+            ..filter
+        };
+        let mut ids = Vec::new();
+        let mut before = None;
+        let mut scanned = 0u64;
+        loop {
+            let page = self
+                .search_steps(SearchParams {
+                    filter: filter.clone(),
+                    before,
+                    limit: (max - ids.len()).clamp(1, 1000) as u32,
+                    scan_limit: 10_000,
+                })
+                .await?;
+            scanned += page.scanned;
+            ids.extend(page.steps.iter().map(|s| s.step_id));
+            match page.next {
+                None => {
+                    return Ok(Matching {
+                        ids,
+                        complete: true,
+                    })
+                }
+                Some(_) if ids.len() >= max || scanned >= MATCH_SCAN_LIMIT => {
+                    return Ok(Matching {
+                        ids,
+                        complete: false,
+                    })
+                }
+                next => before = next,
+            }
+        }
     }
 
     /// A page of failed steps, by id.

@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod debug;
+pub(crate) mod finder;
 pub(crate) mod probes;
 pub(crate) mod steps;
 

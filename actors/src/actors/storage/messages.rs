@@ -228,6 +228,40 @@ impl Handler<ListFailed> for StorageActor {
     }
 }
 
+/// A page of a step search (the admin API and the dashboard).
+#[derive(Message)]
+#[rtype(result = "Result<SearchPage, StoreError>")]
+pub struct SearchSteps(pub SearchParams);
+
+impl Handler<SearchSteps> for StorageActor {
+    type Result = ResponseFuture<Result<SearchPage, StoreError>>;
+    fn handle(&mut self, msg: SearchSteps, _: &mut Context<Self>) -> Self::Result {
+        let p = msg.0;
+        self.call("steps_search", move |s| {
+            let p = p.clone();
+            async move { s.steps_search(p).await }
+        })
+    }
+}
+
+/// A bulk retry or cancel of the given steps.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StepId>, StoreError>")]
+pub struct BulkSteps(pub BulkAction, pub Vec<StepId>);
+
+impl Handler<BulkSteps> for StorageActor {
+    type Result = ResponseFuture<Result<Vec<StepId>, StoreError>>;
+    fn handle(&mut self, msg: BulkSteps, _: &mut Context<Self>) -> Self::Result {
+        let (action, ids) = (msg.0, msg.1);
+        // A retry of the whole list is safe: a step already changed no longer
+        // has the status the action applies to.
+        self.call("steps_bulk", move |s| {
+            let ids = ids.clone();
+            async move { s.steps_bulk(action, ids).await }
+        })
+    }
+}
+
 /// Queue statistics.
 #[derive(Message)]
 #[rtype(result = "Result<QueueStats, StoreError>")]

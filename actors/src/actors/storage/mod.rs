@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::records::{PodRecord, QueueStats};
 use crate::retry::RetryPolicy;
+use crate::search::{BulkAction, SearchPage, SearchParams};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
 use crate::store::*;
@@ -94,6 +95,7 @@ fn is_write(op: &str) -> bool {
             | "queue_stats"
             | "steps_orphaned"
             | "steps_failed_list"
+            | "steps_search"
             | "stats_shared"
     )
 }
@@ -394,6 +396,9 @@ impl StorageActor {
                                 act.state.store_result(true, Ok(()));
                                 for (id, _) in &report.applied {
                                     if let Some((t, kind)) = act.counted_as.remove(id) {
+                                        if let Some(k) = crate::throughput::Finished::from_label(kind) {
+                                            act.state.record_finished(k);
+                                        }
                                         super::executor::OUTCOMES
                                             .with_label_values(&[metrics::type_label(&t), kind])
                                             .inc();

@@ -1,0 +1,42 @@
+// fleet-q dashboard: live refresh of the overview, copy buttons, select-all.
+// No framework, no network access beyond this pod.
+(function () {
+  "use strict";
+  var live = document.querySelector("[data-live]");
+  if (live) {
+    var url = live.getAttribute("data-live");
+    var timer = null;
+    var refresh = function () {
+      if (document.hidden) return;
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          if (html !== null) {
+            live.innerHTML = html;
+            live.setAttribute("data-refreshed", String(Date.now()));
+          }
+        })
+        .catch(function () {});
+    };
+    var start = function () { if (!timer) timer = setInterval(refresh, 2000); };
+    var stop = function () { if (timer) { clearInterval(timer); timer = null; } };
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) { stop(); } else { refresh(); start(); }
+    });
+    if (!document.hidden) start();
+  }
+  document.addEventListener("click", function (e) {
+    var b = e.target.closest("[data-copy]");
+    if (!b) return;
+    var text = document.getElementById(b.getAttribute("data-copy")).textContent;
+    if (navigator.clipboard) {
+      navigator.clipboard.writeText(text).then(function () { b.textContent = "Copied"; }, function () {});
+    }
+  });
+  var all = document.getElementById("select-all");
+  if (all) {
+    all.addEventListener("change", function () {
+      document.querySelectorAll("input[name=step_id]").forEach(function (c) { c.checked = all.checked; });
+    });
+  }
+})();

@@ -1,0 +1,344 @@
+//! The web dashboard in a real headless Chromium (Debian's chromium and
+//! chromium-driver, driven over WebDriver), against real pod processes on a
+//! real SQLite file: what a person sees on each page, filters, bulk actions
+//! that make steps run again, the token sign-in, CSRF and read-only refusals.
+//! Screenshots of every page at 1280 and 390 px go to the target dir
+//! (`<target>/tmp/dashboard-screenshots`).
+
+#[path = "support/browser.rs"]
+mod browser;
+mod support;
+
+use std::time::Duration;
+
+use browser::Browser;
+use serde_json::{json, Value};
+use support::*;
+
+const PAGES: [(&str, &str); 4] = [
+    ("overview", "/ui"),
+    ("steps", "/ui/steps"),
+    ("failed", "/ui/failed"),
+    ("fleet", "/ui/fleet"),
+];
+
+fn rows(b: &Browser, table: &str) -> usize {
+    b.find_all(&format!("{table} tbody tr")).len()
+}
+
+/// The page fits its window: no sideways scrolling of the page itself (wide
+/// tables scroll inside their panel).
+fn fits(b: &Browser) -> bool {
+    b.script("return document.documentElement.scrollWidth <= window.innerWidth + 1;") == true
+}
+
+#[test]
+fn the_dashboard_shows_the_fleet_filters_steps_and_retries_in_bulk() {
+    if browser::available().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let service = Recorder::start();
+    let env = vec![("FLEET_Q_HTTP_HANDLERS", format!("flaky={}", service.url))];
+    let a = PodProc::start(dir.path(), &db, "ui-a", &env);
+    let b = PodProc::start(dir.path(), &db, "ui-b", &env);
+    let c = client();
+    let mut bodies: Vec<Value> = (0..6)
+        .map(|i| json!({"type": "noop", "args": {"city": format!("Lisbon-{i}")}}))
+        .collect();
+    bodies.push(json!({"type": "noop", "args": {"city": "Porto"}, "idempotency_key": "porto-key"}));
+    for _ in 0..4 {
+        bodies
+            .push(json!({"type": "flaky", "args": {"fail_until_healed": true}, "max_retries": 0}));
+    }
+    let ids: Vec<String> = bodies
+        .into_iter()
+        .map(|body| submit(&c, &a, body))
+        .collect();
+    let obs = Observer::open(&db);
+    let stats = obs.wait_all_terminal(11, Duration::from_secs(60));
+    assert_eq!((stats.counts.completed, stats.counts.failed), (7, 4));
+
+    let web = Browser::start(1280, 900);
+    let shots = browser::screenshot_dir();
+
+    // Overview: the counts a person reads are /admin/queue's.
+    web.goto(&a.url("/ui"));
+    let queue: Value = c.get(a.url("/admin/queue")).send().unwrap().json().unwrap();
+    assert_eq!(
+        web.text("#count-completed"),
+        queue["completed_steps"].to_string()
+    );
+    assert_eq!(web.text("#count-failed"), queue["failed_steps"].to_string());
+    assert_eq!(
+        web.text("#count-pending"),
+        queue["pending_steps"].to_string()
+    );
+    // Both pods' heartbeats carry their runs: the chart's legend sums the fleet.
+    web.wait_text(".legend", "the fleet's runs reach the chart", |t| {
+        t.contains("completed 7") && t.contains("failed 4")
+    });
+    // The live part refreshes itself (polling while the tab is visible).
+    web.wait_text("#live", "the overview refreshes", |_| {
+        web.script(
+            "return document.getElementById('live').getAttribute('data-refreshed') !== null;",
+        ) == true
+    });
+    web.screenshot(&shots.join("overview-1280.png"));
+
+    // Steps: filter with the form; the filter lands in the URL.
+    web.goto(&a.url("/ui/steps"));
+    assert_eq!(rows(&web, "#steps"), 11, "every step, newest first");
+    web.type_into("input[name=text]", "Porto");
+    web.click("form.filters button[type=submit]");
+    web.wait_text("#steps tbody", "the payload filter", |t| t.contains("noop"));
+    assert!(
+        web.url().contains("text=Porto"),
+        "the filter is in the URL: {}",
+        web.url()
+    );
+    assert_eq!(rows(&web, "#steps"), 1);
+    web.goto(&a.url("/ui/steps?type=flaky"));
+    assert_eq!(rows(&web, "#steps"), 4, "the type filter");
+    web.goto(&a.url("/ui/steps?text=no-such-text-anywhere"));
+    assert!(web.text("#no-steps").contains("No matching steps"));
+    web.screenshot(&shots.join("steps-1280.png"));
+
+    // Step detail: payload, key, the command to copy.
+    web.goto(&a.url(&format!("/ui/steps/{}", ids[6])));
+    assert!(web.text("#payload").contains("Porto"));
+    assert!(web.text("#step-fields").contains("porto-key"));
+    assert_eq!(web.text("#cmd-cli"), format!("fleet-q status {}", ids[6]));
+    web.screenshot(&shots.join("step-1280.png"));
+
+    // Failed: grouped by type and error.
+    web.goto(&a.url("/ui/failed"));
+    let groups = web.text("#failed-groups");
+    assert!(groups.contains("flaky") && groups.contains('4'), "{groups}");
+    web.screenshot(&shots.join("failed-1280.png"));
+
+    // Bulk retry of everything matching a filter, with a counted confirmation;
+    // the service is healthy now, so the retried steps run and complete.
+    service.heal();
+    web.goto(&a.url("/ui/steps?status=failed&type=flaky"));
+    web.click("button[value=retry-matching]");
+    let confirm = web.text("#confirm-count");
+    assert!(confirm.starts_with("4 steps"), "{confirm}");
+    web.screenshot(&shots.join("confirm-1280.png"));
+    web.click("#confirm");
+    web.wait_text(".msg", "the bulk retry reports", |t| {
+        t.contains("4 step(s) put back to pending")
+    });
+    let stats = obs.wait_all_terminal(11, Duration::from_secs(60));
+    assert_eq!(
+        (stats.counts.completed, stats.counts.failed),
+        (11, 0),
+        "the retried steps ran"
+    );
+    for id in &ids[7..] {
+        assert_eq!(obs.step(id).attempt, 2, "each retried step ran once more");
+    }
+
+    // Fleet: both pods, one leader.
+    web.goto(&b.url("/ui/fleet"));
+    assert_eq!(rows(&web, "#pods"), 2);
+    let fleet = web.text("#pods");
+    assert_eq!(fleet.matches("leader").count(), 1, "{fleet}");
+    assert!(fleet.contains(&a.id) && fleet.contains(&b.id));
+    web.screenshot(&shots.join("fleet-1280.png"));
+    let errors = web.console_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // A phone-sized window: every page fits.
+    let narrow = Browser::start(390, 844);
+    for (name, path) in PAGES {
+        narrow.goto(&a.url(path));
+        narrow.wait("main h1");
+        assert!(fits(&narrow), "{path} scrolls sideways at 390 px");
+        narrow.screenshot(&shots.join(format!("{name}-390.png")));
+    }
+    let errors = narrow.console_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+fn post_form(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    cookies: &str,
+    origin: Option<&str>,
+    form: &[(&str, &str)],
+) -> reqwest::StatusCode {
+    let mut r = c.post(url).form(form);
+    if !cookies.is_empty() {
+        r = r.header("cookie", cookies);
+    }
+    if let Some(o) = origin {
+        r = r.header("origin", o);
+    }
+    r.send().unwrap().status()
+}
+
+#[test]
+fn the_dashboard_asks_for_the_token_and_refuses_forged_and_read_only_actions() {
+    if browser::available().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let token = "tok-ui-1234567890";
+    let a = PodProc::start(
+        dir.path(),
+        &db,
+        "tok",
+        &[("FLEET_Q_ADMIN_TOKEN", token.to_string())],
+    );
+    let c = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let later = |n: i32| json!({"type": "noop", "args": {"n": n}, "delay_seconds": 3600});
+    let ids: Vec<String> = (0..3).map(|n| submit(&c, &a, later(n))).collect();
+
+    // The browser is sent to sign in; a wrong token is refused.
+    let web = Browser::start(1280, 900);
+    web.goto(&a.url("/ui"));
+    assert!(web.url().ends_with("/ui/login"), "{}", web.url());
+    web.type_into("#token", "wrong-token");
+    web.click("#sign-in");
+    assert!(web.text(".msg").contains("not valid"));
+    // The refusal is a 403, which the console reports; nothing else is there.
+    let errors = web.console_errors();
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("/ui/login") && e.contains("403")),
+        "{errors:?}"
+    );
+    web.type_into("#token", token);
+    web.click("#sign-in");
+    assert_eq!(web.text("#count-pending"), "3");
+    let cookies = web.cookies();
+    let session = cookies
+        .iter()
+        .find(|(n, _)| n == "fq_session")
+        .expect("a session cookie")
+        .1
+        .clone();
+    let csrf = cookies
+        .iter()
+        .find(|(n, _)| n == "fq_csrf")
+        .expect("a csrf cookie")
+        .1
+        .clone();
+
+    // In the browser, an action works.
+    web.goto(&a.url(&format!("/ui/steps/{}", ids[0])));
+    web.click("#cancel");
+    web.wait_text(".msg", "the cancel reports", |t| {
+        t.contains("1 step(s) cancelled")
+    });
+    let errors = web.console_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // Outside the browser: no session → 401 (pages redirect); a session without
+    // the CSRF pair, or from another origin → 403; all of it → done.
+    let cancel = a.url(&format!("/ui/steps/{}/cancel", ids[1]));
+    let r = c.get(a.url("/ui")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(post_form(&c, &cancel, "", None, &[("csrf", &csrf)]), 401);
+    let both = format!("fq_session={session}; fq_csrf={csrf}");
+    assert_eq!(
+        post_form(
+            &c,
+            &cancel,
+            &format!("fq_session={session}"),
+            None,
+            &[("csrf", &csrf)]
+        ),
+        403,
+        "no CSRF cookie"
+    );
+    assert_eq!(
+        post_form(
+            &c,
+            &cancel,
+            &both,
+            None,
+            &[("csrf", "0123456789abcdef0123456789abcdef")]
+        ),
+        403,
+        "a CSRF field that does not match"
+    );
+    assert_eq!(
+        post_form(
+            &c,
+            &cancel,
+            &both,
+            Some("http://evil.example"),
+            &[("csrf", &csrf)]
+        ),
+        403,
+        "another origin"
+    );
+    assert_eq!(
+        post_form(
+            &c,
+            &cancel,
+            &format!("fq_session=99999999999.00; fq_csrf={csrf}"),
+            None,
+            &[("csrf", &csrf)]
+        ),
+        401,
+        "a forged session"
+    );
+    let status = |id: &str| -> String {
+        c.get(a.url(&format!("/status/{id}")))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        status(&ids[1]),
+        "pending",
+        "nothing refused changed anything"
+    );
+    assert_eq!(post_form(&c, &cancel, &both, None, &[("csrf", &csrf)]), 303);
+    assert_eq!(status(&ids[1]), "cancelled");
+
+    // A read-only pod on the same store: no actions shown, none accepted.
+    let ro = PodProc::start(
+        dir.path(),
+        &db,
+        "ro",
+        &[("FLEET_Q_UI_READ_ONLY", "on".to_string())],
+    );
+    web.goto(&ro.url(&format!("/ui/steps/{}", ids[2])));
+    web.wait("#payload");
+    assert!(web.find("#cancel").is_none(), "read-only hides actions");
+    web.goto(&ro.url("/ui/steps"));
+    web.wait("#steps");
+    assert!(web.find("button[value=cancel-selected]").is_none());
+    let ro_cancel = ro.url(&format!("/ui/steps/{}/cancel", ids[2]));
+    assert_eq!(
+        post_form(
+            &c,
+            &ro_cancel,
+            &format!("fq_csrf={csrf}"),
+            None,
+            &[("csrf", &csrf)]
+        ),
+        403
+    );
+    assert_eq!(status(&ids[2]), "pending");
+
+    // FLEET_Q_UI=off: no dashboard at all.
+    let off = PodProc::start(dir.path(), &db, "off", &[("FLEET_Q_UI", "off".to_string())]);
+    assert_eq!(c.get(off.url("/ui")).send().unwrap().status(), 404);
+    assert_eq!(c.get(off.url("/")).send().unwrap().status(), 404);
+}
