@@ -29,7 +29,6 @@
 //! Run: `cargo build --release && cargo bench --bench history`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +39,9 @@ use fleet_q_actors::{NewStep, PruneParams, Store};
 #[path = "support/store.rs"]
 mod support;
 use support::{claim_complete, noop_steps};
+#[path = "support/history.rs"]
+mod history;
+use history::{fill, spawn_pod};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -56,108 +58,6 @@ fn ms(d: Duration) -> f64 {
 /// Writes `n` finished steps, finished one to three days ago, into the file's
 /// STEP_TRACKER, then drops STEP_TOTALS so the store's next `schema_init`
 /// counts them (the upgrade path).
-fn fill(db: &Path, n: usize) {
-    let c = rusqlite::Connection::open(db).expect("open");
-    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF")
-        .expect("pragmas");
-    let now = chrono::Utc::now().timestamp_millis();
-    let (start, span) = (now - 3 * 86_400_000, 2 * 86_400_000i64);
-    let types = ["email", "resize", "report", "sync", "noop"];
-    let payload = |i: usize, t: &str| {
-        format!(
-            r#"{{"type":"{t}","args":{{"user":{i},"note":"history row for the bench"}},"metadata":{{}}}}"#
-        )
-    };
-    let mut i = 0;
-    while i < n {
-        let tx = c.unchecked_transaction().expect("tx");
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT INTO STEP_TRACKER (step_id, status, claimed_by, last_update_ts, payload, \
-                     retry_count, priority, created_ts, max_retries, attempt, run_at, idempotency_key, \
-                     last_error, result, timeout_ms, step_type) \
-                     VALUES (?1, ?2, 'old-pod', ?3, ?4, 0, 0, ?3, 3, 1, ?3, NULL, ?5, 'null', NULL, ?6)",
-                )
-                .expect("prepare");
-            for _ in 0..100_000.min(n - i) {
-                // Ids in time order, as UUIDv7 minted at creation would be.
-                let ts = start + (span * i as i64) / n.max(1) as i64;
-                let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-                    uuid::NoContext,
-                    (ts / 1000) as u64,
-                    ((ts % 1000) * 1_000_000) as u32,
-                ));
-                let t = types[i % types.len()];
-                let failed = i % 50 == 0;
-                st.execute(rusqlite::params![
-                    id.as_bytes().to_vec(),
-                    if failed { "failed" } else { "completed" },
-                    ts,
-                    payload(i, t),
-                    failed.then_some("handler said no"),
-                    t,
-                ])
-                .expect("insert");
-                i += 1;
-            }
-        }
-        tx.commit().expect("commit");
-    }
-    c.execute_batch("DROP TABLE IF EXISTS STEP_TOTALS")
-        .expect("drop totals");
-}
-
-fn fleet_q_bin() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("fleet-q");
-    bin.exists().then_some(bin)
-}
-
-/// A `fleet-q serve` process on `db`, ready; with `env` on top.
-fn spawn_pod(
-    db: &Path,
-    dir: &Path,
-    env: &[(&str, &str)],
-) -> Option<(std::process::Child, u16, reqwest::blocking::Client)> {
-    let bin = fleet_q_bin()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("FLEET_Q_SQLITE_DB_PATH", db)
-        .env("FLEET_Q_POD_ID", "bench")
-        .env("FLEET_Q_LEDGER_PATH", dir.join("bench-ledger.db"))
-        .env("FLEET_Q_CLAIM_INTERVAL_SECONDS", "1")
-        .env("FLEET_Q_LOG_LEVEL", "WARN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().ok()?;
-    let c = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c
-        .get(format!("http://127.0.0.1:{port}/ready"))
-        .send()
-        .map_or(true, |r| !r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100)); // poll interval
-    }
-    Some((child, port, c))
-}
-
 /// Peak RSS in KiB of a pod serving `db`, after stats calls and 2,000 steps.
 fn pod_rss(db: &Path, dir: &Path) -> Option<u64> {
     let (mut child, port, c) = spawn_pod(db, dir, &[])?;

@@ -1296,3 +1296,132 @@ fn http_details_hold_for_hostile_and_careless_clients() {
     let obs = Observer::open(&dir.path().join("api.db"));
     assert_eq!(obs.stats().counts.total(), 0, "nothing above stored a step");
 }
+
+/// `GET /admin/steps` lists every bad field in one 400, pages newest first by
+/// cursor, and `POST /admin/steps/bulk` acts on ids or on a filter (a dry run
+/// first), changing only steps in the status its action applies to.
+#[test]
+fn step_search_and_bulk_actions_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = start(dir.path(), &[]);
+    let c = client();
+    let get = |q: &str| -> (u16, Value) {
+        let r = admin(
+            &c,
+            reqwest::Method::GET,
+            pod.url(&format!("/admin/steps{q}")),
+        )
+        .send()
+        .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    };
+    let bulk = |body: Value| -> (u16, Value) {
+        let r = admin(&c, reqwest::Method::POST, pod.url("/admin/steps/bulk"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    };
+    // Three that fail at once (no handler), two that wait an hour.
+    let ghosts: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                &c,
+                &pod,
+                json!({"type": "ghost", "args": {"i": i}, "max_retries": 0}),
+            )
+        })
+        .collect();
+    let later: Vec<String> = (0..2)
+        .map(|i| {
+            submit(
+                &c,
+                &pod,
+                json!({"type": "noop", "args": {"i": i}, "delay_seconds": 3600}),
+            )
+        })
+        .collect();
+    wait_for("the ghosts to fail", Duration::from_secs(30), || {
+        let (_, v) = get("?status=failed");
+        (v["steps"].as_array().map_or(0, Vec::len) == 3).then_some(())
+    });
+
+    let (status, v) = get("?status=nope&priority=x&created_from=yesterday&limit=0&id=42");
+    assert_eq!(status, 400);
+    let detail = v["detail"].as_str().unwrap();
+    for field in ["status", "priority", "created_from", "limit", "id"] {
+        assert!(detail.contains(field), "{field} missing from {detail}");
+    }
+    assert_eq!(v["error_type"], "validation_error");
+
+    let (_, page) = get("?type=ghost&limit=2");
+    let first: Vec<&str> = page["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first,
+        vec![ghosts[2].as_str(), ghosts[1].as_str()],
+        "newest first"
+    );
+    let next = page["next"].as_str().expect("a cursor");
+    let (_, rest) = get(&format!("?type=ghost&limit=2&before={next}"));
+    assert_eq!(rest["steps"][0]["step_id"], ghosts[0].as_str());
+    assert!(rest["next"].is_null());
+    let (_, by_text) = get("?text=%22i%22%3A1");
+    assert_eq!(
+        by_text["steps"].as_array().unwrap().len(),
+        2,
+        "\"i\":1 in two payloads"
+    );
+
+    let (status, v) =
+        bulk(json!({"action": "retry", "filter": {"type": "ghost"}, "dry_run": true}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["matched"].as_u64(),
+            v["changed"].as_u64(),
+            v["complete"].as_bool()
+        ),
+        (Some(3), Some(0), Some(true))
+    );
+    assert_eq!(
+        get("?status=failed").1["steps"].as_array().unwrap().len(),
+        3,
+        "a dry run changes nothing"
+    );
+
+    let (_, v) = bulk(json!({"action": "cancel", "step_ids": [later[0], later[1], ghosts[0]]}));
+    assert_eq!(
+        (v["matched"].as_u64(), v["changed"].as_u64()),
+        (Some(3), Some(2)),
+        "{v}"
+    );
+    for (body, why) in [
+        (
+            json!({"action": "cancel", "filter": {"status": "failed"}}),
+            "a status the action does not apply to",
+        ),
+        (json!({"action": "retry"}), "neither ids nor a filter"),
+        (json!({"action": "retry", "step_ids": ["nope"]}), "a bad id"),
+        (
+            json!({"action": "explode", "step_ids": [ghosts[0]]}),
+            "an unknown action",
+        ),
+        (
+            json!({"action": "retry", "filter": {"type": "ghost"}, "max": 0}),
+            "max 0",
+        ),
+    ] {
+        let (status, v) = bulk(body);
+        assert_eq!(status, 400, "{why}: {v}");
+    }
+    let (_, v) = bulk(json!({"action": "retry", "filter": {"type": "ghost"}}));
+    assert_eq!(v["changed"].as_u64(), Some(3), "{v}");
+    // Without the token: refused.
+    let r = c.get(pod.url("/admin/steps")).send().unwrap();
+    assert_eq!(r.status(), 401);
+}

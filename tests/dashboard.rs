@@ -86,6 +86,39 @@ fn the_dashboard_shows_the_fleet_filters_steps_and_retries_in_bulk() {
         ) == true
     });
     web.screenshot(&shots.join("overview-1280.png"));
+    // A hidden tab stops polling; showing it again refreshes at once.
+    let fetches = |b: &Browser| -> u64 {
+        b.script("return performance.getEntriesByType('resource').filter(e => e.name.includes('/ui/live/overview')).length;")
+            .as_u64()
+            .unwrap_or(0)
+    };
+    web.script(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true}); \
+         document.dispatchEvent(new Event('visibilitychange'));",
+    );
+    let hidden_at = fetches(&web);
+    pace(Duration::from_millis(4500)); // two polling periods, observing that none happens
+    assert!(fetches(&web) <= hidden_at + 1, "a hidden tab keeps polling");
+    let before = fetches(&web);
+    web.script(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => false}); \
+         document.dispatchEvent(new Event('visibilitychange'));",
+    );
+    wait_for("polling to resume", Duration::from_secs(10), || {
+        (fetches(&web) > before).then_some(())
+    });
+
+    // The first load is small: the page and its three assets.
+    let weight: usize = [
+        "/ui",
+        "/ui/assets/app.css",
+        "/ui/assets/app.js",
+        "/ui/assets/favicon.svg",
+    ]
+    .iter()
+    .map(|p| c.get(a.url(p)).send().unwrap().bytes().unwrap().len())
+    .sum();
+    assert!(weight < 300 * 1024, "first load is {weight} bytes");
 
     // Steps: filter with the form; the filter lands in the URL.
     web.goto(&a.url("/ui/steps"));

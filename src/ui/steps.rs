@@ -308,7 +308,7 @@ pub fn confirm(
             p id="confirm-count" {
                 strong { @if complete { (matched) } @else { "at least " (matched) } }
                 " steps matching this filter will be " (verb) "."
-                @if !complete { " Only the first " (matched) " are changed by this action; run it again for the rest." }
+                @if !complete { " The search for matches is bounded (the newest 20,000 steps in that status are examined): run the action again for any older ones, or narrow the filter with a created range." }
             }
             form method="post" action="/ui/bulk" {
                 input type="hidden" name="csrf" value=(viewer.csrf);

@@ -34,7 +34,7 @@ pub const BULK_CHUNK: usize = 500;
 
 /// Most candidate rows [`Pod::matching_steps`] reads to find a filter's
 /// matches: the bound on what "everything matching this filter" costs.
-pub const MATCH_SCAN_LIMIT: u64 = 200_000;
+pub const MATCH_SCAN_LIMIT: u64 = 20_000;
 
 /// What [`Pod::matching_steps`] found.
 #[derive(Clone, Debug, Default, PartialEq)]
