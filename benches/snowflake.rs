@@ -167,6 +167,7 @@ fn store_ops(port: u16) {
                     .steps_claim(fleet_q_actors::ClaimParams {
                         pod_id: "bench".into(),
                         limit: batch as u32,
+                        queues: None,
                     })
                     .await
                     .unwrap();

@@ -169,6 +169,7 @@ pub async fn shapes(store: Arc<dyn Store>) -> Vec<Line> {
                     .steps_claim(ClaimParams {
                         pod_id: p.clone(),
                         limit: 3,
+                        queues: None,
                     })
                     .await
                     .map_err(err)?;
@@ -259,6 +260,7 @@ pub async fn shapes(store: Arc<dyn Store>) -> Vec<Line> {
                     .steps_claim(ClaimParams {
                         pod_id: p.clone(),
                         limit: 10,
+                        queues: None,
                     })
                     .await
                     .map_err(err)?;

@@ -45,6 +45,7 @@ proptest! {
         delay in prop::option::of(0u64..400 * 86_400),
         key in prop::option::of("\\PC{0,300}"),
         timeout_ms in prop::option::of(0u64..100_000_000),
+        queue in prop::option::of("\\PC{0,80}"),
     ) {
         let spec = StepSpec {
             step_type: step_type.clone(),
@@ -55,9 +56,11 @@ proptest! {
             run_at: delay.map_or(RunAt::Now, |d| RunAt::After(Duration::from_secs(d))),
             idempotency_key: key,
             timeout: timeout_ms.map(Duration::from_millis),
+            queue: queue.clone(),
         };
         match NewStep::new(spec) {
             Ok(s) => {
+                prop_assert!(fleet_q_actors::queue::name_problem(s.queue()).is_none());
                 prop_assert!(!step_type.is_empty() && step_type.len() <= 128);
                 prop_assert!((-1000..=1000).contains(&s.priority()));
                 prop_assert!(s.max_retries() <= 10);
@@ -70,7 +73,7 @@ proptest! {
                 for p in &e.0 {
                     prop_assert!(
                         ["type", "args", "metadata", "priority", "max_retries", "delay_seconds", "run_at",
-                         "idempotency_key", "timeout_seconds", "payload"].contains(&p.field.as_str()),
+                         "idempotency_key", "timeout_seconds", "payload", "queue"].contains(&p.field.as_str()),
                         "unknown field {}", p.field
                     );
                 }

@@ -438,6 +438,7 @@ fn recovery_dry_run_reports_without_writing_then_a_real_cycle_requeues() {
             .steps_claim(ClaimParams {
                 pod_id: "ghost".into(),
                 limit: 10,
+                queues: None,
             })
             .await
             .unwrap()
@@ -541,6 +542,7 @@ fn a_claim_the_pod_never_received_is_released_by_reconciliation_and_runs() {
             .steps_claim(ClaimParams {
                 pod_id: me.clone(),
                 limit: 1,
+                queues: None,
             })
             .await
             .unwrap();
@@ -698,6 +700,7 @@ fn pruning_runs_in_chunks_while_steps_are_submitted_and_run() {
                 .steps_claim(ClaimParams {
                     pod_id: "old".into(),
                     limit: 1000,
+                    queues: None,
                 })
                 .await
                 .unwrap();

@@ -53,6 +53,7 @@ fn claim_worker() {
                 .steps_claim(ClaimParams {
                     pod_id: pod.clone(),
                     limit: 10,
+                    queues: None,
                 })
                 .await
                 .expect("claim");

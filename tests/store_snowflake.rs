@@ -304,6 +304,7 @@ async fn a_limit_inside_in_is_refused_and_claims_and_prunes_avoid_it() {
         .steps_claim(fleet_q_actors::ClaimParams {
             pod_id: "p".into(),
             limit: 3,
+            queues: None,
         })
         .await
         .unwrap();
@@ -328,6 +329,7 @@ async fn a_refused_row_does_not_hold_back_its_batch() {
         .steps_claim(ClaimParams {
             pod_id: "p".into(),
             limit: 3,
+            queues: None,
         })
         .await
         .unwrap();
@@ -444,6 +446,7 @@ async fn chunked_results_with_an_empty_first_part_lose_nothing() {
         .steps_claim(ClaimParams {
             pod_id: "p".into(),
             limit: 20,
+            queues: None,
         })
         .await
         .unwrap();
@@ -528,6 +531,7 @@ async fn a_claim_that_outlives_its_client_is_cancelled_by_the_server() {
         a.steps_claim(ClaimParams {
             pod_id: "p".into(),
             limit: 2,
+            queues: None,
         })
     };
     let first = claim().await;
@@ -652,6 +656,7 @@ async fn the_leader_publishes_shared_stats_that_every_pod_reads() {
     let claim = |n| ClaimParams {
         pod_id: "p".into(),
         limit: n,
+        queues: None,
     };
     let first = a.steps_claim(claim(3)).await.unwrap();
     a.steps_finish(finishes(&first, 1)).await.unwrap();

@@ -54,6 +54,7 @@ fn an_older_file_gets_its_totals_from_its_steps() {
             .steps_claim(ClaimParams {
                 pod_id: "p".into(),
                 limit: 4,
+                queues: None,
             })
             .await
             .unwrap();
@@ -118,6 +119,7 @@ fn statistics_stay_bounded_and_exact_with_more_types_than_they_list() {
             .steps_claim(ClaimParams {
                 pod_id: "p".into(),
                 limit: 600,
+                queues: None,
             })
             .await
             .unwrap();

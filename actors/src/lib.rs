@@ -14,6 +14,7 @@
 //! - [`records`]: [`PodRecord`], leadership by [`eldest_live_pod`], [`QueueStats`].
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
+//! - [`queue`]: named queues, their settings and the claim's fairness rule.
 //! - [`search`]: [`StepFilter`] and the bounded search and bulk actions.
 //! - [`throughput`]: fleet runs per minute, carried in heartbeats.
 //! - [`retry`]: [`RetryPolicy`], the one layer where failed store calls are
@@ -39,6 +40,7 @@ pub mod ledger;
 pub(crate) mod messages;
 pub mod metrics;
 pub mod pod;
+pub mod queue;
 pub mod records;
 pub mod retry;
 pub mod search;
@@ -54,6 +56,7 @@ pub use actors::recovery::RecoveryError;
 pub use handler::{HandlerError, HandlerRegistry, StepContext, StepHandler};
 pub use ledger::RecoverySummary;
 pub use pod::{Matching, Pod, PodConfig, PodError, ShutdownReport};
+pub use queue::{QueueInfo, QueueSettings};
 pub use records::{
     eldest_live_pod, fold_types, PodRecord, PodStatus, QueueStats, StatusCounts, OTHER_TYPES,
     STATS_TYPES,

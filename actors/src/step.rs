@@ -223,6 +223,8 @@ pub struct StepSpec {
     pub idempotency_key: Option<String>,
     /// Per-step handler timeout; the pod's default when absent.
     pub timeout: Option<Duration>,
+    /// The queue ([`crate::queue`]); [`crate::queue::DEFAULT_QUEUE`] when absent.
+    pub queue: Option<String>,
 }
 
 /// A validated step, ready for the store. Its id is chosen here, so a client gets
@@ -237,6 +239,7 @@ pub struct NewStep {
     run_at: RunAt,
     idempotency_key: Option<String>,
     timeout: Option<Duration>,
+    queue: String,
 }
 
 fn printable(s: &str) -> bool {
@@ -346,6 +349,13 @@ impl NewStep {
                 ));
             }
         }
+        let queue = spec
+            .queue
+            .clone()
+            .unwrap_or_else(|| crate::queue::DEFAULT_QUEUE.to_string());
+        if let Some(why) = crate::queue::name_problem(&queue) {
+            errors.push(ValidationError::new("queue", why));
+        }
         if let Some(timeout) = spec.timeout {
             if timeout.is_zero() || timeout > MAX_TIMEOUT {
                 errors.push(ValidationError::new(
@@ -384,6 +394,7 @@ impl NewStep {
             run_at: spec.run_at,
             idempotency_key: spec.idempotency_key,
             timeout: spec.timeout,
+            queue,
         })
     }
 
@@ -414,6 +425,10 @@ impl NewStep {
     /// Client dedupe key.
     pub fn idempotency_key(&self) -> Option<&str> {
         self.idempotency_key.as_deref()
+    }
+    /// The queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
     }
     /// Per-step timeout.
     pub fn timeout(&self) -> Option<Duration> {
@@ -454,6 +469,13 @@ pub struct Step {
     pub result: Option<Value>,
     /// Per-step handler timeout, if the step set one.
     pub timeout_ms: Option<u64>,
+    /// The queue.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+fn default_queue() -> String {
+    crate::queue::DEFAULT_QUEUE.to_string()
 }
 
 impl Step {
@@ -519,6 +541,7 @@ mod tests {
             run_at: RunAt::After(Duration::from_secs(400 * 24 * 3600)),
             idempotency_key: Some(String::new()),
             timeout: Some(Duration::ZERO),
+            queue: Some("bad queue".into()),
         };
         assert_eq!(
             fields(NewStep::new(s)),
@@ -530,6 +553,7 @@ mod tests {
                 "max_retries",
                 "delay_seconds",
                 "idempotency_key",
+                "queue",
                 "timeout_seconds"
             ]
         );

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::queue::{QueueInfo, QueueSettings};
 use crate::records::{PodRecord, PodStatus, QueueStats};
 use crate::search::{BulkAction, SearchPage, SearchParams};
 use crate::step::{NewStep, Step, StepId, StepStatus};
@@ -219,6 +220,9 @@ pub struct ClaimParams {
     pub pod_id: String,
     /// At most this many steps.
     pub limit: u32,
+    /// Only from these queues (`None`: every queue). See [`crate::queue`] for
+    /// what else a claim obeys.
+    pub queues: Option<Vec<String>>,
 }
 
 /// Parameters of [`Store::steps_finish`].
@@ -399,6 +403,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts a failed step back to `pending` with `retry_count = 0`.
     async fn step_retry(&self, step_id: StepId) -> Result<RetryOutcome, StoreError>;
+
+    /// Every queue with its settings and live counts, by name.
+    async fn queues_list(&self) -> Result<Vec<QueueInfo>, StoreError>;
+
+    /// Creates or replaces a queue's settings; returns them as stored.
+    async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError>;
 
     /// Failed steps in id order, a page at a time.
     async fn steps_failed_list(&self, params: PageParams) -> Result<Vec<Step>, StoreError>;

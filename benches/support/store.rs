@@ -25,6 +25,7 @@ pub async fn claim_complete(store: &SqliteStore, batch: usize) -> usize {
         .steps_claim(ClaimParams {
             pod_id: "bench".into(),
             limit: batch as u32,
+            queues: None,
         })
         .await
         .expect("claim");

@@ -47,6 +47,10 @@ pub struct SubmitRequest {
     /// Handler timeout for this step, in seconds.
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
+    /// The queue (1-64 of `A-Z a-z 0-9 . _ -`; default `default`). A queue
+    /// that does not exist yet is created with the defaults.
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 fn secs(
@@ -112,6 +116,7 @@ impl SubmitRequest {
             run_at,
             idempotency_key: self.idempotency_key,
             timeout,
+            queue: self.queue,
         };
         match NewStep::new(spec) {
             Ok(s) if errors.is_empty() => Ok(s),
@@ -191,6 +196,8 @@ pub struct StepView {
     pub idempotency_key: Option<String>,
     /// Per-step timeout in seconds, if set.
     pub timeout_seconds: Option<f64>,
+    /// The queue.
+    pub queue: String,
 }
 
 impl From<Step> for StepView {
@@ -211,6 +218,7 @@ impl From<Step> for StepView {
             result: s.result,
             idempotency_key: s.idempotency_key,
             timeout_seconds: s.timeout_ms.map(|t| t as f64 / 1000.0),
+            queue: s.queue,
         }
     }
 }

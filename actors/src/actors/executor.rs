@@ -430,6 +430,7 @@ mod tests {
             last_error: None,
             result: None,
             timeout_ms: None,
+            queue: "default".into(),
         };
         StepContext {
             attempt: 1,

@@ -46,6 +46,8 @@ pub struct PodConfig {
     pub step_backoff: Backoff,
     /// How failed store calls are retried (the engine's one retry layer).
     pub store_retry: RetryPolicy,
+    /// The queues this pod claims from (`None`: every queue).
+    pub queues: Option<Vec<String>>,
     /// Recovery ledger file (`None`: in memory).
     pub ledger_path: Option<PathBuf>,
     /// Recovery cycles kept in the ledger.
@@ -79,6 +81,7 @@ impl Default for PodConfig {
             prune_interval: crate::defaults::PRUNE_INTERVAL,
             step_backoff: Backoff::default(),
             store_retry: RetryPolicy::default(),
+            queues: None,
             ledger_path: None,
             recovery_cycles_kept: 20,
             restart_budget: RestartBudget::default(),
@@ -122,6 +125,7 @@ impl PodConfig {
     pub(super) fn storage_config(&self) -> StorageConfig {
         StorageConfig {
             retry: self.store_retry,
+            queues: self.queues.clone(),
             step_backoff: self.step_backoff,
             reconcile_interval: self.reconcile_interval,
             stats_interval: self.stats_interval,

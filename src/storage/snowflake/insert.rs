@@ -12,6 +12,10 @@ impl SnowflakeStore {
         if steps.is_empty() {
             return Ok(Vec::new());
         }
+        let mut queues: Vec<&str> = steps.iter().map(|s| s.queue()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        self.ensure_queues(&queues).await?;
         // Within one call, a repeated key goes to its first step.
         let mut first_of_key: HashMap<&str, usize> = HashMap::new();
         let mut unique = Vec::new();
@@ -54,7 +58,7 @@ impl SnowflakeStore {
                         RunAt::At(t) => (0, sql::int(t.timestamp_millis())),
                     };
                     format!(
-                        "({}, {}, {}, {}, {}, {}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
                         sql::id(s.step_id()),
                         sql::b64_lit(s.payload_json()),
                         sql::int(s.priority().into()),
@@ -65,19 +69,21 @@ impl SnowflakeStore {
                         s.timeout()
                             .map_or("CAST(NULL AS NUMBER)".to_string(), |t| sql::int(ms(t))),
                         sql::b64_lit(&s.payload().step_type),
+                        sql::b64_lit(s.queue()),
                     )
                 })
                 .collect();
             let cols = "step_id, status, last_update_ts, payload, retry_count, priority, \
-                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type";
+                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type, queue";
             // Values are decoded and computed in the source, so the inserted row
             // names plain columns only (fakesnow's MERGE rewrite sees only those).
-            let row = "v.sid, 'pending', SYSDATE(), v.p, 0, v.prio, SYSDATE(), v.mr, 0, v.run_at, v.k, v.t, v.ty";
+            let row = "v.sid, 'pending', SYSDATE(), v.p, 0, v.prio, SYSDATE(), v.mr, 0, v.run_at, v.k, v.t, v.ty, v.q";
             let source = format!(
                 "(SELECT column1 AS sid, BASE64_DECODE_STRING(column2) AS p, column3 AS prio, column4 AS mr, \
                  CASE WHEN column6 IS NULL THEN DATEADD(millisecond, column5, SYSDATE()) \
                       ELSE DATEADD(millisecond, column6, CAST('1970-01-01 00:00:00' AS TIMESTAMP_NTZ)) END AS run_at, \
-                 BASE64_DECODE_STRING(column7) AS k, column8 AS t, BASE64_DECODE_STRING(column9) AS ty \
+                 BASE64_DECODE_STRING(column7) AS k, column8 AS t, BASE64_DECODE_STRING(column9) AS ty, \
+                 BASE64_DECODE_STRING(column10) AS q \
                  FROM VALUES {}) v",
                 values.join(", ")
             );

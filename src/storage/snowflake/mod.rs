@@ -33,6 +33,7 @@ mod decode;
 mod fenced;
 mod insert;
 mod options;
+mod queues;
 mod rows;
 mod schema;
 mod search;
@@ -75,4 +76,6 @@ pub struct SnowflakeStore {
     timeout: Duration,
     /// Pacing of [`Self::read_back`].
     read_back: Backoff,
+    /// Queues this store has made sure have a row (see `queues.rs`).
+    known_queues: std::sync::Mutex<std::collections::HashSet<String>>,
 }

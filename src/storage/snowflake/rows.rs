@@ -10,7 +10,7 @@ pub(super) const STEP_COLS: &str =
      DATE_PART(EPOCH_MILLISECOND, created_ts) AS created_ms, max_retries AS max_retries, \
      attempt AS attempt, DATE_PART(EPOCH_MILLISECOND, run_at) AS run_at_ms, \
      idempotency_key AS idempotency_key, last_error AS last_error, result AS result, \
-     timeout_ms AS timeout_ms";
+     timeout_ms AS timeout_ms, COALESCE(queue, 'default') AS queue";
 
 pub(super) const POD_COLS: &str =
     "pod_id AS pod_id, DATE_PART(EPOCH_MILLISECOND, birth_ts) AS birth_ms, \
@@ -94,6 +94,9 @@ pub(super) fn step_from_row(op: &'static str, r: &Row) -> Result<Step, StoreErro
             .transpose()
             .map_err(|_| bad(op, "result"))?,
         timeout_ms: r.int("timeout_ms").map(|t| t.max(0) as u64),
+        queue: r
+            .text("queue")
+            .unwrap_or_else(|| fleet_q_actors::queue::DEFAULT_QUEUE.to_string()),
     })
 }
 

@@ -4,7 +4,7 @@
 /// design's; no primary keys (Snowflake would not enforce them).
 /// Statements that bring a table created by an earlier version up to date come
 /// last; each is idempotent, so `schema_init` runs them all every time.
-pub const DDL: [&str; 6] = [
+pub const DDL: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     step_id         VARCHAR(36)   NOT NULL,
     status          VARCHAR(16)   NOT NULL,
@@ -22,8 +22,20 @@ pub const DDL: [&str; 6] = [
     result          VARCHAR,
     timeout_ms      NUMBER(19,0),
     step_type       VARCHAR       NOT NULL,
-    op_token        VARCHAR
+    op_token        VARCHAR,
+    queue           VARCHAR       DEFAULT 'default'
 )",
+    "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS queue VARCHAR DEFAULT 'default'",
+    // Queue settings (fleet_q_actors::queue), read by every claim.
+    "CREATE TABLE IF NOT EXISTS QUEUES (
+    name            VARCHAR       NOT NULL,
+    paused          BOOLEAN       NOT NULL,
+    max_concurrency NUMBER(10,0),
+    updated_ts      TIMESTAMP_NTZ NOT NULL
+)",
+    "MERGE INTO QUEUES USING (SELECT 'default' AS name) v ON QUEUES.name = v.name \
+     WHEN NOT MATCHED THEN INSERT (name, paused, max_concurrency, updated_ts) \
+     VALUES (v.name, FALSE, NULL, SYSDATE())",
     "CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            VARCHAR       NOT NULL,
     birth_ts          TIMESTAMP_NTZ NOT NULL,

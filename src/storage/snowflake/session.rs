@@ -128,6 +128,7 @@ impl SnowflakeStore {
             by_op: std::sync::Mutex::new(BTreeMap::new()),
             timeout: s.connection_timeout,
             read_back,
+            known_queues: std::sync::Mutex::new(std::collections::HashSet::new()),
         };
         for _ in 0..s.pool_size.max(1) {
             let api = store.session()?;

@@ -43,12 +43,11 @@ impl Store for SnowflakeStore {
         let update = format!(
             "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = {pod}, attempt = STEP_TRACKER.attempt + 1, \
              last_update_ts = SYSDATE(), op_token = {tok} \
-             FROM (SELECT step_id AS sid FROM STEP_TRACKER WHERE status = 'pending' AND run_at <= SYSDATE() \
-             ORDER BY priority DESC, created_ts, step_id LIMIT {n}) c \
+             FROM {source} \
              WHERE STEP_TRACKER.step_id = c.sid AND STEP_TRACKER.status = 'pending'",
             pod = sql::text(&p.pod_id),
             tok = sql::token(&token),
-            n = p.limit
+            source = queues::claim_source(p.queues.as_deref(), p.limit)
         );
         // Read back by token even when the UPDATE's answer was lost, and keep
         // trying through an outage: a claim that committed must reach its claimer,
@@ -217,6 +216,24 @@ impl Store for SnowflakeStore {
             p.limit,
         )
         .await
+    }
+
+    async fn queues_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.list_queues().await
+    }
+
+    async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
+        if let Some(why) = fleet_q_actors::queue::name_problem(&settings.name) {
+            return Err(StoreError::fatal("queue_put", format!("queue name {why}")));
+        }
+        if settings.max_concurrency == Some(0) {
+            return Err(StoreError::fatal(
+                "queue_put",
+                "max_concurrency must be at least 1 (pause the queue instead)",
+            ));
+        }
+        self.put_queue(&settings).await?;
+        Ok(settings)
     }
 
     async fn steps_search(&self, p: SearchParams) -> Result<SearchPage, StoreError> {

@@ -55,6 +55,7 @@ impl SqliteStore {
         count_statements(&mut conn, statements.clone());
         let writer = Writer::start(conn, commits, options.queue.max(1), identity);
         Ok(SqliteStore {
+            claim_turn: AtomicUsize::new(0),
             _checkpointer: checkpointer,
             readers: Arc::new(ReaderPool {
                 path: path.clone(),

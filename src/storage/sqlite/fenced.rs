@@ -43,7 +43,7 @@ pub(super) fn fenced_update(
     Ok(report)
 }
 
-/// The partial-index condition of `step_tracker_live`, repeated verbatim in the
+/// The partial-index condition of `step_tracker_live_q`, repeated verbatim in the
 /// queries that use it: SQLite uses a partial index only when the query's WHERE
 /// contains the index's terms, and cannot infer `IN (…)` from `= 'pending'`.
 pub(super) const LIVE: &str = "status IN ('pending', 'claimed')";
@@ -56,7 +56,7 @@ pub(super) const FENCE: &str =
 /// Completes a chunk of leases in one fenced statement; the rows it returns are
 /// the leases that held, the rest were fenced out. The unary `+` on `status` keeps
 /// the planner on the primary key: otherwise it may drive the join from
-/// `step_tracker_live (status = 'claimed')` and compare every claimed row with every
+/// `step_tracker_live_q (status = 'claimed')` and compare every claimed row with every
 /// VALUES row (measured: 20× slower).
 pub(super) fn complete_chunk(
     c: &Connection,

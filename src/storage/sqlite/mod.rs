@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 mod checkpoint;
+mod claim;
 mod connection;
 mod fenced;
 mod identity;
@@ -82,6 +83,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReaderPool>,
     statements: Arc<AtomicU64>,
+    /// Which eligible queue a claim serves first (rotates per claim).
+    claim_turn: AtomicUsize,
     /// Stops the checkpoint thread when the store goes.
     _checkpointer: Option<checkpoint::Checkpointer>,
 }

@@ -6,7 +6,7 @@ use super::*;
 pub(super) const STEP_COLS: &str =
     "step_id, status, claimed_by, last_update_ts, payload, retry_count, \
      priority, created_ts, max_retries, attempt, run_at, idempotency_key, last_error, result, \
-     timeout_ms";
+     timeout_ms, queue";
 
 pub(super) const POD_COLS: &str = "pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, \
      max_capacity, meta, heartbeat_interval_ms, dead_after_ms";
@@ -72,6 +72,7 @@ pub(super) fn step_from_row(r: &Row<'_>) -> rusqlite::Result<Step> {
             .transpose()
             .map_err(|e| bad_row("result", e))?,
         timeout_ms: r.get::<_, Option<i64>>(14)?.map(|t| t.max(0) as u64),
+        queue: r.get(15)?,
     })
 }
 
@@ -108,9 +109,9 @@ pub(super) fn run_at_ms(run_at: RunAt, now: i64) -> i64 {
 
 pub(super) const INSERT_COLS: &str =
     "step_id, status, last_update_ts, payload, priority, created_ts, \
-     max_retries, run_at, idempotency_key, timeout_ms, step_type";
-pub(super) const INSERT_ROW: &str = "(?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-pub(super) const INSERT_PARAMS: usize = 10;
+     max_retries, run_at, idempotency_key, timeout_ms, step_type, queue";
+pub(super) const INSERT_ROW: &str = "(?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub(super) const INSERT_PARAMS: usize = 11;
 
 pub(super) fn push_insert_values(values: &mut Vec<SqlValue>, s: &NewStep, now: i64) {
     values.extend([
@@ -126,6 +127,7 @@ pub(super) fn push_insert_values(values: &mut Vec<SqlValue>, s: &NewStep, now: i
         s.timeout()
             .map_or(SqlValue::Null, |t| SqlValue::Integer(ms(t))),
         SqlValue::Text(s.payload().step_type.clone()),
+        SqlValue::Text(s.queue().to_string()),
     ]);
 }
 

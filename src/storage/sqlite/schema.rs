@@ -22,13 +22,9 @@ CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     last_error      TEXT,
     result          TEXT,
     timeout_ms      INTEGER,
-    step_type       TEXT    NOT NULL
+    step_type       TEXT    NOT NULL,
+    queue           TEXT    NOT NULL DEFAULT 'default'
 );
--- One index serves claims (status = 'pending', in claim order) and orphan
--- detection (status = 'claimed'): a step moves within it instead of between two.
-CREATE INDEX IF NOT EXISTS step_tracker_live
-    ON STEP_TRACKER (status, priority DESC, created_ts, step_id)
-    WHERE status IN ('pending', 'claimed');
 CREATE UNIQUE INDEX IF NOT EXISTS step_tracker_idempotency_key
     ON STEP_TRACKER (idempotency_key) WHERE idempotency_key IS NOT NULL;
 -- Failed steps are few: this index costs nothing on the success path.
@@ -45,6 +41,15 @@ CREATE TABLE IF NOT EXISTS STEP_TOTALS (
 );
 -- Statistics read the largest types only (clients choose types).
 CREATE INDEX IF NOT EXISTS step_totals_by_size ON STEP_TOTALS (row_count DESC);
+-- Queue settings (fleet_q_actors::queue): read by every claim, so every pod
+-- obeys the same pause and limits at once.
+CREATE TABLE IF NOT EXISTS QUEUES (
+    name            TEXT    NOT NULL PRIMARY KEY,
+    paused          INTEGER NOT NULL DEFAULT 0,
+    max_concurrency INTEGER,
+    updated_ts      INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO QUEUES (name) VALUES ('default');
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            TEXT    NOT NULL PRIMARY KEY,
     birth_ts          INTEGER NOT NULL,
@@ -57,6 +62,23 @@ CREATE TABLE IF NOT EXISTS POD_HEALTH (
     heartbeat_interval_ms INTEGER,
     dead_after_ms     INTEGER
 );
+";
+
+/// Columns added to STEP_TRACKER after its first release (see
+/// [`POD_HEALTH_ADDED`]).
+pub(super) const STEP_TRACKER_ADDED: [(&str, &str); 1] =
+    [("queue", "TEXT NOT NULL DEFAULT 'default'")];
+
+/// Run after every added column exists. One index serves claims (status
+/// `pending`, per queue, in claim order), orphan detection (status `claimed`)
+/// and each queue's claimed count: a step moves within it instead of between
+/// two. It replaces `step_tracker_live`, which had no queue column (built over
+/// live rows only, so the swap costs one pass over the live rows).
+pub(super) const AFTER_COLUMNS: &str = "
+CREATE INDEX IF NOT EXISTS step_tracker_live_q
+    ON STEP_TRACKER (status, queue, priority DESC, created_ts, step_id)
+    WHERE status IN ('pending', 'claimed');
+DROP INDEX IF EXISTS step_tracker_live;
 ";
 
 /// Columns added to POD_HEALTH after its first release: `schema_init` adds each

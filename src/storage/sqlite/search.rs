@@ -25,7 +25,7 @@ fn candidates(p: &SearchParams, args: &mut Vec<SqlValue>) -> String {
         // Live rows only: every live row of that status, sorted.
         Some(s @ (StepStatus::Pending | StepStatus::Claimed)) => {
             cond.push(format!("status = '{s}' AND {LIVE}"));
-            "STEP_TRACKER INDEXED BY step_tracker_live"
+            "STEP_TRACKER INDEXED BY step_tracker_live_q"
         }
         // Failed rows only, in id order.
         Some(StepStatus::Failed) => {

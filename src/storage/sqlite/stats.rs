@@ -17,7 +17,7 @@ impl SqliteStore {
                 let mut st = c.prepare_cached(&format!(
                     "SELECT status, step_type, priority, COUNT(*), \
                      MIN(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END) \
-                     FROM STEP_TRACKER INDEXED BY step_tracker_live WHERE {LIVE} \
+                     FROM STEP_TRACKER INDEXED BY step_tracker_live_q WHERE {LIVE} \
                      GROUP BY status, step_type, priority"
                 ))?;
                 let mut rows = st.query([now])?;

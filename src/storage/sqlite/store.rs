@@ -42,6 +42,21 @@ impl Store for SqliteStore {
                             .map_err(|e| map_err("schema_init", e))?;
                     }
                 }
+                let have: Vec<String> = c
+                    .prepare("SELECT name FROM pragma_table_info('STEP_TRACKER')")
+                    .and_then(|mut st| {
+                        st.query_map([], |r| r.get(0))?
+                            .collect::<rusqlite::Result<_>>()
+                    })
+                    .map_err(|e| map_err("schema_init", e))?;
+                for (col, ty) in STEP_TRACKER_ADDED {
+                    if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
+                        c.execute_batch(&format!("ALTER TABLE STEP_TRACKER ADD COLUMN {col} {ty}"))
+                            .map_err(|e| map_err("schema_init", e))?;
+                    }
+                }
+                c.execute_batch(AFTER_COLUMNS)
+                    .map_err(|e| map_err("schema_init", e))?;
                 Ok(())
             })
             .await
@@ -84,6 +99,10 @@ impl Store for SqliteStore {
                         });
                     }
                 }
+                let mut queues: Vec<&str> = steps.iter().map(|s| s.queue()).collect();
+                queues.sort_unstable();
+                queues.dedup();
+                claim::ensure_queues(c, queues.into_iter())?;
                 for i in keyed {
                     let s = &steps[i];
                     let mut values = Vec::with_capacity(INSERT_PARAMS);
@@ -125,33 +144,9 @@ impl Store for SqliteStore {
         if p.limit == 0 {
             return Ok(Vec::new());
         }
+        let start = self.claim_turn.fetch_add(1, Ordering::Relaxed);
         self.writer
-            .write("steps_claim", move |c, now| {
-                let sql = format!(
-                    "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = ?1, \
-                     attempt = attempt + 1, last_update_ts = ?2 \
-                     WHERE rowid IN (SELECT rowid FROM STEP_TRACKER \
-                       WHERE status = 'pending' AND {LIVE} AND run_at <= ?2 \
-                       ORDER BY priority DESC, created_ts, step_id LIMIT ?3) \
-                     RETURNING {STEP_COLS}"
-                );
-                let mut st = c
-                    .prepare_cached(&sql)
-                    .map_err(|e| map_err("steps_claim", e))?;
-                let mut steps = st
-                    .query_map(params![p.pod_id, now, p.limit], step_from_row)
-                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                    .map_err(|e| map_err("steps_claim", e))?;
-                // RETURNING order is unspecified: hand steps back in claim order.
-                steps.sort_by(|a, b| {
-                    (b.priority, a.created_ts, a.step_id).cmp(&(
-                        a.priority,
-                        b.created_ts,
-                        b.step_id,
-                    ))
-                });
-                Ok(steps)
-            })
+            .write("steps_claim", move |c, now| claim::claim(c, now, &p, start))
             .await
     }
 
@@ -319,6 +314,21 @@ impl Store for SqliteStore {
             rows.collect()
         })
         .await
+    }
+
+    async fn queues_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.read("queues_list", |c, _| claim::list(c)).await
+    }
+
+    async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
+        if let Some(why) = claim::settings_problem(&settings) {
+            return Err(StoreError::fatal("queue_put", why));
+        }
+        let s = settings.clone();
+        self.writer
+            .write("queue_put", move |c, now| claim::put(c, now, &s))
+            .await?;
+        Ok(settings)
     }
 
     async fn steps_search(&self, p: SearchParams) -> Result<SearchPage, StoreError> {

@@ -53,12 +53,14 @@ impl Handler<ClaimSteps> for StorageActor {
         // No retry loop for claims: the claimer tries again at its next tick.
         let store = self.store.clone();
         let state = self.state.clone();
+        let queues = self.cfg.queues.clone();
         Box::pin(async move {
             let t0 = std::time::Instant::now();
             let r = store
                 .steps_claim(ClaimParams {
                     pod_id: msg.pod_id,
                     limit: msg.limit,
+                    queues,
                 })
                 .await;
             observe("steps_claim", t0, &r);

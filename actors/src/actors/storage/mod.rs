@@ -134,6 +134,9 @@ pub struct StorageConfig {
     pub step_backoff: Backoff,
     /// Most outcomes written in one call (default 512).
     pub finish_batch: usize,
+    /// The queues this pod claims from (`None`: every queue;
+    /// `FLEET_Q_QUEUES`).
+    pub queues: Option<Vec<String>>,
     /// Self-reconciliation period (default 60 s; `None`: off). Each period the
     /// pod reads the claims the store says it holds and releases, fenced and
     /// without spending a retry, those it is neither running nor finishing and
@@ -160,6 +163,7 @@ impl Default for StorageConfig {
             retry: RetryPolicy::default(),
             step_backoff: Backoff::default(),
             finish_batch: 512,
+            queues: None,
             reconcile_interval: Some(crate::defaults::RECONCILE_INTERVAL),
             stats_interval: crate::defaults::STATS_INTERVAL,
             stats_lag: crate::defaults::STATS_LAG,
@@ -171,6 +175,18 @@ impl StorageConfig {
     /// Adds a line to `problems` for each value this actor cannot run with.
     pub(crate) fn validate(&self, problems: &mut Vec<String>) {
         self.retry.validate("storage: retry", problems);
+        if let Some(q) = &self.queues {
+            if q.is_empty() {
+                problems.push(
+                    "storage: queues must name at least one queue (None: every queue)".into(),
+                );
+            }
+            for name in q {
+                if let Some(why) = crate::queue::name_problem(name) {
+                    problems.push(format!("storage: queue {name:?} {why}"));
+                }
+            }
+        }
         if self.finish_batch == 0 {
             problems.push("storage: finish_batch must be at least 1".into());
         }

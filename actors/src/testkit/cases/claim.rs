@@ -22,6 +22,7 @@ pub(crate) async fn exclusive_claims_with_concurrent_claimers(h: Harness) {
                     .steps_claim(ClaimParams {
                         pod_id: pod.clone(),
                         limit: 7,
+                        queues: None,
                     })
                     .await
                     .expect("claim");

@@ -60,6 +60,7 @@ pub(super) async fn claim(store: &Arc<dyn Store>, pod: &str, limit: u32) -> Vec<
         .steps_claim(ClaimParams {
             pod_id: pod.into(),
             limit,
+            queues: None,
         })
         .await
         .expect("claim")
@@ -141,6 +142,7 @@ mod admin;
 mod claim;
 mod fencing;
 mod pods;
+mod queues;
 mod recovery;
 mod retry;
 mod search;
