@@ -40,6 +40,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
             jitter: 0.5,
         },
         store_retry: s.store_retry(),
+        queues: s.queues.clone(),
         ledger_path: s.ledger_path.clone(),
         restart_budget: fleet_q_actors::supervision::RestartBudget {
             max_restarts: s.actor_restart_limit,

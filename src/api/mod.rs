@@ -42,7 +42,7 @@ use metrics::register_metrics;
 pub use middleware::{admit, observe, on_connect, HttpLimits, RequestMeta};
 pub use routes::admin::MAX_TYPES_SHOWN;
 pub use routes::probes::RECOVERY_FAILING_AFTER;
-use routes::{admin, debug, finder, probes, steps};
+use routes::{admin, debug, finder, probes, queues, steps};
 
 /// How long queue statistics are reused before the store is asked again.
 const STATS_TTL: Duration = Duration::from_secs(2);
@@ -118,13 +118,19 @@ macro_rules! route_table {
         pub const ROUTES: &[(&str, &str)] = &[$(($method, $path)),*];
 
         fn register_routes(cfg: &mut web::ServiceConfig) {
+            // One resource per line, guarded by its method so that a path with
+            // several methods (GET and PUT) reaches each; then one resource per
+            // path that answers any other method with 405.
             $(
                 cfg.service(
                     web::resource($path)
-                        .default_service(web::to(method_not_allowed))
-                        .route(method_route($method).to($($handler)::+)),
+                        .guard(method_guard($method))
+                        .route(web::route().to($($handler)::+)),
                 );
             )*
+            for (_, path) in ROUTES {
+                cfg.service(web::resource(*path).default_service(web::to(method_not_allowed)));
+            }
         }
 
         /// The OpenAPI document of every route.
@@ -154,21 +160,25 @@ route_table! {
     "POST" "/admin/steps/{step_id}/retry" => admin::admin_retry,
     "GET" "/admin/steps" => finder::admin_steps,
     "POST" "/admin/steps/bulk" => finder::admin_steps_bulk,
+    "GET" "/admin/queues" => queues::list,
+    "GET" "/admin/queues/{name}" => queues::get,
+    "PUT" "/admin/queues/{name}" => queues::put,
+    "POST" "/admin/queues/{name}/pause" => queues::pause,
+    "POST" "/admin/queues/{name}/resume" => queues::resume,
     "GET" "/metrics" => metrics::metrics_text,
     "GET" "/openapi.json" => probes::openapi_json,
 }
 
-/// The actix route for a method of the table (GET answers HEAD too: actix sends
-/// no body for HEAD).
-fn method_route(method: &str) -> actix_web::Route {
-    use actix_web::guard;
-    match method {
-        "GET" => web::route().guard(guard::Any(guard::Get()).or(guard::Head())),
-        "POST" => web::post(),
-        "PUT" => web::put(),
-        "DELETE" => web::delete(),
-        other => unreachable!("the route table has no method {other}"),
-    }
+/// The guard for a method of the table (GET answers HEAD too: actix sends no
+/// body for HEAD).
+fn method_guard(method: &'static str) -> impl actix_web::guard::Guard {
+    actix_web::guard::fn_guard(move |ctx| {
+        let m = &ctx.head().method;
+        match method {
+            "GET" => m == actix_web::http::Method::GET || m == actix_web::http::Method::HEAD,
+            other => m.as_str() == other,
+        }
+    })
 }
 
 /// Registers every route on `cfg`, with the extractor limits and error bodies.

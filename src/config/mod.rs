@@ -132,6 +132,8 @@ pub struct Settings {
     pub http_max_connections: usize,
     /// Largest response body the `http` handler stores as a result.
     pub http_max_result_bytes: usize,
+    /// The queues this pod claims from (`None`: every queue).
+    pub queues: Option<Vec<String>>,
     /// Serve the dashboard.
     pub ui: bool,
     /// The dashboard shows no actions and refuses them.
@@ -234,6 +236,7 @@ impl Settings {
             Key::HttpBodyTimeoutSeconds => secs(self.http_body_timeout),
             Key::HttpMaxConnections => self.http_max_connections.to_string(),
             Key::HttpMaxResultBytes => self.http_max_result_bytes.to_string(),
+            Key::Queues => self.queues.as_ref().map(|q| q.join(",")).unwrap_or_default(),
             Key::Ui => on_off(self.ui),
             Key::UiReadOnly => on_off(self.ui_read_only),
         }

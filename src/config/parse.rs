@@ -360,6 +360,22 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
     let http_body_timeout = p.secs(Key::HttpBodyTimeoutSeconds);
     let http_max_connections = p.num::<usize>(Key::HttpMaxConnections);
     let http_max_result_bytes = p.num::<usize>(Key::HttpMaxResultBytes);
+    let queues = p.opt(Key::Queues).map(|raw| {
+        let names: Vec<String> = raw
+            .split(',')
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .collect();
+        for q in &names {
+            if let Some(why) = fleet_q_actors::queue::name_problem(q) {
+                p.problem(Key::Queues, format!("queue {q:?} {why}"));
+            }
+        }
+        if names.is_empty() {
+            p.problem(Key::Queues, "must name at least one queue when set");
+        }
+        names
+    });
     let ui = p.choice(Key::Ui) == "on";
     let ui_read_only = p.choice(Key::UiReadOnly) == "on";
     let ledger_path = match p.opt(Key::LedgerPath).as_deref() {
@@ -403,6 +419,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         http_body_timeout,
         http_max_connections,
         http_max_result_bytes,
+        queues,
         ui,
         ui_read_only,
         ledger_path,

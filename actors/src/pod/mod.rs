@@ -23,6 +23,7 @@ use crate::handler::HandlerRegistry;
 use crate::ledger::{Ledger, RecoverySummary};
 use crate::messages::{ClaimTrigger, ClaimTriggered};
 use crate::records::{PodRecord, QueueStats};
+use crate::queue::{QueueInfo, QueueSettings};
 use crate::search::{BulkAction, SearchPage, SearchParams, StepFilter};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
@@ -229,6 +230,36 @@ impl Pod {
             .send(RetryStep(id))
             .await
             .map_err(Self::storage_down)?
+    }
+
+    /// Every queue with its settings and live counts.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.storage
+            .send(ListQueues)
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Creates or replaces a queue's settings (every pod obeys them from its
+    /// next claim).
+    pub async fn put_queue(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
+        self.storage
+            .send(PutQueue(settings))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// Pauses or resumes a queue, keeping its other settings (a queue that
+    /// does not exist yet is created).
+    pub async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<QueueSettings, StoreError> {
+        let current = self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.settings.name == name)
+            .map(|q| q.settings)
+            .unwrap_or_else(|| QueueSettings::new(name));
+        self.put_queue(QueueSettings { paused, ..current }).await
     }
 
     /// A page of a step search (see [`crate::search`]): at most

@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod debug;
 pub(crate) mod finder;
 pub(crate) mod probes;
+pub(crate) mod queues;
 pub(crate) mod steps;
 
 use actix_web::HttpRequest;

@@ -2,6 +2,7 @@
 //! the pod needs, and [`FinishStep`] / [`Flush`] for the write-behind outcomes.
 
 use super::*;
+use crate::queue::{QueueInfo, QueueSettings};
 
 /// Insert steps (client submits).
 #[derive(Message)]
@@ -226,6 +227,34 @@ impl Handler<ListFailed> for StorageActor {
         self.call("steps_failed_list", move |s| {
             let p = p.clone();
             async move { s.steps_failed_list(p).await }
+        })
+    }
+}
+
+/// Every queue with its settings and live counts.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<QueueInfo>, StoreError>")]
+pub struct ListQueues;
+
+impl Handler<ListQueues> for StorageActor {
+    type Result = ResponseFuture<Result<Vec<QueueInfo>, StoreError>>;
+    fn handle(&mut self, _: ListQueues, _: &mut Context<Self>) -> Self::Result {
+        self.call("queues_list", |s| async move { s.queues_list().await })
+    }
+}
+
+/// Creates or replaces a queue's settings.
+#[derive(Message)]
+#[rtype(result = "Result<QueueSettings, StoreError>")]
+pub struct PutQueue(pub QueueSettings);
+
+impl Handler<PutQueue> for StorageActor {
+    type Result = ResponseFuture<Result<QueueSettings, StoreError>>;
+    fn handle(&mut self, msg: PutQueue, _: &mut Context<Self>) -> Self::Result {
+        let q = msg.0;
+        self.call("queue_put", move |s| {
+            let q = q.clone();
+            async move { s.queue_put(q).await }
         })
     }
 }

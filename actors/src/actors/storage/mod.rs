@@ -96,6 +96,7 @@ fn is_write(op: &str) -> bool {
             | "steps_orphaned"
             | "steps_failed_list"
             | "steps_search"
+            | "queues_list"
             | "stats_shared"
     )
 }
