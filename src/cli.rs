@@ -42,6 +42,9 @@ pub enum ClientCommand {
         /// Seconds before it may run.
         #[arg(long)]
         delay_seconds: Option<f64>,
+        /// Queue (default: `default`).
+        #[arg(long)]
+        queue: Option<String>,
         /// Which pod, and the output form.
         #[command(flatten)]
         client: ClientOpts,
@@ -66,6 +69,28 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Every queue: paused, limit, pending, claimed (admin).
+    Queues {
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Pause a queue fleet-wide: no pod claims its steps (admin).
+    Pause {
+        /// Queue name.
+        name: String,
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Resume a paused queue (admin).
+    Resume {
+        /// Queue name.
+        name: String,
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Run a recovery cycle on the leader (admin).
     Recover {
         /// Report what would be recovered without writing.
@@ -84,6 +109,9 @@ impl ClientCommand {
             | ClientCommand::Status { client, .. }
             | ClientCommand::Queue { client }
             | ClientCommand::Leader { client }
+            | ClientCommand::Queues { client }
+            | ClientCommand::Pause { client, .. }
+            | ClientCommand::Resume { client, .. }
             | ClientCommand::Recover { client, .. } => client,
         }
     }
@@ -123,6 +151,7 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
             max_retries,
             idempotency_key,
             delay_seconds,
+            queue,
             ..
         } => {
             let args: Option<Value> = args
@@ -145,11 +174,19 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
                 idempotency_key.clone().map(Value::from),
             );
             put(&mut body, "delay_seconds", delay_seconds.map(Value::from));
+            put(&mut body, "queue", queue.clone().map(Value::from));
             client.post(format!("{url}/submit")).json(&body)
         }
         ClientCommand::Status { step_id, .. } => client.get(format!("{url}/status/{step_id}")),
         ClientCommand::Queue { .. } => client.get(format!("{url}/admin/queue")),
         ClientCommand::Leader { .. } => client.get(format!("{url}/admin/leader")),
+        ClientCommand::Queues { .. } => client.get(format!("{url}/admin/queues")),
+        ClientCommand::Pause { name, .. } => {
+            client.post(format!("{url}/admin/queues/{}/pause", path_segment(name)?))
+        }
+        ClientCommand::Resume { name, .. } => {
+            client.post(format!("{url}/admin/queues/{}/resume", path_segment(name)?))
+        }
         ClientCommand::Recover { dry_run, .. } => client
             .post(format!("{url}/admin/recovery/run"))
             .json(&json!({ "dry_run": dry_run })),
@@ -176,6 +213,30 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
             v["error_type"].as_str().unwrap_or("unknown")
         ))
     }
+}
+
+/// A queue name as a URL path segment: names are `A-Z a-z 0-9 . _ -`, so
+/// anything else is refused here rather than sent.
+fn path_segment(name: &str) -> Result<&str, String> {
+    match fleet_q_actors::queue::name_problem(name) {
+        Some(why) => Err(format!("queue name {why}")),
+        None => Ok(name),
+    }
+}
+
+fn queue_line(q: &Value) -> String {
+    format!(
+        "{:<30} {:<8} limit {:<8} pending {:<8} claimed {}\n",
+        s(&q["name"]),
+        if q["paused"] == json!(true) {
+            "paused"
+        } else {
+            "running"
+        },
+        s(&q["max_concurrency"]),
+        s(&q["pending"]),
+        s(&q["claimed"])
+    )
 }
 
 fn s(v: &Value) -> String {
@@ -236,6 +297,11 @@ fn human(cmd: &ClientCommand, v: &Value) -> String {
             }
             out
         }
+        ClientCommand::Queues { .. } => v["queues"]
+            .as_array()
+            .map(|qs| qs.iter().map(queue_line).collect())
+            .unwrap_or_default(),
+        ClientCommand::Pause { .. } | ClientCommand::Resume { .. } => queue_line(v),
         ClientCommand::Leader { .. } => {
             let mut out = format!(
                 "leader {} (born {})  active pods {}\n",

@@ -236,7 +236,11 @@ impl Settings {
             Key::HttpBodyTimeoutSeconds => secs(self.http_body_timeout),
             Key::HttpMaxConnections => self.http_max_connections.to_string(),
             Key::HttpMaxResultBytes => self.http_max_result_bytes.to_string(),
-            Key::Queues => self.queues.as_ref().map(|q| q.join(",")).unwrap_or_default(),
+            Key::Queues => self
+                .queues
+                .as_ref()
+                .map(|q| q.join(","))
+                .unwrap_or_default(),
             Key::Ui => on_off(self.ui),
             Key::UiReadOnly => on_off(self.ui_read_only),
         }

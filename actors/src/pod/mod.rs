@@ -22,8 +22,8 @@ use crate::actors::storage::*;
 use crate::handler::HandlerRegistry;
 use crate::ledger::{Ledger, RecoverySummary};
 use crate::messages::{ClaimTrigger, ClaimTriggered};
-use crate::records::{PodRecord, QueueStats};
 use crate::queue::{QueueInfo, QueueSettings};
+use crate::records::{PodRecord, QueueStats};
 use crate::search::{BulkAction, SearchPage, SearchParams, StepFilter};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
@@ -251,7 +251,11 @@ impl Pod {
 
     /// Pauses or resumes a queue, keeping its other settings (a queue that
     /// does not exist yet is created).
-    pub async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<QueueSettings, StoreError> {
+    pub async fn set_queue_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<QueueSettings, StoreError> {
         let current = self
             .queues()
             .await?

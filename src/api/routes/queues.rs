@@ -86,7 +86,11 @@ async fn view(st: &AppState, name: &str, req: &HttpRequest) -> ApiResult {
     responses((status = 200, body = QueuesResponse), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn list(req: HttpRequest, st: web::Data<AppState>) -> ApiResult {
     require_admin(&req, &st)?;
-    let queues = st.pod.queues().await.map_err(|e| ApiError::store(&e, &req))?;
+    let queues = st
+        .pod
+        .queues()
+        .await
+        .map_err(|e| ApiError::store(&e, &req))?;
     Ok(HttpResponse::Ok().json(QueuesResponse {
         queues: queues.into_iter().map(QueueView::from).collect(),
     }))
@@ -96,7 +100,11 @@ pub(crate) async fn list(req: HttpRequest, st: web::Data<AppState>) -> ApiResult
 #[utoipa::path(get, path = "/admin/queues/{name}", tag = "admin",
     params(("name" = String, Path, description = "Queue name")),
     responses((status = 200, body = QueueView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-pub(crate) async fn get(req: HttpRequest, st: web::Data<AppState>, name: web::Path<String>) -> ApiResult {
+pub(crate) async fn get(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    name: web::Path<String>,
+) -> ApiResult {
     require_admin(&req, &st)?;
     check_name(&name, &req)?;
     view(&st, &name, &req).await
@@ -117,7 +125,10 @@ pub(crate) async fn put(
     if let Some(why) = fleet_q_actors::queue::name_problem(&name) {
         problems.push(format!("queue name {why}"));
     }
-    if body.max_concurrency.is_some_and(|m| m == 0 || m > MAX_CONCURRENCY) {
+    if body
+        .max_concurrency
+        .is_some_and(|m| m == 0 || m > MAX_CONCURRENCY)
+    {
         problems.push(format!(
             "max_concurrency must be 1 to {MAX_CONCURRENCY} (pause the queue to stop it)"
         ));
@@ -136,7 +147,12 @@ pub(crate) async fn put(
     view(&st, &name, &req).await
 }
 
-async fn set_paused(req: HttpRequest, st: web::Data<AppState>, name: &str, paused: bool) -> ApiResult {
+async fn set_paused(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    name: &str,
+    paused: bool,
+) -> ApiResult {
     require_admin(&req, &st)?;
     check_name(name, &req)?;
     st.pod
@@ -150,7 +166,11 @@ async fn set_paused(req: HttpRequest, st: web::Data<AppState>, name: &str, pause
 #[utoipa::path(post, path = "/admin/queues/{name}/pause", tag = "admin",
     params(("name" = String, Path, description = "Queue name")),
     responses((status = 200, body = QueueView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-pub(crate) async fn pause(req: HttpRequest, st: web::Data<AppState>, name: web::Path<String>) -> ApiResult {
+pub(crate) async fn pause(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    name: web::Path<String>,
+) -> ApiResult {
     set_paused(req, st, &name, true).await
 }
 
@@ -158,6 +178,10 @@ pub(crate) async fn pause(req: HttpRequest, st: web::Data<AppState>, name: web::
 #[utoipa::path(post, path = "/admin/queues/{name}/resume", tag = "admin",
     params(("name" = String, Path, description = "Queue name")),
     responses((status = 200, body = QueueView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-pub(crate) async fn resume(req: HttpRequest, st: web::Data<AppState>, name: web::Path<String>) -> ApiResult {
+pub(crate) async fn resume(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    name: web::Path<String>,
+) -> ApiResult {
     set_paused(req, st, &name, false).await
 }

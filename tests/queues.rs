@@ -1,0 +1,259 @@
+//! Queues with real pod processes on one SQLite file: a queue's concurrency
+//! limit holds across the fleet, a paused queue starts nothing (recovered
+//! steps included) until resumed, a busy queue does not starve a small one,
+//! and a queue is served by whichever pod serves it. The CLI drives pause and
+//! resume.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fleet_q_actors::Store;
+use serde_json::{json, Value};
+use support::*;
+
+fn queue_claimed(obs: &Observer, name: &str) -> u64 {
+    obs.block(obs.store.queues_list())
+        .unwrap()
+        .into_iter()
+        .find(|q| q.settings.name == name)
+        .map_or(0, |q| q.claimed)
+}
+
+fn put_queue(c: &reqwest::blocking::Client, pod: &PodProc, name: &str, body: Value) -> Value {
+    let r = c
+        .put(pod.url(&format!("/admin/queues/{name}")))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().unwrap()
+}
+
+fn cli(pod: &PodProc, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-q"))
+        .args(args)
+        .args(["--url", &pod.url("")])
+        .env_remove("FLEET_Q_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn three_pods_never_hold_more_than_a_queues_max_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let pods: Vec<PodProc> = (0..3)
+        .map(|i| {
+            PodProc::start(
+                dir.path(),
+                &db,
+                &format!("mc{i}"),
+                &[("FLEET_Q_MAX_PARALLELISM", "10".into())],
+            )
+        })
+        .collect();
+    let c = client();
+    let v = put_queue(&c, &pods[0], "q", json!({"max_concurrency": 5}));
+    assert_eq!(v["max_concurrency"], 5);
+    let bodies = (0..200)
+        .map(|_| json!({"type": "sleep", "args": {"ms": 40}, "queue": "q"}))
+        .collect();
+    submit_many(&pods[1], bodies, 4);
+    let obs = Observer::open(&db);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut most = 0;
+    loop {
+        let claimed = queue_claimed(&obs, "q");
+        most = most.max(claimed);
+        assert!(claimed <= 5, "{claimed} steps of q claimed at once");
+        let s = obs.stats();
+        if s.counts.completed == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not done: {:?}", s.counts);
+        pace(Duration::from_millis(50)); // the sampling period
+    }
+    assert!(
+        most >= 2,
+        "the limit was reached by several pods at once (most {most})"
+    );
+}
+
+#[test]
+fn a_paused_queue_starts_nothing_even_after_recovery_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let c = client();
+    // A pod that serves only `q` takes long steps, then dies.
+    let mut doomed = PodProc::start(dir.path(), &db, "doomed", &[("FLEET_Q_QUEUES", "q".into())]);
+    let obs = Observer::open(&db);
+    let long: Vec<String> = (0..3)
+        .map(|_| {
+            submit(
+                &c,
+                &doomed,
+                json!({"type": "sleep", "args": {"ms": 600000}, "queue": "q", "max_retries": 3}),
+            )
+        })
+        .collect();
+    wait_for("the doomed pod to claim", Duration::from_secs(20), || {
+        long.iter()
+            .all(|id| obs.step(id).status == fleet_q_actors::StepStatus::Claimed)
+            .then_some(())
+    });
+    let survivor = PodProc::start(dir.path(), &db, "survivor", &[]);
+    let paused = cli(&survivor, &["pause", "q"]);
+    assert!(paused.contains("paused"), "{paused}");
+    let more: Vec<String> = (0..10)
+        .map(|_| submit(&c, &survivor, json!({"type": "noop", "queue": "q"})))
+        .collect();
+    doomed.kill9();
+    // Recovery requeues the dead pod's steps; they stay pending while paused.
+    wait_for(
+        "recovery to requeue the dead pod's steps",
+        Duration::from_secs(30),
+        || {
+            long.iter()
+                .all(|id| {
+                    let s = obs.step(id);
+                    s.status == fleet_q_actors::StepStatus::Pending && s.retry_count == 1
+                })
+                .then_some(())
+        },
+    );
+    // Steps of another queue, submitted after, complete: the survivor claims
+    // while q is paused, and takes none of q.
+    let marker: Vec<String> = (0..5)
+        .map(|_| submit(&c, &survivor, json!({"type": "noop"})))
+        .collect();
+    for id in &marker {
+        obs.wait_completed(id, Duration::from_secs(30));
+    }
+    wait_for("two more claim rounds", Duration::from_secs(10), || {
+        let before = obs.stats().counts.completed;
+        let id = submit(&c, &survivor, json!({"type": "noop"}));
+        obs.wait_completed(&id, Duration::from_secs(10));
+        (obs.stats().counts.completed > before).then_some(())
+    });
+    for id in more.iter().chain(&long) {
+        let s = obs.step(id);
+        assert_eq!(
+            s.status,
+            fleet_q_actors::StepStatus::Pending,
+            "{id} started while paused"
+        );
+    }
+    let listed = cli(&survivor, &["queues"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("q ") && l.contains("paused")),
+        "{listed}"
+    );
+    // Resumed: the short ones run (the long ones start too).
+    cli(&survivor, &["resume", "q"]);
+    for id in &more {
+        obs.wait_completed(id, Duration::from_secs(30));
+    }
+    wait_for(
+        "the requeued steps to start",
+        Duration::from_secs(30),
+        || {
+            long.iter()
+                .all(|id| obs.step(id).attempt == 2)
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_small_queue_is_not_starved_by_a_busy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let pod = PodProc::start(
+        dir.path(),
+        &db,
+        "fair",
+        &[("FLEET_Q_MAX_PARALLELISM", "10".into())],
+    );
+    let c = client();
+    let big = (0..3000)
+        .map(|_| json!({"type": "sleep", "args": {"ms": 20}, "queue": "big"}))
+        .collect();
+    submit_many(&pod, big, 4);
+    let obs = Observer::open(&db);
+    let small: Vec<String> = (0..10)
+        .map(|_| submit(&c, &pod, json!({"type": "noop", "queue": "small"})))
+        .collect();
+    for id in &small {
+        obs.wait_completed(id, Duration::from_secs(30));
+    }
+    let left = obs
+        .block(obs.store.queues_list())
+        .unwrap()
+        .into_iter()
+        .find(|q| q.settings.name == "big")
+        .unwrap()
+        .pending;
+    assert!(
+        left > 1000,
+        "the small queue ran while the big one still had {left} waiting"
+    );
+}
+
+#[test]
+fn a_step_in_a_queue_another_pod_serves_runs_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let cpu = PodProc::start(
+        dir.path(),
+        &db,
+        "cpu",
+        &[("FLEET_Q_QUEUES", "cpu,default".into())],
+    );
+    let gpu = PodProc::start(dir.path(), &db, "gpu", &[("FLEET_Q_QUEUES", "gpu".into())]);
+    let c = client();
+    let obs = Observer::open(&db);
+    let ids: Vec<String> = (0..5)
+        .map(|_| submit(&c, &cpu, json!({"type": "noop", "queue": "gpu"})))
+        .collect();
+    for id in &ids {
+        let s = obs.wait_completed(id, Duration::from_secs(30));
+        assert_eq!(
+            s.claimed_by.as_deref(),
+            Some(gpu.id.as_str()),
+            "only the gpu pod serves gpu"
+        );
+        assert_eq!(s.queue, "gpu");
+    }
+    let v: Value = c
+        .get(cpu.url(&format!("/status/{}", ids[0])))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["queue"], "gpu", "/status shows the queue");
+    // A bad queue name is refused with every problem listed, and a bad subset
+    // setting stops a pod from starting.
+    let r = c
+        .post(cpu.url("/submit"))
+        .json(&json!({"type": "noop", "queue": "no spaces"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-q"))
+        .args(["serve", "--port", "0"])
+        .env("FLEET_Q_SQLITE_DB_PATH", dir.path().join("other.db"))
+        .env("FLEET_Q_QUEUES", "ok,not ok")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("FLEET_Q_QUEUES"));
+}
