@@ -16,7 +16,7 @@ use fleet_q_actors::{NewStep, Store};
 
 #[path = "support/store.rs"]
 mod support;
-use support::{claim_complete, noop_steps};
+use support::{claim_complete, noop_steps, noop_steps_in};
 
 /// Inserts `steps`, then claims and completes up to as many. Returns how many it
 /// completed (concurrent callers may take each other's steps).
@@ -57,6 +57,37 @@ fn bench_store(c: &mut Criterion) {
                     let t0 = Instant::now();
                     for steps in batches {
                         assert_eq!(pipeline(&store, steps).await, batch);
+                    }
+                    t0.elapsed()
+                })
+            })
+        });
+    }
+    // Queues with limits: batch 100 in the default queue under a
+    // max_concurrency (so each claim also counts the queue's claimed steps),
+    // and spread over four queues (each claim serves them in turn).
+    for (name, queues, limit) in [
+        ("100_limited_queue", vec!["default"], Some(10_000u32)),
+        ("100_four_queues", vec!["q0", "q1", "q2", "q3"], None),
+    ] {
+        group.throughput(Throughput::Elements(100));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let (_dir, store) = fresh_store(&rt);
+                for q in &queues {
+                    rt.block_on(store.queue_put(fleet_q_actors::QueueSettings {
+                        name: q.to_string(),
+                        paused: false,
+                        max_concurrency: limit,
+                    }))
+                    .expect("queue");
+                }
+                let batches: Vec<Vec<NewStep>> =
+                    (0..iters).map(|_| noop_steps_in(100, &queues)).collect();
+                rt.block_on(async {
+                    let t0 = Instant::now();
+                    for steps in batches {
+                        assert_eq!(pipeline(&store, steps).await, 100);
                     }
                     t0.elapsed()
                 })

@@ -15,10 +15,11 @@ use browser::Browser;
 use serde_json::{json, Value};
 use support::*;
 
-const PAGES: [(&str, &str); 4] = [
+const PAGES: [(&str, &str); 5] = [
     ("overview", "/ui"),
     ("steps", "/ui/steps"),
     ("failed", "/ui/failed"),
+    ("queues", "/ui/queues"),
     ("fleet", "/ui/fleet"),
 ];
 
@@ -172,6 +173,47 @@ fn the_dashboard_shows_the_fleet_filters_steps_and_retries_in_bulk() {
     for id in &ids[7..] {
         assert_eq!(obs.step(id).attempt, 2, "each retried step ran once more");
     }
+
+    // Queues: pause and resume a queue, set its limit, filter Steps by it.
+    let mail: Vec<String> = (0..2)
+        .map(|i| {
+            submit(
+                &c,
+                &a,
+                json!({"type": "noop", "queue": "mail", "args": {"n": i}, "delay_seconds": 3600}),
+            )
+        })
+        .collect();
+    web.goto(&a.url("/ui/queues"));
+    let row = "#queues tr[data-queue=mail]";
+    assert!(web.text(row).contains("running"));
+    web.click(&format!("{row} button.toggle"));
+    web.wait_text(row, "the queue pauses", |t| t.contains("paused"));
+    let q: Value = c
+        .get(a.url("/admin/queues/mail"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(q["paused"], true, "the page acted through the store: {q}");
+    web.type_into(&format!("{row} input[name=max_concurrency]"), "3");
+    web.click(&format!("{row} form.row button"));
+    web.wait_text(row, "the limit is saved", |t| t.contains('3'));
+    web.click(&format!("{row} button.toggle"));
+    web.wait_text(row, "the queue resumes", |t| t.contains("running"));
+    let q: Value = c
+        .get(a.url("/admin/queues/mail"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (q["paused"].clone(), q["max_concurrency"].clone()),
+        (json!(false), json!(3))
+    );
+    web.screenshot(&shots.join("queues-1280.png"));
+    web.goto(&a.url("/ui/steps?queue=mail"));
+    assert_eq!(rows(&web, "#steps"), mail.len(), "the queue filter");
 
     // Fleet: both pods, one leader.
     web.goto(&b.url("/ui/fleet"));

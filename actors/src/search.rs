@@ -51,6 +51,8 @@ pub struct StepFilter {
     /// Appears in the payload (type, args, metadata as JSON text) or the last
     /// error; case-sensitive substring.
     pub text: Option<String>,
+    /// In this queue.
+    pub queue: Option<String>,
 }
 
 impl StepFilter {
@@ -72,6 +74,9 @@ impl StepFilter {
         }
         if self.step_type.as_ref().is_some_and(|t| t.is_empty()) {
             p.push("type must not be empty".into());
+        }
+        if let Some(why) = self.queue.as_deref().and_then(crate::queue::name_problem) {
+            p.push(format!("queue {why}"));
         }
         if self.idempotency_key.as_ref().is_some_and(|k| k.is_empty()) {
             p.push("idempotency_key must not be empty".into());
@@ -100,6 +105,7 @@ impl StepFilter {
             && self.created_from.is_none_or(|t| step.created_ts >= t)
             && self.created_to.is_none_or(|t| step.created_ts < t)
             && self.text.as_deref().is_none_or(text_hit)
+            && self.queue.as_deref().is_none_or(|q| step.queue == q)
     }
 }
 

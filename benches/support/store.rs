@@ -1,6 +1,8 @@
 //! What the store benchmarks share: validated `noop` steps and one
 //! claim-and-complete round through the real SQLite store.
 
+#![allow(dead_code)] // each bench uses its own part of this file
+
 use fleet_q::storage::sqlite::SqliteStore;
 use fleet_q_actors::{ClaimParams, NewStep, StepSpec, Store};
 
@@ -11,6 +13,21 @@ pub fn noop_steps(n: usize) -> Vec<NewStep> {
             NewStep::new(StepSpec {
                 step_type: "noop".into(),
                 args: Some(serde_json::json!({ "n": i })),
+                ..Default::default()
+            })
+            .expect("valid")
+        })
+        .collect()
+}
+
+/// `n` validated `noop` steps spread round-robin over `queues`.
+pub fn noop_steps_in(n: usize, queues: &[&str]) -> Vec<NewStep> {
+    (0..n)
+        .map(|i| {
+            NewStep::new(StepSpec {
+                step_type: "noop".into(),
+                args: Some(serde_json::json!({ "n": i })),
+                queue: Some(queues[i % queues.len()].to_string()),
                 ..Default::default()
             })
             .expect("valid")

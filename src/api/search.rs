@@ -47,6 +47,8 @@ pub struct FilterQuery {
     pub created_to: Option<String>,
     /// Text in the payload or the last error (case-sensitive, 1-200 bytes).
     pub text: Option<String>,
+    /// Queue, exactly.
+    pub queue: Option<String>,
 }
 
 /// Paging of `GET /admin/steps`.
@@ -113,6 +115,9 @@ impl FilterQuery {
                 Err(_) => problems.push(format!("priority must be an integer, not {:?}", short(p))),
             }
         }
+        if let Some(q) = given(&self.queue) {
+            f.queue = Some(q.to_string());
+        }
         if let Some(k) = given(&self.key) {
             if k.len() > 255 {
                 problems.push("key must be at most 255 bytes".into());
@@ -171,6 +176,7 @@ impl FilterQuery {
             ("created_from", &self.created_from),
             ("created_to", &self.created_to),
             ("text", &self.text),
+            ("queue", &self.queue),
         ]
         .into_iter()
         .filter_map(|(k, v)| {

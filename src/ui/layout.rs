@@ -10,10 +10,11 @@ use maud::{html, Markup, DOCTYPE};
 use fleet_q_actors::throughput::Series;
 
 /// The navigation: `(path, label)`.
-pub const NAV: [(&str, &str); 4] = [
+pub const NAV: [(&str, &str); 5] = [
     ("/ui", "Overview"),
     ("/ui/steps", "Steps"),
     ("/ui/failed", "Failed"),
+    ("/ui/queues", "Queues"),
     ("/ui/fleet", "Fleet"),
 ];
 

@@ -57,6 +57,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, ui: UiConfig) {
         .route("/ui/steps/{id}/{action}", web::post().to(step_action))
         .route("/ui/failed", web::get().to(failed_page))
         .route("/ui/fleet", web::get().to(fleet_page))
+        .route("/ui/queues", web::get().to(queues_page))
+        .route("/ui/queues/{name}/{action}", web::post().to(queue_action))
         .route("/ui/bulk", web::post().to(bulk))
         .route("/ui/login", web::get().to(login_page))
         .route("/ui/login", web::post().to(login))
@@ -290,6 +292,95 @@ async fn failed_page(
     let body =
         html! { @if let Some(f) = flash(&req) { (f) } (steps::failed(&st, &c.viewer).await) };
     ok(page("Failed", "/ui/failed", &c.viewer, body), &c)
+}
+
+async fn queues_page(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    ui: web::Data<UiConfig>,
+) -> HttpResponse {
+    if let Some(r) = signed_out_redirect(&req, &st) {
+        return r;
+    }
+    let c = ctx(&req, &st, &ui);
+    let body =
+        html! { @if let Some(f) = flash(&req) { (f) } (pages::queues(&st, &c.viewer).await) };
+    ok(page("Queues", "/ui/queues", &c.viewer, body), &c)
+}
+
+#[derive(Deserialize)]
+struct QueueForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    max_concurrency: String,
+}
+
+async fn queue_action(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    ui: web::Data<UiConfig>,
+    path: web::Path<(String, String)>,
+    form: web::Form<QueueForm>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let c = ctx(&req, &st, &ui);
+    if let Some(r) = check_action(&req, &st, &c, &form.csrf) {
+        return r;
+    }
+    let (name, action) = path.into_inner();
+    if let Some(why) = fleet_q_actors::queue::name_problem(&name) {
+        return refusal(StatusCode::BAD_REQUEST, &format!("queue name {why}"), &c);
+    }
+    let done = match action.as_str() {
+        "pause" => st.pod.set_queue_paused(&name, true).await.map(|_| "paused"),
+        "resume" => st
+            .pod
+            .set_queue_paused(&name, false)
+            .await
+            .map(|_| "resumed"),
+        "limit" => {
+            let raw = form.max_concurrency.trim();
+            let max = if raw.is_empty() {
+                None
+            } else {
+                match raw.parse::<u32>() {
+                    Ok(m) if (1..=crate::api::routes::queues::MAX_CONCURRENCY).contains(&m) => {
+                        Some(m)
+                    }
+                    _ => return refusal(
+                        StatusCode::BAD_REQUEST,
+                        "The limit must be a whole number from 1 to 1000000, or empty for none.",
+                        &c,
+                    ),
+                }
+            };
+            let current = st
+                .pod
+                .queues()
+                .await
+                .ok()
+                .and_then(|qs| qs.into_iter().find(|q| q.settings.name == name))
+                .map(|q| q.settings)
+                .unwrap_or_else(|| fleet_q_actors::QueueSettings::new(name.clone()));
+            st.pod
+                .put_queue(fleet_q_actors::QueueSettings {
+                    max_concurrency: max,
+                    ..current
+                })
+                .await
+                .map(|_| "limited")
+        }
+        _ => return refusal(StatusCode::NOT_FOUND, "No such action.", &c),
+    };
+    match done {
+        Ok(d) => see_other(&format!("/ui/queues?done={d}&n=1")),
+        Err(e) => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("The store did not answer: {e}"),
+            &c,
+        ),
+    }
 }
 
 async fn fleet_page(

@@ -169,3 +169,49 @@ pub async fn fleet(st: &AppState) -> Markup {
         }
     }
 }
+
+/// The Queues page's body: every queue with its live counts, and (unless
+/// read-only) pause, resume and the concurrency limit.
+pub async fn queues(st: &AppState, viewer: &super::layout::Viewer) -> Markup {
+    let queues = match st.pod.queues().await {
+        Ok(q) => q,
+        Err(e) => return super::layout::message(false, &format!("The store did not answer: {e}")),
+    };
+    html! {
+        h1 { "Queues" }
+        p.muted { "Settings live in the store: every pod obeys a change from its next claim. Counts are live rows only." }
+        div.panel {
+            table id="queues" {
+                thead { tr { th { "queue" } th { "state" } th { "pending" } th { "claimed" } th { "max concurrency" } @if !viewer.read_only { th { "actions" } } } }
+                tbody {
+                    @for q in &queues {
+                        @let name = &q.settings.name;
+                        tr data-queue=(name) {
+                            td { a href={"/ui/steps?queue=" (name)} { (name) } }
+                            td { (status_badge(if q.settings.paused { "paused" } else { "running" })) }
+                            td { (q.pending) }
+                            td { (q.claimed) }
+                            td { (q.settings.max_concurrency.map(|m| m.to_string()).unwrap_or_else(|| "no limit".into())) }
+                            @if !viewer.read_only {
+                                td {
+                                    div.row {
+                                        form method="post" action={"/ui/queues/" (name) "/" (if q.settings.paused { "resume" } else { "pause" })} {
+                                            input type="hidden" name="csrf" value=(viewer.csrf);
+                                            button.secondary.toggle type="submit" { (if q.settings.paused { "Resume" } else { "Pause" }) }
+                                        }
+                                        form.row method="post" action={"/ui/queues/" (name) "/limit"} {
+                                            input type="hidden" name="csrf" value=(viewer.csrf);
+                                            label { "limit" input type="number" name="max_concurrency" min="1" max="1000000"
+                                                value=[q.settings.max_concurrency] placeholder="none" aria-label={"max concurrency of " (name)}; }
+                                            button.secondary type="submit" { "Set" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -31,6 +31,7 @@ pub fn filter_form(q: &FilterQuery) -> Markup {
                 }
             }
             (text_field("type", "type", &q.step_type, "text"))
+            (text_field("queue", "queue", &q.queue, "text"))
             (text_field("priority", "priority", &q.priority, "number"))
             (text_field("key", "idempotency key", &q.key, "text"))
             (text_field("id", "step id", &q.id, "text"))
@@ -47,7 +48,7 @@ fn step_rows(steps: &[Step], selectable: bool) -> Markup {
         table id="steps" {
             thead { tr {
                 @if selectable { th { input type="checkbox" id="select-all" aria-label="Select every step on this page"; } }
-                th { "step" } th { "type" } th { "status" } th.opt { "priority" } th.opt { "retries" } th.opt { "created" } th.opt { "last error" }
+                th { "step" } th { "type" } th.opt { "queue" } th { "status" } th.opt { "priority" } th.opt { "retries" } th.opt { "created" } th.opt { "last error" }
             } }
             tbody {
                 @for s in steps {
@@ -57,6 +58,7 @@ fn step_rows(steps: &[Step], selectable: bool) -> Markup {
                         }
                         td.mono { a href={"/ui/steps/" (s.step_id)} { (s.step_id) } }
                         td { (s.step_type()) }
+                        td.opt { (s.queue) }
                         td { (status_badge(&s.status.to_string())) }
                         td.opt { (s.priority) }
                         td.opt { (s.retry_count) "/" (s.max_retries) }
@@ -81,7 +83,8 @@ pub fn clip(s: &str, n: usize) -> String {
 fn hidden_filter(q: &FilterQuery) -> Markup {
     html! {
         @for (k, v) in [("status", &q.status), ("type", &q.step_type), ("priority", &q.priority), ("key", &q.key),
-                        ("id", &q.id), ("created_from", &q.created_from), ("created_to", &q.created_to), ("text", &q.text)] {
+                        ("id", &q.id), ("created_from", &q.created_from), ("created_to", &q.created_to), ("text", &q.text),
+                        ("queue", &q.queue)] {
             @if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) { input type="hidden" name={"filter." (k)} value=(v); }
         }
     }
@@ -167,6 +170,7 @@ pub async fn detail(st: &AppState, viewer: &Viewer, raw_id: &str, public_url: &s
             dl.kv id="step-fields" {
                 dt { "status" } dd { (status_badge(&step.status.to_string())) }
                 dt { "type" } dd { (step.step_type()) }
+                dt { "queue" } dd { a href={"/ui/steps?queue=" (step.queue)} { (step.queue) } }
                 dt { "priority" } dd { (step.priority) }
                 dt { "attempt" } dd { (step.attempt) }
                 dt { "retries" } dd { (step.retry_count) " of " (step.max_retries) }

@@ -46,6 +46,9 @@ fn filters(f: &StepFilter) -> String {
     if let Some(t) = &f.step_type {
         cond.push(format!("c.step_type = {}", sql::text(t)));
     }
+    if let Some(q) = &f.queue {
+        cond.push(format!("COALESCE(c.queue, 'default') = {}", sql::text(q)));
+    }
     if let Some(p) = f.priority {
         cond.push(format!("c.priority = {}", sql::int(p.into())));
     }

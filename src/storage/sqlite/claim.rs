@@ -111,17 +111,24 @@ pub(super) fn claim(
 }
 
 /// Creates the queues `names` name that have no row yet, in the insert's
-/// transaction; refuses to go past [`MAX_QUEUES`].
+/// transaction; refuses to go past [`MAX_QUEUES`]. `known` holds the names
+/// this process has seen stored (queues are never deleted), so an insert into
+/// a known queue sends no statement for it.
 pub(super) fn ensure_queues<'a>(
     c: &Connection,
+    known: &Mutex<HashSet<String>>,
     names: impl Iterator<Item = &'a str>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
     let op = "steps_insert";
     let mut added = false;
-    for name in names {
+    let names: Vec<&str> = {
+        let known = known.lock().expect("known queues");
+        names.filter(|n| !known.contains(*n)).collect()
+    };
+    for name in &names {
         let n = c
             .prepare_cached("INSERT OR IGNORE INTO QUEUES (name) VALUES (?1)")
-            .and_then(|mut st| st.execute([name]))
+            .and_then(|mut st| st.execute([*name]))
             .map_err(|e| map_err(op, e))?;
         added |= n > 0;
     }
@@ -136,7 +143,8 @@ pub(super) fn ensure_queues<'a>(
             ));
         }
     }
-    Ok(())
+    // Remembered once the transaction commits (see the caller).
+    Ok(names.into_iter().map(str::to_string).collect())
 }
 
 /// Every queue with its settings and live counts (live rows only).

@@ -56,6 +56,7 @@ impl SqliteStore {
         let writer = Writer::start(conn, commits, options.queue.max(1), identity);
         Ok(SqliteStore {
             claim_turn: AtomicUsize::new(0),
+            known_queues: Arc::new(Mutex::new(HashSet::new())),
             _checkpointer: checkpointer,
             readers: Arc::new(ReaderPool {
                 path: path.clone(),

@@ -85,6 +85,8 @@ pub struct SqliteStore {
     statements: Arc<AtomicU64>,
     /// Which eligible queue a claim serves first (rotates per claim).
     claim_turn: AtomicUsize,
+    /// Queue names known to have a row (see `claim::ensure_queues`).
+    known_queues: Arc<Mutex<HashSet<String>>>,
     /// Stops the checkpoint thread when the store goes.
     _checkpointer: Option<checkpoint::Checkpointer>,
 }

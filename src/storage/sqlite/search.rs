@@ -60,6 +60,10 @@ fn filters(f: &StepFilter, args: &mut Vec<SqlValue>) -> String {
         cond.push("step_type = ?".into());
         args.push(SqlValue::Text(t.clone()));
     }
+    if let Some(q) = &f.queue {
+        cond.push("queue = ?".into());
+        args.push(SqlValue::Text(q.clone()));
+    }
     if let Some(p) = f.priority {
         cond.push("priority = ?".into());
         args.push(SqlValue::Integer(p.into()));

@@ -70,7 +70,9 @@ impl Store for SqliteStore {
         if steps.is_empty() {
             return Ok(Vec::new());
         }
-        self.writer
+        let known = self.known_queues.clone();
+        let (inserted, made) = self
+            .writer
             .write_counted("steps_insert", move |c, now, totals| {
                 let op = "steps_insert";
                 let mut out: Vec<Option<Inserted>> = vec![None; steps.len()];
@@ -102,7 +104,7 @@ impl Store for SqliteStore {
                 let mut queues: Vec<&str> = steps.iter().map(|s| s.queue()).collect();
                 queues.sort_unstable();
                 queues.dedup();
-                claim::ensure_queues(c, queues.into_iter())?;
+                let made = claim::ensure_queues(c, &known, queues.into_iter())?;
                 for i in keyed {
                     let s = &steps[i];
                     let mut values = Vec::with_capacity(INSERT_PARAMS);
@@ -132,12 +134,20 @@ impl Store for SqliteStore {
                         created: n == 1,
                     });
                 }
-                Ok(out
-                    .into_iter()
-                    .map(|o| o.expect("every step answered"))
-                    .collect())
+                Ok((
+                    out.into_iter()
+                        .map(|o| o.expect("every step answered"))
+                        .collect::<Vec<_>>(),
+                    made,
+                ))
             })
-            .await
+            .await?;
+        // Remembered only once committed: a queue row that a failed
+        // transaction rolled back is made again by the next insert.
+        if !made.is_empty() {
+            self.known_queues.lock().expect("known queues").extend(made);
+        }
+        Ok(inserted)
     }
 
     async fn steps_claim(&self, p: ClaimParams) -> Result<Vec<Step>, StoreError> {

@@ -53,6 +53,9 @@ pub(crate) async fn search_finds_exactly_what_each_filter_matches(h: Harness) {
             if i == 5 {
                 s.idempotency_key = Some("key-five".into());
             }
+            if i % 4 == 1 {
+                s.queue = Some("mail".into());
+            }
         }));
     }
     let ids = insert(&h.a, steps).await;
@@ -160,6 +163,15 @@ pub(crate) async fn search_finds_exactly_what_each_filter_matches(h: Harness) {
         },
         StepFilter {
             text: Some("no such text anywhere".into()),
+            ..Default::default()
+        },
+        StepFilter {
+            queue: Some("mail".into()),
+            ..Default::default()
+        },
+        StepFilter {
+            queue: Some("default".into()),
+            status: Some(StepStatus::Pending),
             ..Default::default()
         },
     ];
