@@ -184,8 +184,10 @@ fn a_small_queue_is_not_starved_by_a_busy_one() {
         &[("FLEET_Q_MAX_PARALLELISM", "10".into())],
     );
     let c = client();
+    // Long enough that the busy queue stays busy however slowly the submits
+    // go: 8 slots (10 x 0.8) x 5 steps/s each.
     let big = (0..3000)
-        .map(|_| json!({"type": "sleep", "args": {"ms": 20}, "queue": "big"}))
+        .map(|_| json!({"type": "sleep", "args": {"ms": 200}, "queue": "big"}))
         .collect();
     submit_many(&pod, big, 4);
     let obs = Observer::open(&db);

@@ -178,10 +178,21 @@ pub fn fold_types<V: Default>(
     size: impl Fn(&V) -> u64,
     add: impl Fn(&mut V, &V),
 ) {
+    fold_named(map, keep, OTHER_TYPES, size, add)
+}
+
+/// [`fold_types`] with the name the rest is summed under (`other`).
+pub fn fold_named<V: Default>(
+    map: &mut BTreeMap<String, V>,
+    keep: usize,
+    other_name: &str,
+    size: impl Fn(&V) -> u64,
+    add: impl Fn(&mut V, &V),
+) {
     if map.len() <= keep {
         return;
     }
-    let mut other = map.remove(OTHER_TYPES).unwrap_or_default();
+    let mut other = map.remove(other_name).unwrap_or_default();
     let mut by_size: Vec<(u64, String)> = map.iter().map(|(k, v)| (size(v), k.clone())).collect();
     by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for (_, k) in by_size.into_iter().skip(keep.saturating_sub(1)) {
@@ -189,7 +200,7 @@ pub fn fold_types<V: Default>(
             add(&mut other, &v);
         }
     }
-    map.insert(OTHER_TYPES.to_string(), other);
+    map.insert(other_name.to_string(), other);
 }
 
 /// A snapshot of the queue.
@@ -201,6 +212,9 @@ pub struct QueueStats {
     pub pending_by_priority: BTreeMap<i32, u64>,
     /// Counts by status for each step type.
     pub by_type: BTreeMap<String, StatusCounts>,
+    /// Live counts (pending, claimed) for each queue that has live steps.
+    #[serde(default)]
+    pub by_queue: BTreeMap<String, StatusCounts>,
     /// Age of the oldest pending step that is due (`run_at <= now`), by store time.
     pub oldest_pending_age: Option<Duration>,
     /// Store time of the snapshot.
@@ -214,6 +228,13 @@ impl QueueStats {
         fold_types(
             &mut self.by_type,
             STATS_TYPES,
+            StatusCounts::total,
+            StatusCounts::merge,
+        );
+        fold_named(
+            &mut self.by_queue,
+            STATS_TYPES,
+            "(other queues)",
             StatusCounts::total,
             StatusCounts::merge,
         );

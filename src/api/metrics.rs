@@ -40,6 +40,15 @@ pub(crate) static QUEUE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["status"],
     )
 });
+pub(crate) static QUEUE_LIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    metrics::gauge_vec(
+        "fleet_q_queue_live_steps",
+        "Live steps (pending, claimed) by queue: the 50 queues with the most, the rest summed under \"(other queues)\".",
+        &["queue", "status"],
+    )
+});
+/// Most queues `fleet_q_queue_live_steps` names one by one.
+pub const MAX_QUEUES_SHOWN: usize = 50;
 pub(crate) static OLDEST: LazyLock<IntGauge> = LazyLock::new(|| {
     metrics::gauge(
         "fleet_q_queue_oldest_pending_age_seconds",
@@ -74,6 +83,7 @@ pub(crate) fn register_metrics() {
     LazyLock::force(&HTTP_LATENCY);
     LazyLock::force(&PENDING);
     LazyLock::force(&QUEUE);
+    LazyLock::force(&QUEUE_LIVE);
     LazyLock::force(&OLDEST);
     LazyLock::force(&ACTIVE_PODS);
     LazyLock::force(&CANCELLED);
@@ -97,6 +107,24 @@ pub(crate) async fn metrics_text(st: web::Data<AppState>) -> HttpResponse {
             ("cancelled", c.cancelled),
         ] {
             QUEUE.with_label_values(&[status]).set(n as i64);
+        }
+        // Queue names are bounded by the store (1,000) and folded here.
+        let mut by_queue = snap.stats.by_queue.clone();
+        fleet_q_actors::records::fold_named(
+            &mut by_queue,
+            MAX_QUEUES_SHOWN,
+            "(other queues)",
+            fleet_q_actors::StatusCounts::total,
+            fleet_q_actors::StatusCounts::merge,
+        );
+        QUEUE_LIVE.reset();
+        for (q, counts) in &by_queue {
+            QUEUE_LIVE
+                .with_label_values(&[q.as_str(), "pending"])
+                .set(counts.pending as i64);
+            QUEUE_LIVE
+                .with_label_values(&[q.as_str(), "claimed"])
+                .set(counts.claimed as i64);
         }
         OLDEST.set(
             snap.stats

@@ -34,18 +34,21 @@ impl SnowflakeStore {
                 op,
                 &format!(
                     "SELECT 'live' AS part, status AS status, step_type AS step_type, priority AS priority, \
-                       COUNT(*) AS n, \
+                       COALESCE(queue, 'default') AS queue, COUNT(*) AS n, \
                        MIN(CASE WHEN status = 'pending' AND run_at <= SYSDATE() THEN DATE_PART(EPOCH_MILLISECOND, run_at) END) AS ms \
-                     FROM STEP_TRACKER WHERE status IN ('pending', 'claimed') GROUP BY status, step_type, priority \
+                     FROM STEP_TRACKER WHERE status IN ('pending', 'claimed') \
+                     GROUP BY status, step_type, priority, COALESCE(queue, 'default') \
                      UNION ALL \
-                     SELECT 'done' AS part, status AS status, step_type AS step_type, 0 AS priority, COUNT(*) AS n, \
+                     SELECT 'done' AS part, status AS status, step_type AS step_type, 0 AS priority, \
+                       CAST(NULL AS VARCHAR) AS queue, COUNT(*) AS n, \
                        CAST(NULL AS NUMBER(19,0)) AS ms \
                      FROM STEP_TRACKER WHERE status IN ('completed', 'failed', 'cancelled') \
                        AND last_update_ts > DATEADD(millisecond, {from}, TO_TIMESTAMP_NTZ('1970-01-01 00:00:00')) \
                        AND last_update_ts <= DATEADD(millisecond, {neg_lag}, SYSDATE()) \
                      GROUP BY status, step_type \
                      UNION ALL \
-                     SELECT 'now' AS part, NULL AS status, NULL AS step_type, 0 AS priority, 0 AS n, \
+                     SELECT 'now' AS part, NULL AS status, NULL AS step_type, 0 AS priority, \
+                       CAST(NULL AS VARCHAR) AS queue, 0 AS n, \
                        DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS ms",
                     from = sql::int(from),
                     neg_lag = sql::int(-lag),
@@ -84,6 +87,11 @@ impl SnowflakeStore {
             }
             stats.counts.add(status, n);
             stats.by_type.entry(t).or_default().add(status, n);
+            stats
+                .by_queue
+                .entry(r.text("queue").unwrap_or_else(|| "default".into()))
+                .or_default()
+                .add(status, n);
             if status == StepStatus::Pending {
                 *stats
                     .pending_by_priority
@@ -166,10 +174,11 @@ impl SnowflakeStore {
         let rows = self
             .exec(
                 op,
-                "SELECT status AS status, step_type AS step_type, priority AS priority, COUNT(*) AS n, \
+                "SELECT status AS status, step_type AS step_type, priority AS priority, \
+                 COALESCE(queue, 'default') AS queue, COUNT(*) AS n, \
                  MIN(CASE WHEN status = 'pending' AND run_at <= SYSDATE() THEN DATE_PART(EPOCH_MILLISECOND, run_at) END) AS oldest_ms, \
                  MAX(DATE_PART(EPOCH_MILLISECOND, SYSDATE())) AS now_ms \
-                 FROM STEP_TRACKER GROUP BY status, step_type, priority",
+                 FROM STEP_TRACKER GROUP BY status, step_type, priority, COALESCE(queue, 'default')",
             )
             .await?;
         let now = match rows.first().and_then(|r| r.int("now_ms")) {
@@ -194,6 +203,13 @@ impl SnowflakeStore {
                 .entry(r.text("step_type").unwrap_or_default())
                 .or_default()
                 .add(status, n);
+            if matches!(status, StepStatus::Pending | StepStatus::Claimed) {
+                stats
+                    .by_queue
+                    .entry(r.text("queue").unwrap_or_else(|| "default".into()))
+                    .or_default()
+                    .add(status, n);
+            }
             if status == StepStatus::Pending {
                 *by_prio
                     .entry(r.int("priority").unwrap_or(0) as i32)

@@ -15,10 +15,10 @@ impl SqliteStore {
             c.execute_batch("BEGIN")?;
             let out = (|| {
                 let mut st = c.prepare_cached(&format!(
-                    "SELECT status, step_type, priority, COUNT(*), \
+                    "SELECT status, step_type, priority, queue, COUNT(*), \
                      MIN(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END) \
                      FROM STEP_TRACKER INDEXED BY step_tracker_live_q WHERE {LIVE} \
-                     GROUP BY status, step_type, priority"
+                     GROUP BY status, step_type, priority, queue"
                 ))?;
                 let mut rows = st.query([now])?;
                 let mut oldest: Option<i64> = None;
@@ -28,14 +28,16 @@ impl SqliteStore {
                     let status: StepStatus = status.parse().map_err(|e| bad_row("status", e))?;
                     let t: String = r.get(1)?;
                     let prio: i32 = r.get(2)?;
-                    let n: i64 = r.get(3)?;
+                    let queue: String = r.get(3)?;
+                    let n: i64 = r.get(4)?;
                     let n = n.max(0) as u64;
                     stats.counts.add(status, n);
                     stats.by_type.entry(t).or_default().add(status, n);
+                    stats.by_queue.entry(queue).or_default().add(status, n);
                     if status == StepStatus::Pending {
                         *by_prio.entry(prio).or_default() += n;
                     }
-                    if let Some(due) = r.get::<_, Option<i64>>(4)? {
+                    if let Some(due) = r.get::<_, Option<i64>>(5)? {
                         oldest = Some(oldest.map_or(due, |o| o.min(due)));
                     }
                 }

@@ -50,6 +50,11 @@ pub(crate) async fn queues_are_made_on_first_use_and_listed(h: Harness) {
     assert_eq!((mail.pending, mail.claimed), (1, 1));
     assert!(!mail.settings.paused && mail.settings.max_concurrency.is_none());
     assert!(list.iter().any(|q| q.settings.name == DEFAULT_QUEUE));
+    // Statistics carry the live counts per queue.
+    let stats = h.b.queue_stats().await.unwrap();
+    let mail = &stats.by_queue["mail"];
+    assert_eq!((mail.pending, mail.claimed), (1, 1));
+    assert_eq!(stats.by_queue[DEFAULT_QUEUE].pending, 1);
     for bad in [
         QueueSettings::new("no spaces"),
         QueueSettings {
