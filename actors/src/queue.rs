@@ -71,6 +71,20 @@ impl QueueSettings {
     }
 }
 
+impl QueueSettings {
+    /// Why these settings cannot be stored, if they cannot (every backend
+    /// refuses them alike).
+    pub fn problem(&self) -> Option<String> {
+        if let Some(why) = name_problem(&self.name) {
+            return Some(format!("queue name {why}"));
+        }
+        if self.max_concurrency == Some(0) {
+            return Some("max_concurrency must be at least 1 (pause the queue instead)".into());
+        }
+        None
+    }
+}
+
 /// A queue as `GET /admin/queues` shows it: its settings and its live counts
 /// (read through the live index: live rows only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

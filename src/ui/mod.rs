@@ -139,6 +139,13 @@ fn ok(markup: Markup, c: &Ctx) -> HttpResponse {
     respond(actix_web::http::StatusCode::OK, markup, c)
 }
 
+/// A whole page: the shell around `body`, with the notice a redirect after an
+/// action carries.
+fn shell(req: &HttpRequest, c: &Ctx, title: &str, current: &str, body: Markup) -> HttpResponse {
+    let body = html! { @if let Some(f) = flash(req) { (f) } (body) };
+    ok(page(title, current, &c.viewer, body), c)
+}
+
 /// Without a session (when a token is set): pages redirect to the sign-in.
 fn signed_out_redirect(req: &HttpRequest, st: &AppState) -> Option<HttpResponse> {
     if session::signed_in(req, st.admin_token.as_ref()) {
@@ -257,9 +264,13 @@ async fn steps_page(
     let p = web::Query::<PageQuery>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
-    let body =
-        html! { @if let Some(f) = flash(&req) { (f) } (steps::list(&st, &c.viewer, &q, &p).await) };
-    ok(page("Steps", "/ui/steps", &c.viewer, body), &c)
+    shell(
+        &req,
+        &c,
+        "Steps",
+        "/ui/steps",
+        steps::list(&st, &c.viewer, &q, &p).await,
+    )
 }
 
 async fn step_page(
@@ -276,8 +287,13 @@ async fn step_page(
         let info = req.connection_info();
         format!("{}://{}", info.scheme(), info.host())
     };
-    let body = html! { @if let Some(f) = flash(&req) { (f) } (steps::detail(&st, &c.viewer, &id, &url).await) };
-    ok(page("Step", "/ui/steps", &c.viewer, body), &c)
+    shell(
+        &req,
+        &c,
+        "Step",
+        "/ui/steps",
+        steps::detail(&st, &c.viewer, &id, &url).await,
+    )
 }
 
 async fn failed_page(
@@ -289,9 +305,13 @@ async fn failed_page(
         return r;
     }
     let c = ctx(&req, &st, &ui);
-    let body =
-        html! { @if let Some(f) = flash(&req) { (f) } (steps::failed(&st, &c.viewer).await) };
-    ok(page("Failed", "/ui/failed", &c.viewer, body), &c)
+    shell(
+        &req,
+        &c,
+        "Failed",
+        "/ui/failed",
+        steps::failed(&st, &c.viewer).await,
+    )
 }
 
 async fn queues_page(
@@ -303,9 +323,13 @@ async fn queues_page(
         return r;
     }
     let c = ctx(&req, &st, &ui);
-    let body =
-        html! { @if let Some(f) = flash(&req) { (f) } (pages::queues(&st, &c.viewer).await) };
-    ok(page("Queues", "/ui/queues", &c.viewer, body), &c)
+    shell(
+        &req,
+        &c,
+        "Queues",
+        "/ui/queues",
+        pages::queues(&st, &c.viewer).await,
+    )
 }
 
 #[derive(Deserialize)]

@@ -223,14 +223,8 @@ impl Store for SnowflakeStore {
     }
 
     async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
-        if let Some(why) = fleet_q_actors::queue::name_problem(&settings.name) {
-            return Err(StoreError::fatal("queue_put", format!("queue name {why}")));
-        }
-        if settings.max_concurrency == Some(0) {
-            return Err(StoreError::fatal(
-                "queue_put",
-                "max_concurrency must be at least 1 (pause the queue instead)",
-            ));
+        if let Some(why) = settings.problem() {
+            return Err(StoreError::fatal("queue_put", why));
         }
         self.put_queue(&settings).await?;
         Ok(settings)

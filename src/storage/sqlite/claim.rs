@@ -5,7 +5,7 @@
 
 use super::*;
 
-use fleet_q_actors::queue::{name_problem, QueueInfo, QueueSettings, MAX_QUEUES};
+use fleet_q_actors::queue::{QueueInfo, QueueSettings, MAX_QUEUES};
 
 /// The claim statement for one queue: its `?4` oldest-highest due steps.
 fn claim_sql() -> String {
@@ -188,17 +188,6 @@ pub(super) fn list(c: &Connection) -> rusqlite::Result<Vec<QueueInfo>> {
         })
     })
     .collect()
-}
-
-/// Why these settings cannot be stored, if they cannot.
-pub(super) fn settings_problem(s: &QueueSettings) -> Option<String> {
-    if let Some(why) = name_problem(&s.name) {
-        return Some(format!("queue name {why}"));
-    }
-    if s.max_concurrency == Some(0) {
-        return Some("max_concurrency must be at least 1 (pause the queue instead)".into());
-    }
-    None
 }
 
 /// Upserts a queue's settings.

@@ -331,7 +331,7 @@ impl Store for SqliteStore {
     }
 
     async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
-        if let Some(why) = claim::settings_problem(&settings) {
+        if let Some(why) = settings.problem() {
             return Err(StoreError::fatal("queue_put", why));
         }
         let s = settings.clone();
