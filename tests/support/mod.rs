@@ -156,9 +156,13 @@ impl PodProc {
     /// `/health` once the pod answers and its heartbeat is healthy.
     pub fn wait_healthy(&self) -> Value {
         let c = client();
+        // A pod is healthy after its schema check and first heartbeat. On the
+        // Snowflake emulator the schema check's DDL runs alone (each waits for
+        // every other statement to finish): a pod restarted in the middle of a
+        // chaos test on a loaded 2-core machine was seen to need over 30 s.
         wait_for(
             &format!("{} to be healthy", self.name),
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             || {
                 let h: Value = c.get(self.url("/health")).send().ok()?.json().ok()?;
                 (h["heartbeat_healthy"] == json!(true)).then_some(h)
