@@ -193,13 +193,23 @@ impl Browser {
         }
     }
 
-    /// The rendered text of the element matching `css`.
+    /// The rendered text of the element matching `css`. The overview replaces
+    /// its live part every 2 s, so an element found may be gone ("stale")
+    /// when its text is asked for: then it is found again.
     pub fn text(&self, css: &str) -> String {
-        let el = self.wait(css);
-        self.call(reqwest::Method::GET, &format!("/element/{el}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let el = self.wait(css);
+            if let Some(t) =
+                self.try_call(reqwest::Method::GET, &format!("/element/{el}/text"), None)
+            {
+                return t.as_str().unwrap_or_default().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the text of {css} could not be read"
+            );
+        }
     }
 
     /// Clicks the element matching `css`.
