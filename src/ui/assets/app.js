@@ -18,8 +18,15 @@
         })
         .catch(function () {});
     };
-    var start = function () { if (!timer) timer = setInterval(refresh, 2000); };
-    var stop = function () { if (timer) { clearInterval(timer); timer = null; } };
+    // data-polling says whether the 2 s refresh runs (tests read it).
+    var start = function () {
+      if (!timer) timer = setInterval(refresh, 2000);
+      live.setAttribute("data-polling", "on");
+    };
+    var stop = function () {
+      if (timer) { clearInterval(timer); timer = null; }
+      live.setAttribute("data-polling", "off");
+    };
     document.addEventListener("visibilitychange", function () {
       if (document.hidden) { stop(); } else { refresh(); start(); }
     });
