@@ -69,7 +69,7 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Every queue: paused, limit, pending, claimed (admin).
+    /// Every queue: paused, limits, pending, claimed, starts in the last minute (admin).
     Queues {
         /// Which pod, and the output form.
         #[command(flatten)]
@@ -225,8 +225,12 @@ fn path_segment(name: &str) -> Result<&str, String> {
 }
 
 fn queue_line(q: &Value) -> String {
+    let rate = match (&q["rate_per_second"], &q["burst"]) {
+        (Value::Null, _) => "-".to_string(),
+        (r, b) => format!("{}/s burst {}", s(r), s(b)),
+    };
     format!(
-        "{:<30} {:<8} limit {:<8} pending {:<8} claimed {}\n",
+        "{:<30} {:<8} limit {:<8} rate {:<18} pending {:<8} claimed {:<8} started/min {}\n",
         s(&q["name"]),
         if q["paused"] == json!(true) {
             "paused"
@@ -234,8 +238,10 @@ fn queue_line(q: &Value) -> String {
             "running"
         },
         s(&q["max_concurrency"]),
+        rate,
         s(&q["pending"]),
-        s(&q["claimed"])
+        s(&q["claimed"]),
+        s(&q["started_last_minute"])
     )
 }
 

@@ -41,6 +41,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         },
         store_retry: s.store_retry(),
         queues: s.queues.clone(),
+        create_queues: s.create_queues,
         ledger_path: s.ledger_path.clone(),
         restart_budget: fleet_q_actors::supervision::RestartBudget {
             max_restarts: s.actor_restart_limit,

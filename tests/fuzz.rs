@@ -63,7 +63,7 @@ proptest! {
                 prop_assert!(fleet_q_actors::queue::name_problem(s.queue()).is_none());
                 prop_assert!(!step_type.is_empty() && step_type.len() <= 128);
                 prop_assert!((-1000..=1000).contains(&s.priority()));
-                prop_assert!(s.max_retries() <= 10);
+                prop_assert!(s.max_retries().unwrap_or(0) <= 10);
                 prop_assert!(s.payload_json().len() <= MAX_PAYLOAD_BYTES);
                 let back: Value = serde_json::from_str(s.payload_json()).unwrap();
                 prop_assert_eq!(&back["type"], &json!(step_type));

@@ -235,7 +235,7 @@ pub struct NewStep {
     payload: Payload,
     payload_json: String,
     priority: i32,
-    max_retries: u32,
+    max_retries: Option<u32>,
     run_at: RunAt,
     idempotency_key: Option<String>,
     timeout: Option<Duration>,
@@ -302,8 +302,8 @@ impl NewStep {
                 ),
             ));
         }
-        let max_retries = spec.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
-        if !MAX_RETRIES_RANGE.contains(&max_retries) {
+        let max_retries = spec.max_retries;
+        if let Some(max_retries) = max_retries.filter(|m| !MAX_RETRIES_RANGE.contains(m)) {
             errors.push(ValidationError::new(
                 "max_retries",
                 format!(
@@ -414,8 +414,9 @@ impl NewStep {
     pub fn priority(&self) -> i32 {
         self.priority
     }
-    /// Retries allowed after the first attempt.
-    pub fn max_retries(&self) -> u32 {
+    /// Retries allowed after the first attempt, as submitted (`None`: the
+    /// queue's default, else [`DEFAULT_MAX_RETRIES`]; the store resolves it).
+    pub fn max_retries(&self) -> Option<u32> {
         self.max_retries
     }
     /// When it may first run.
@@ -472,6 +473,10 @@ pub struct Step {
     /// The queue.
     #[serde(default = "default_queue")]
     pub queue: String,
+    /// When its latest claim started it, by the store's clock (`None`: never
+    /// claimed).
+    #[serde(default)]
+    pub started_ts: Option<DateTime<Utc>>,
 }
 
 fn default_queue() -> String {
@@ -514,7 +519,7 @@ mod tests {
     fn accepts_a_minimal_step_with_defaults() {
         let s = NewStep::new(spec("noop")).unwrap();
         assert_eq!(s.priority(), 0);
-        assert_eq!(s.max_retries(), DEFAULT_MAX_RETRIES);
+        assert_eq!(s.max_retries(), None);
         assert_eq!(
             s.payload_json(),
             r#"{"type":"noop","args":{},"metadata":{}}"#

@@ -410,6 +410,11 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or replaces a queue's settings; returns them as stored.
     async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError>;
 
+    /// Pauses or resumes a queue, leaving its other settings as they are (one
+    /// write, so a concurrent change of its limits is never undone); a queue
+    /// that does not exist yet is created with the defaults.
+    async fn queue_pause(&self, name: &str, paused: bool) -> Result<(), StoreError>;
+
     /// Failed steps in id order, a page at a time.
     async fn steps_failed_list(&self, params: PageParams) -> Result<Vec<Step>, StoreError>;
 

@@ -198,6 +198,8 @@ pub struct StepView {
     pub timeout_seconds: Option<f64>,
     /// The queue.
     pub queue: String,
+    /// When its latest claim started it (store time); null until claimed.
+    pub started_ts: Option<DateTime<Utc>>,
 }
 
 impl From<Step> for StepView {
@@ -219,6 +221,7 @@ impl From<Step> for StepView {
             idempotency_key: s.idempotency_key,
             timeout_seconds: s.timeout_ms.map(|t| t as f64 / 1000.0),
             queue: s.queue,
+            started_ts: s.started_ts,
         }
     }
 }

@@ -144,6 +144,7 @@ keys! {
     HttpMaxConnections "http_max_connections" = "1024", Int { min: 16, max: 100_000 }, false, "open HTTP connections past which requests get 503 (probes excepted), 16 to 100000";
     HttpMaxResultBytes "http_max_result_bytes" = "65536", Int { min: 1024, max: 16 * 1024 * 1024 }, false, "largest response the `http` handler stores as a step's result (larger fails the step), 1024 to 16777216";
     Queues "queues" = "", Text, false, "comma-separated queues this pod claims from (e.g. `gpu,batch`); empty: every queue";
+    CreateQueues "create_queues" = "on", OneOf(&["on", "off"]), false, "`on`: a submit to a queue that does not exist creates it with the defaults; `off`: such a submit is refused (400) and queues are made by `PUT /admin/queues/{name}`";
     Ui "ui" = "on", OneOf(&["on", "off"]), false, "`on` serves the web dashboard at `/ui` (`/` redirects there); `off` leaves both unrouted";
     UiReadOnly "ui_read_only" = "off", OneOf(&["on", "off"]), false, "`on` hides the dashboard's actions and the server refuses them";
 }

@@ -134,6 +134,8 @@ pub struct Settings {
     pub http_max_result_bytes: usize,
     /// The queues this pod claims from (`None`: every queue).
     pub queues: Option<Vec<String>>,
+    /// A submit may create a queue that does not exist.
+    pub create_queues: bool,
     /// Serve the dashboard.
     pub ui: bool,
     /// The dashboard shows no actions and refuses them.
@@ -241,6 +243,7 @@ impl Settings {
                 .as_ref()
                 .map(|q| q.join(","))
                 .unwrap_or_default(),
+            Key::CreateQueues => on_off(self.create_queues),
             Key::Ui => on_off(self.ui),
             Key::UiReadOnly => on_off(self.ui_read_only),
         }

@@ -376,6 +376,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         }
         names
     });
+    let create_queues = p.choice(Key::CreateQueues) == "on";
     let ui = p.choice(Key::Ui) == "on";
     let ui_read_only = p.choice(Key::UiReadOnly) == "on";
     let ledger_path = match p.opt(Key::LedgerPath).as_deref() {
@@ -420,6 +421,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         http_max_connections,
         http_max_result_bytes,
         queues,
+        create_queues,
         ui,
         ui_read_only,
         ledger_path,

@@ -338,6 +338,10 @@ struct QueueForm {
     csrf: String,
     #[serde(default)]
     max_concurrency: String,
+    #[serde(default)]
+    rate_per_second: String,
+    #[serde(default)]
+    burst: String,
 }
 
 async fn queue_action(
@@ -364,21 +368,7 @@ async fn queue_action(
             .await
             .map(|_| "resumed"),
         "limit" => {
-            let raw = form.max_concurrency.trim();
-            let max = if raw.is_empty() {
-                None
-            } else {
-                match raw.parse::<u32>() {
-                    Ok(m) if (1..=crate::api::routes::queues::MAX_CONCURRENCY).contains(&m) => {
-                        Some(m)
-                    }
-                    _ => return refusal(
-                        StatusCode::BAD_REQUEST,
-                        "The limit must be a whole number from 1 to 1000000, or empty for none.",
-                        &c,
-                    ),
-                }
-            };
+            // The form sets the limits; the queue's other settings stay.
             let current = st
                 .pod
                 .queues()
@@ -387,13 +377,50 @@ async fn queue_action(
                 .and_then(|qs| qs.into_iter().find(|q| q.settings.name == name))
                 .map(|q| q.settings)
                 .unwrap_or_else(|| fleet_q_actors::QueueSettings::new(name.clone()));
-            st.pod
-                .put_queue(fleet_q_actors::QueueSettings {
-                    max_concurrency: max,
-                    ..current
-                })
-                .await
-                .map(|_| "limited")
+            let field = |raw: &str| -> Result<Option<f64>, ()> {
+                let raw = raw.trim();
+                if raw.is_empty() {
+                    return Ok(None);
+                }
+                raw.parse::<f64>().map(Some).map_err(|_| ())
+            };
+            let (Ok(max), Ok(rate), Ok(burst)) = (
+                field(&form.max_concurrency),
+                field(&form.rate_per_second),
+                field(&form.burst),
+            ) else {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "Limits must be numbers, or empty for none.",
+                    &c,
+                );
+            };
+            let whole = |v: Option<f64>| -> Result<Option<u32>, ()> {
+                match v {
+                    None => Ok(None),
+                    Some(x) if x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&x) => {
+                        Ok(Some(x as u32))
+                    }
+                    Some(_) => Err(()),
+                }
+            };
+            let (Ok(max), Ok(burst)) = (whole(max), whole(burst)) else {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "The concurrency limit and the burst must be whole numbers.",
+                    &c,
+                );
+            };
+            let wanted = fleet_q_actors::QueueSettings {
+                max_concurrency: max,
+                rate_per_second: rate,
+                burst,
+                ..current
+            };
+            if let Some(why) = wanted.problem() {
+                return refusal(StatusCode::BAD_REQUEST, &format!("Not set: {why}."), &c);
+            }
+            st.pod.put_queue(wanted).await.map(|_| "limited")
         }
         _ => return refusal(StatusCode::NOT_FOUND, "No such action.", &c),
     };

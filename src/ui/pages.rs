@@ -170,8 +170,37 @@ pub async fn fleet(st: &AppState) -> Markup {
     }
 }
 
-/// The Queues page's body: every queue with its live counts, and (unless
-/// read-only) pause, resume and the concurrency limit.
+fn rate_text(s: &fleet_q_actors::QueueSettings) -> String {
+    match (s.rate_per_second, s.burst_or_default()) {
+        (Some(r), Some(b)) => format!("{r}/s, burst {b}"),
+        _ => "no limit".into(),
+    }
+}
+
+fn defaults_text(s: &fleet_q_actors::QueueSettings) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = s.max_retries {
+        parts.push(format!("{m} retries"));
+    }
+    if let Some(t) = s.timeout {
+        parts.push(format!("timeout {}s", t.as_secs_f64()));
+    }
+    if let Some(b) = s.backoff {
+        parts.push(format!("backoff {}s", b.as_secs_f64()));
+    }
+    if let Some(b) = s.backoff_max {
+        parts.push(format!("backoff max {}s", b.as_secs_f64()));
+    }
+    if parts.is_empty() {
+        "pod defaults".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The Queues page's body: every queue with its live counts, starts in the
+/// last minute, limits and step defaults, and (unless read-only) pause,
+/// resume and the concurrency and rate limits.
 pub async fn queues(st: &AppState, viewer: &super::layout::Viewer) -> Markup {
     let queues = match st.pod.queues().await {
         Ok(q) => q,
@@ -179,10 +208,10 @@ pub async fn queues(st: &AppState, viewer: &super::layout::Viewer) -> Markup {
     };
     html! {
         h1 { "Queues" }
-        p.muted { "Settings live in the store: every pod obeys a change from its next claim. Counts are live rows only." }
+        p.muted { "Settings live in the store: every pod obeys a change from its next claim. Counts are live rows only; starts are those of the last minute. A rate limit is a token bucket: at most burst + rate × seconds starts in any window." }
         div.panel {
             table id="queues" {
-                thead { tr { th { "queue" } th { "state" } th { "pending" } th { "claimed" } th { "max concurrency" } @if !viewer.read_only { th { "actions" } } } }
+                thead { tr { th { "queue" } th { "state" } th { "pending" } th { "claimed" } th { "started / min" } th { "max concurrency" } th { "rate limit" } th { "step defaults" } @if !viewer.read_only { th { "actions" } } } }
                 tbody {
                     @for q in &queues {
                         @let name = &q.settings.name;
@@ -191,7 +220,10 @@ pub async fn queues(st: &AppState, viewer: &super::layout::Viewer) -> Markup {
                             td { (status_badge(if q.settings.paused { "paused" } else { "running" })) }
                             td { (q.pending) }
                             td { (q.claimed) }
+                            td.started { (q.started_last_minute) }
                             td { (q.settings.max_concurrency.map(|m| m.to_string()).unwrap_or_else(|| "no limit".into())) }
+                            td.rate { (rate_text(&q.settings)) }
+                            td.muted { (defaults_text(&q.settings)) }
                             @if !viewer.read_only {
                                 td {
                                     div.row {
@@ -203,6 +235,10 @@ pub async fn queues(st: &AppState, viewer: &super::layout::Viewer) -> Markup {
                                             input type="hidden" name="csrf" value=(viewer.csrf);
                                             label { "limit" input type="number" name="max_concurrency" min="1" max="1000000"
                                                 value=[q.settings.max_concurrency] placeholder="none" aria-label={"max concurrency of " (name)}; }
+                                            label { "rate/s" input type="number" name="rate_per_second" min="0.001" max="100000" step="any"
+                                                value=[q.settings.rate_per_second] placeholder="none" aria-label={"rate per second of " (name)}; }
+                                            label { "burst" input type="number" name="burst" min="1" max="100000"
+                                                value=[q.settings.burst] placeholder="auto" aria-label={"burst of " (name)}; }
                                             button.secondary type="submit" { "Set" }
                                         }
                                     }

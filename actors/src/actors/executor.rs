@@ -431,6 +431,7 @@ mod tests {
             result: None,
             timeout_ms: None,
             queue: "default".into(),
+            started_ts: Some(now),
         };
         StepContext {
             attempt: 1,

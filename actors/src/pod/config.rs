@@ -48,6 +48,9 @@ pub struct PodConfig {
     pub store_retry: RetryPolicy,
     /// The queues this pod claims from (`None`: every queue).
     pub queues: Option<Vec<String>>,
+    /// Whether a submit may create a queue that does not exist yet (`false`:
+    /// such a submit is refused; see [`crate::queue`]).
+    pub create_queues: bool,
     /// Recovery ledger file (`None`: in memory).
     pub ledger_path: Option<PathBuf>,
     /// Recovery cycles kept in the ledger.
@@ -82,6 +85,7 @@ impl Default for PodConfig {
             step_backoff: Backoff::default(),
             store_retry: RetryPolicy::default(),
             queues: None,
+            create_queues: true,
             ledger_path: None,
             recovery_cycles_kept: 20,
             restart_budget: RestartBudget::default(),

@@ -136,6 +136,9 @@ pub struct Pod {
     recovery: Addr<RecoveryActor>,
     ledger: Ledger,
     store: Arc<dyn Store>,
+    /// Queues seen to exist (queues are never deleted), so that with
+    /// `create_queues` off a submit to a known queue costs no extra read.
+    known_queues: std::sync::Mutex<std::collections::HashSet<String>>,
     _handlers_rt: Arc<HandlerRuntime>,
 }
 
@@ -202,6 +205,7 @@ impl Pod {
             recovery,
             ledger,
             store,
+            known_queues: Default::default(),
             _handlers_rt: rt,
         })
     }
@@ -251,19 +255,37 @@ impl Pod {
 
     /// Pauses or resumes a queue, keeping its other settings (a queue that
     /// does not exist yet is created).
-    pub async fn set_queue_paused(
-        &self,
-        name: &str,
-        paused: bool,
-    ) -> Result<QueueSettings, StoreError> {
-        let current = self
-            .queues()
-            .await?
-            .into_iter()
-            .find(|q| q.settings.name == name)
-            .map(|q| q.settings)
-            .unwrap_or_else(|| QueueSettings::new(name));
-        self.put_queue(QueueSettings { paused, ..current }).await
+    pub async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<(), StoreError> {
+        self.storage
+            .send(PauseQueue(name.to_string(), paused))
+            .await
+            .map_err(Self::storage_down)?
+    }
+
+    /// The queues among `names` a submit may not use: with `create_queues`
+    /// on, none; else those that do not exist (one store read, only when a
+    /// name has not been seen to exist before).
+    pub async fn refused_queues(&self, names: &[&str]) -> Result<Vec<String>, StoreError> {
+        if self.cfg.create_queues {
+            return Ok(Vec::new());
+        }
+        let unseen = |known: &std::collections::HashSet<String>| -> Vec<String> {
+            let mut v: Vec<String> = names
+                .iter()
+                .filter(|n| !known.contains(**n))
+                .map(|n| n.to_string())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        if unseen(&self.known_queues.lock().expect("known queues")).is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = self.queues().await?;
+        let mut known = self.known_queues.lock().expect("known queues");
+        known.extend(all.into_iter().map(|q| q.settings.name));
+        Ok(unseen(&known))
     }
 
     /// A page of a step search (see [`crate::search`]): at most

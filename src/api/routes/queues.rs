@@ -18,23 +18,51 @@ pub struct QueueView {
     pub name: String,
     /// No step of a paused queue is claimed.
     pub paused: bool,
-    /// Most steps of this queue claimed at once across the fleet (absent: no
+    /// Most steps of this queue claimed at once across the fleet (null: no
     /// limit).
     pub max_concurrency: Option<u32>,
+    /// Steps started per second across the fleet (null: no limit).
+    pub rate_per_second: Option<f64>,
+    /// The rate bucket's size in force (the one set, else the rate rounded
+    /// up); null without a rate.
+    pub burst: Option<u32>,
+    /// Retries for steps submitted without `max_retries` (null: 3).
+    pub max_retries: Option<u32>,
+    /// Handler timeout for steps submitted without one (null: the pod's).
+    pub timeout_seconds: Option<f64>,
+    /// First retry delay of this queue's steps, doubling per retry (null: the
+    /// pod's).
+    pub retry_backoff_seconds: Option<f64>,
+    /// Cap on this queue's retry delays (null: the pod's).
+    pub retry_backoff_max_seconds: Option<f64>,
     /// Steps waiting.
     pub pending: u64,
     /// Steps claimed now.
     pub claimed: u64,
+    /// Steps started in the last minute (SQLite: estimated from per-minute
+    /// counters; Snowflake: counted).
+    pub started_last_minute: u64,
+    /// `started_last_minute` per second.
+    pub rate_last_minute: f64,
 }
 
 impl From<QueueInfo> for QueueView {
     fn from(q: QueueInfo) -> Self {
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
         QueueView {
+            burst: q.settings.burst_or_default(),
             name: q.settings.name,
             paused: q.settings.paused,
             max_concurrency: q.settings.max_concurrency,
+            rate_per_second: q.settings.rate_per_second,
+            max_retries: q.settings.max_retries,
+            timeout_seconds: secs(q.settings.timeout),
+            retry_backoff_seconds: secs(q.settings.backoff),
+            retry_backoff_max_seconds: secs(q.settings.backoff_max),
             pending: q.pending,
             claimed: q.claimed,
+            started_last_minute: q.started_last_minute,
+            rate_last_minute: (q.started_last_minute as f64 / 60.0 * 100.0).round() / 100.0,
         }
     }
 }
@@ -46,8 +74,9 @@ pub struct QueuesResponse {
     pub queues: Vec<QueueView>,
 }
 
-/// `PUT /admin/queues/{name}`: the queue's whole settings.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `PUT /admin/queues/{name}`: the queue's whole settings (a field left out
+/// is unset: no limit, or the pod's default).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueBody {
     /// Paused (default false).
@@ -57,10 +86,66 @@ pub struct QueueBody {
     /// no limit.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Steps started per second across the fleet (more than 0, at most
+    /// 100,000; fractions allowed: 0.5 is one every 2 s); absent: no limit.
+    #[serde(default)]
+    pub rate_per_second: Option<f64>,
+    /// Most steps started at once after a quiet spell, 1 to 100,000 (needs a
+    /// rate); absent: the rate rounded up.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Retries (0 to 10) for steps submitted without `max_retries`.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Handler timeout (seconds, at most 86,400) for steps submitted without one.
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+    /// First retry delay (seconds, 0.001 to 86,400), doubling per retry.
+    #[serde(default)]
+    pub retry_backoff_seconds: Option<f64>,
+    /// Cap on retry delays (seconds, at least `retry_backoff_seconds`).
+    #[serde(default)]
+    pub retry_backoff_max_seconds: Option<f64>,
 }
 
-/// Largest `max_concurrency`.
-pub const MAX_CONCURRENCY: u32 = 1_000_000;
+impl QueueBody {
+    /// The settings this body asks for, or every problem with it.
+    pub fn settings(&self, name: &str) -> Result<QueueSettings, String> {
+        let mut problems = Vec::new();
+        let mut secs = |what: &str, v: Option<f64>| -> Option<std::time::Duration> {
+            let v = v?;
+            match std::time::Duration::try_from_secs_f64(v) {
+                Ok(d) if v.is_finite() => Some(d),
+                _ => {
+                    problems.push(format!("{what} must be a number of seconds above 0"));
+                    None
+                }
+            }
+        };
+        let timeout = secs("timeout_seconds", self.timeout_seconds);
+        let backoff = secs("retry_backoff_seconds", self.retry_backoff_seconds);
+        let backoff_max = secs("retry_backoff_max_seconds", self.retry_backoff_max_seconds);
+        let settings = QueueSettings {
+            name: name.to_string(),
+            paused: self.paused,
+            max_concurrency: self.max_concurrency,
+            rate_per_second: self.rate_per_second,
+            burst: self.burst,
+            max_retries: self.max_retries,
+            timeout,
+            backoff,
+            backoff_max,
+        };
+        if let Some(why) = settings.problem() {
+            problems.push(why);
+        }
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
 
 fn check_name(name: &str, req: &HttpRequest) -> Result<(), ApiError> {
     match fleet_q_actors::queue::name_problem(name) {
@@ -121,27 +206,11 @@ pub(crate) async fn put(
     body: web::Json<QueueBody>,
 ) -> ApiResult {
     require_admin(&req, &st)?;
-    let mut problems = Vec::new();
-    if let Some(why) = fleet_q_actors::queue::name_problem(&name) {
-        problems.push(format!("queue name {why}"));
-    }
-    if body
-        .max_concurrency
-        .is_some_and(|m| m == 0 || m > MAX_CONCURRENCY)
-    {
-        problems.push(format!(
-            "max_concurrency must be 1 to {MAX_CONCURRENCY} (pause the queue to stop it)"
-        ));
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems.join("; "), &req));
-    }
+    let settings = body
+        .settings(&name)
+        .map_err(|why| ApiError::validation(why, &req))?;
     st.pod
-        .put_queue(QueueSettings {
-            name: name.to_string(),
-            paused: body.paused,
-            max_concurrency: body.max_concurrency,
-        })
+        .put_queue(settings)
         .await
         .map_err(|e| ApiError::store(&e, &req))?;
     view(&st, &name, &req).await

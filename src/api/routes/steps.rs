@@ -11,6 +11,31 @@ use crate::api::dto::{
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::AppState;
 
+/// With `FLEET_Q_CREATE_QUEUES=off`, a submit naming a queue that does not
+/// exist is refused whole (400), before anything is stored.
+async fn refuse_unknown_queues(
+    st: &AppState,
+    names: &[&str],
+    req: &HttpRequest,
+) -> Result<(), ApiError> {
+    let unknown = st
+        .pod
+        .refused_queues(names)
+        .await
+        .map_err(|e| ApiError::store(&e, req))?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::validation(
+        format!(
+            "queue {} does not exist and this fleet does not create queues on first use \
+             (FLEET_Q_CREATE_QUEUES=off): create it with PUT /admin/queues/{{name}} (nothing was stored)",
+            unknown.join(", ")
+        ),
+        req,
+    ))
+}
+
 /// Submit one step.
 #[utoipa::path(post, path = "/submit", tag = "steps", request_body = SubmitRequest,
     responses((status = 201, body = SubmitResponse), (status = 200, body = SubmitResponse, description = "Repeated idempotency key: the original step"),
@@ -24,6 +49,7 @@ pub(crate) async fn submit(
         .into_inner()
         .into_step()
         .map_err(|e| ApiError::validation(e.to_string(), &req))?;
+    refuse_unknown_queues(&st, &[step.queue()], &req).await?;
     let r = st
         .pod
         .submit(vec![step])
@@ -80,6 +106,8 @@ pub(crate) async fn submit_batch(
             &req,
         ));
     }
+    let names: Vec<&str> = valid.iter().map(|s| s.queue()).collect();
+    refuse_unknown_queues(&st, &names, &req).await?;
     let r = st
         .pod
         .submit(valid)

@@ -62,7 +62,10 @@ impl SnowflakeStore {
                         sql::id(s.step_id()),
                         sql::b64_lit(s.payload_json()),
                         sql::int(s.priority().into()),
-                        sql::int(s.max_retries().into()),
+                        s.max_retries()
+                            .map_or("CAST(NULL AS NUMBER)".to_string(), |m| {
+                                sql::int(m.into())
+                            }),
                         sql::int(delay),
                         at,
                         sql::b64_opt(s.idempotency_key()),
@@ -74,18 +77,30 @@ impl SnowflakeStore {
                 })
                 .collect();
             let cols = "step_id, status, last_update_ts, payload, retry_count, priority, \
-                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type, queue";
+                 created_ts, max_retries, attempt, run_at, idempotency_key, timeout_ms, step_type, queue, \
+                 backoff_ms, backoff_max_ms";
             // Values are decoded and computed in the source, so the inserted row
             // names plain columns only (fakesnow's MERGE rewrite sees only those).
-            let row = "v.sid, 'pending', SYSDATE(), v.p, 0, v.prio, SYSDATE(), v.mr, 0, v.run_at, v.k, v.t, v.ty, v.q";
+            let row = "v.sid, 'pending', SYSDATE(), v.p, 0, v.prio, SYSDATE(), v.mr, 0, v.run_at, v.k, v.t, v.ty, v.q, v.b, v.bm";
+            // A step without its own max_retries or timeout takes its queue's
+            // defaults, and its queue's backoff (`fleet_q_actors::queue`). The
+            // queue settings are grouped by name, so even duplicate QUEUES rows
+            // (Snowflake enforces no key) can never duplicate a step.
             let source = format!(
-                "(SELECT column1 AS sid, BASE64_DECODE_STRING(column2) AS p, column3 AS prio, column4 AS mr, \
+                "(SELECT x.sid AS sid, x.p AS p, x.prio AS prio, \
+                   COALESCE(x.mr, d.mr, {default_mr}) AS mr, x.run_at AS run_at, x.k AS k, \
+                   COALESCE(x.t, d.t) AS t, x.ty AS ty, x.q AS q, d.b AS b, d.bm AS bm \
+                 FROM (SELECT column1 AS sid, BASE64_DECODE_STRING(column2) AS p, column3 AS prio, column4 AS mr, \
                  CASE WHEN column6 IS NULL THEN DATEADD(millisecond, column5, SYSDATE()) \
                       ELSE DATEADD(millisecond, column6, CAST('1970-01-01 00:00:00' AS TIMESTAMP_NTZ)) END AS run_at, \
                  BASE64_DECODE_STRING(column7) AS k, column8 AS t, BASE64_DECODE_STRING(column9) AS ty, \
                  BASE64_DECODE_STRING(column10) AS q \
-                 FROM VALUES {}) v",
-                values.join(", ")
+                 FROM VALUES {values}) x \
+                 LEFT JOIN (SELECT name AS dq, MIN(max_retries) AS mr, MIN(timeout_ms) AS t, \
+                   MIN(backoff_ms) AS b, MIN(backoff_max_ms) AS bm FROM QUEUES GROUP BY name) d \
+                 ON d.dq = x.q) v",
+                default_mr = fleet_q_actors::step::DEFAULT_MAX_RETRIES,
+                values = values.join(", ")
             );
             // Both forms match on the step id too, so a resent statement never
             // adds a second row.

@@ -10,7 +10,8 @@ pub(super) const STEP_COLS: &str =
      DATE_PART(EPOCH_MILLISECOND, created_ts) AS created_ms, max_retries AS max_retries, \
      attempt AS attempt, DATE_PART(EPOCH_MILLISECOND, run_at) AS run_at_ms, \
      idempotency_key AS idempotency_key, last_error AS last_error, result AS result, \
-     timeout_ms AS timeout_ms, COALESCE(queue, 'default') AS queue";
+     timeout_ms AS timeout_ms, COALESCE(queue, 'default') AS queue, \
+     DATE_PART(EPOCH_MILLISECOND, started_ts) AS started_ms";
 
 pub(super) const POD_COLS: &str =
     "pod_id AS pod_id, DATE_PART(EPOCH_MILLISECOND, birth_ts) AS birth_ms, \
@@ -97,6 +98,7 @@ pub(super) fn step_from_row(op: &'static str, r: &Row) -> Result<Step, StoreErro
         queue: r
             .text("queue")
             .unwrap_or_else(|| fleet_q_actors::queue::DEFAULT_QUEUE.to_string()),
+        started_ts: r.int("started_ms").map(ts),
     })
 }
 

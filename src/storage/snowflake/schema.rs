@@ -4,7 +4,7 @@
 /// design's; no primary keys (Snowflake would not enforce them).
 /// Statements that bring a table created by an earlier version up to date come
 /// last; each is idempotent, so `schema_init` runs them all every time.
-pub const DDL: [&str; 9] = [
+pub const DDL: [&str; 18] = [
     "CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     step_id         VARCHAR(36)   NOT NULL,
     status          VARCHAR(16)   NOT NULL,
@@ -23,16 +23,34 @@ pub const DDL: [&str; 9] = [
     timeout_ms      NUMBER(19,0),
     step_type       VARCHAR       NOT NULL,
     op_token        VARCHAR,
-    queue           VARCHAR       DEFAULT 'default'
+    queue           VARCHAR       DEFAULT 'default',
+    started_ts      TIMESTAMP_NTZ,
+    backoff_ms      NUMBER(19,0),
+    backoff_max_ms  NUMBER(19,0)
 )",
     "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS queue VARCHAR DEFAULT 'default'",
+    "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS started_ts TIMESTAMP_NTZ",
+    "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS backoff_ms NUMBER(19,0)",
+    "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS backoff_max_ms NUMBER(19,0)",
     // Queue settings (fleet_q_actors::queue), read by every claim.
     "CREATE TABLE IF NOT EXISTS QUEUES (
     name            VARCHAR       NOT NULL,
     paused          BOOLEAN       NOT NULL,
     max_concurrency NUMBER(10,0),
-    updated_ts      TIMESTAMP_NTZ NOT NULL
+    updated_ts      TIMESTAMP_NTZ NOT NULL,
+    rate_per_second FLOAT,
+    burst           NUMBER(10,0),
+    max_retries     NUMBER(10,0),
+    timeout_ms      NUMBER(19,0),
+    backoff_ms      NUMBER(19,0),
+    backoff_max_ms  NUMBER(19,0)
 )",
+    "ALTER TABLE QUEUES ADD COLUMN IF NOT EXISTS rate_per_second FLOAT",
+    "ALTER TABLE QUEUES ADD COLUMN IF NOT EXISTS burst NUMBER(10,0)",
+    "ALTER TABLE QUEUES ADD COLUMN IF NOT EXISTS max_retries NUMBER(10,0)",
+    "ALTER TABLE QUEUES ADD COLUMN IF NOT EXISTS timeout_ms NUMBER(19,0)",
+    "ALTER TABLE QUEUES ADD COLUMN IF NOT EXISTS backoff_ms NUMBER(19,0)",
+    "ALTER TABLE QUEUES ADD COLUMN IF NOT EXISTS backoff_max_ms NUMBER(19,0)",
     "MERGE INTO QUEUES USING (SELECT 'default' AS name) v ON QUEUES.name = v.name \
      WHEN NOT MATCHED THEN INSERT (name, paused, max_concurrency, updated_ts) \
      VALUES (v.name, FALSE, NULL, SYSDATE())",
@@ -61,3 +79,74 @@ pub const DDL: [&str; 9] = [
     body          VARCHAR       NOT NULL
 )",
 ];
+
+/// Whether `ddl` has nothing left to do given the schema's `(table, column)`
+/// pairs (upper case): a `CREATE TABLE IF NOT EXISTS` whose table exists, an
+/// `ADD COLUMN IF NOT EXISTS` whose column exists. Anything else runs.
+pub(super) fn applied(ddl: &str, have: &std::collections::HashSet<(String, String)>) -> bool {
+    let words: Vec<String> = ddl
+        .split_whitespace()
+        .take(9)
+        .map(|w| w.trim_end_matches('(').to_uppercase())
+        .collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", table, ..] => {
+            have.iter().any(|(t, _)| t == table)
+        }
+        ["ALTER", "TABLE", table, "ADD", "COLUMN", "IF", "NOT", "EXISTS", col] => {
+            have.contains(&(table.to_string(), col.to_string()))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_statements_already_applied_are_skipped() {
+        let have: std::collections::HashSet<(String, String)> = [
+            ("STEP_TRACKER", "STEP_ID"),
+            ("STEP_TRACKER", "QUEUE"),
+            ("QUEUES", "NAME"),
+        ]
+        .iter()
+        .map(|(t, c)| (t.to_string(), c.to_string()))
+        .collect();
+        assert!(applied(DDL[0], &have));
+        assert!(applied(
+            "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS queue VARCHAR DEFAULT 'default'",
+            &have
+        ));
+        assert!(!applied(
+            "ALTER TABLE STEP_TRACKER ADD COLUMN IF NOT EXISTS started_ts TIMESTAMP_NTZ",
+            &have
+        ));
+        assert!(!applied("CREATE TABLE IF NOT EXISTS POD_HEALTH (", &have));
+        // The MERGE of the default queue always runs.
+        assert!(DDL
+            .iter()
+            .any(|d| d.starts_with("MERGE") && !applied(d, &have)));
+        // Every CREATE and ALTER is of a recognised shape.
+        let all: std::collections::HashSet<(String, String)> = DDL
+            .iter()
+            .filter_map(|d| {
+                let w: Vec<&str> = d.split_whitespace().collect();
+                match w.as_slice() {
+                    ["CREATE", "TABLE", "IF", "NOT", "EXISTS", t, ..] => {
+                        Some((t.to_string(), "X".to_string()))
+                    }
+                    ["ALTER", "TABLE", t, "ADD", "COLUMN", "IF", "NOT", "EXISTS", c, ..] => {
+                        Some((t.to_string(), c.to_uppercase()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        for d in DDL.iter().filter(|d| !d.starts_with("MERGE")) {
+            assert!(applied(d, &all), "{d} not recognised");
+        }
+    }
+}

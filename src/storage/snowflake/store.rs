@@ -11,7 +11,29 @@ impl Store for SnowflakeStore {
     }
 
     async fn schema_init(&self) -> Result<(), StoreError> {
+        // DDL runs alone on Snowflake (each statement takes its own locks and
+        // costs a round trip), so statements whose table or column is already
+        // there are skipped, judged by one read of the schema's columns. Should
+        // that read fail, every statement runs: each is idempotent.
+        let have = self
+            .exec(
+                "schema_init",
+                "SELECT table_name AS t, column_name AS c FROM information_schema.columns \
+                 WHERE table_schema = CURRENT_SCHEMA()",
+            )
+            .await
+            .ok()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        Some((r.text("t")?.to_uppercase(), r.text("c")?.to_uppercase()))
+                    })
+                    .collect::<HashSet<(String, String)>>()
+            });
         for ddl in DDL {
+            if have.as_ref().is_some_and(|h| schema::applied(ddl, h)) {
+                continue;
+            }
             self.exec("schema_init", ddl).await?;
         }
         Ok(())
@@ -42,7 +64,7 @@ impl Store for SnowflakeStore {
         let token = uuid::Uuid::now_v7();
         let update = format!(
             "UPDATE STEP_TRACKER SET status = 'claimed', claimed_by = {pod}, attempt = STEP_TRACKER.attempt + 1, \
-             last_update_ts = SYSDATE(), op_token = {tok} \
+             last_update_ts = SYSDATE(), started_ts = SYSDATE(), op_token = {tok} \
              FROM {source} \
              WHERE STEP_TRACKER.step_id = c.sid AND STEP_TRACKER.status = 'pending'",
             pod = sql::text(&p.pod_id),
@@ -113,7 +135,7 @@ impl Store for SnowflakeStore {
              result = CASE WHEN v.ok = 1 THEN BASE64_DECODE_STRING(v.res) ELSE STEP_TRACKER.result END, \
              last_error = CASE WHEN v.ok = 1 THEN NULL ELSE BASE64_DECODE_STRING(v.err) END, \
              claimed_by = CASE WHEN {retry} THEN NULL ELSE STEP_TRACKER.claimed_by END, \
-             run_at = CASE WHEN {retry} THEN DATEADD(millisecond, CAST(LEAST({max}, {base} * POWER(2, LEAST(STEP_TRACKER.retry_count, 30))) * (1.0 - v.cut) AS INTEGER), SYSDATE()) ELSE STEP_TRACKER.run_at END, \
+             run_at = CASE WHEN {retry} THEN DATEADD(millisecond, CAST(LEAST(COALESCE(STEP_TRACKER.backoff_max_ms, {max}), COALESCE(STEP_TRACKER.backoff_ms, {base}) * POWER(2, LEAST(STEP_TRACKER.retry_count, 30))) * (1.0 - v.cut) AS INTEGER), SYSDATE()) ELSE STEP_TRACKER.run_at END, \
              retry_count = CASE WHEN {retry} THEN STEP_TRACKER.retry_count + 1 ELSE STEP_TRACKER.retry_count END",
             max = ms(b.max),
             base = ms(b.base)
@@ -228,6 +250,16 @@ impl Store for SnowflakeStore {
         }
         self.put_queue(&settings).await?;
         Ok(settings)
+    }
+
+    async fn queue_pause(&self, name: &str, paused: bool) -> Result<(), StoreError> {
+        if let Some(why) = fleet_q_actors::queue::name_problem(name) {
+            return Err(StoreError::fatal(
+                "queue_pause",
+                format!("queue name {why}"),
+            ));
+        }
+        self.pause_queue(name, paused).await
     }
 
     async fn steps_search(&self, p: SearchParams) -> Result<SearchPage, StoreError> {

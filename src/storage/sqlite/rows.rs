@@ -6,7 +6,7 @@ use super::*;
 pub(super) const STEP_COLS: &str =
     "step_id, status, claimed_by, last_update_ts, payload, retry_count, \
      priority, created_ts, max_retries, attempt, run_at, idempotency_key, last_error, result, \
-     timeout_ms, queue";
+     timeout_ms, queue, started_ts";
 
 pub(super) const POD_COLS: &str = "pod_id, birth_ts, last_heartbeat_ts, status, capacity_in_use, \
      max_capacity, meta, heartbeat_interval_ms, dead_after_ms";
@@ -73,6 +73,7 @@ pub(super) fn step_from_row(r: &Row<'_>) -> rusqlite::Result<Step> {
             .map_err(|e| bad_row("result", e))?,
         timeout_ms: r.get::<_, Option<i64>>(14)?.map(|t| t.max(0) as u64),
         queue: r.get(15)?,
+        started_ts: r.get::<_, Option<i64>>(16)?.map(ts),
     })
 }
 
@@ -109,25 +110,49 @@ pub(super) fn run_at_ms(run_at: RunAt, now: i64) -> i64 {
 
 pub(super) const INSERT_COLS: &str =
     "step_id, status, last_update_ts, payload, priority, created_ts, \
-     max_retries, run_at, idempotency_key, timeout_ms, step_type, queue";
-pub(super) const INSERT_ROW: &str = "(?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-pub(super) const INSERT_PARAMS: usize = 11;
+     max_retries, run_at, idempotency_key, timeout_ms, step_type, queue, backoff_ms, backoff_max_ms";
+pub(super) const INSERT_ROW: &str = "(?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub(super) const INSERT_PARAMS: usize = 13;
 
-pub(super) fn push_insert_values(values: &mut Vec<SqlValue>, s: &NewStep, now: i64) {
+/// A queue's defaults for the steps submitted to it without their own.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct QueueDefaults {
+    pub max_retries: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub backoff_ms: Option<i64>,
+    pub backoff_max_ms: Option<i64>,
+}
+
+fn opt_int(v: Option<i64>) -> SqlValue {
+    v.map_or(SqlValue::Null, SqlValue::Integer)
+}
+
+pub(super) fn push_insert_values(
+    values: &mut Vec<SqlValue>,
+    s: &NewStep,
+    now: i64,
+    d: QueueDefaults,
+) {
     values.extend([
         id_val(s.step_id()),
         SqlValue::Integer(now),
         SqlValue::Text(s.payload_json().to_string()),
         SqlValue::Integer(s.priority().into()),
         SqlValue::Integer(now),
-        SqlValue::Integer(s.max_retries().into()),
+        SqlValue::Integer(
+            s.max_retries()
+                .map(i64::from)
+                .or(d.max_retries)
+                .unwrap_or(fleet_q_actors::step::DEFAULT_MAX_RETRIES.into()),
+        ),
         SqlValue::Integer(run_at_ms(s.run_at(), now)),
         s.idempotency_key()
             .map_or(SqlValue::Null, |k| SqlValue::Text(k.to_string())),
-        s.timeout()
-            .map_or(SqlValue::Null, |t| SqlValue::Integer(ms(t))),
+        opt_int(s.timeout().map(ms).or(d.timeout_ms)),
         SqlValue::Text(s.payload().step_type.clone()),
         SqlValue::Text(s.queue().to_string()),
+        opt_int(d.backoff_ms),
+        opt_int(d.backoff_max_ms),
     ]);
 }
 
@@ -149,6 +174,6 @@ pub(super) fn pow2_chunks(n: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// Largest multi-row statement (rows); × 10 parameters stays far below SQLite's
+/// Largest multi-row statement (rows); × 13 parameters stays far below SQLite's
 /// 32,766-parameter limit.
 pub(super) const MAX_CHUNK: usize = 128;

@@ -23,7 +23,10 @@ CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     result          TEXT,
     timeout_ms      INTEGER,
     step_type       TEXT    NOT NULL,
-    queue           TEXT    NOT NULL DEFAULT 'default'
+    queue           TEXT    NOT NULL DEFAULT 'default',
+    started_ts      INTEGER, -- set by each claim
+    backoff_ms      INTEGER, -- the queue's retry backoff when submitted
+    backoff_max_ms  INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS step_tracker_idempotency_key
     ON STEP_TRACKER (idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -47,7 +50,18 @@ CREATE TABLE IF NOT EXISTS QUEUES (
     name            TEXT    NOT NULL PRIMARY KEY,
     paused          INTEGER NOT NULL DEFAULT 0,
     max_concurrency INTEGER,
-    updated_ts      INTEGER NOT NULL DEFAULT 0
+    updated_ts      INTEGER NOT NULL DEFAULT 0,
+    rate_per_second REAL,
+    burst           INTEGER,
+    tokens          REAL,    -- the rate bucket's level at tokens_ts (NULL: full)
+    tokens_ts       INTEGER,
+    max_retries     INTEGER, -- defaults for steps submitted without their own
+    timeout_ms      INTEGER,
+    backoff_ms      INTEGER,
+    backoff_max_ms  INTEGER,
+    started_minute  INTEGER, -- starts counted in this minute (Unix minutes)
+    started_now     INTEGER NOT NULL DEFAULT 0,
+    started_prev    INTEGER NOT NULL DEFAULT 0 -- and in the minute before
 );
 INSERT OR IGNORE INTO QUEUES (name) VALUES ('default');
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
@@ -66,8 +80,27 @@ CREATE TABLE IF NOT EXISTS POD_HEALTH (
 
 /// Columns added to STEP_TRACKER after its first release (see
 /// [`POD_HEALTH_ADDED`]).
-pub(super) const STEP_TRACKER_ADDED: [(&str, &str); 1] =
-    [("queue", "TEXT NOT NULL DEFAULT 'default'")];
+pub(super) const STEP_TRACKER_ADDED: [(&str, &str); 4] = [
+    ("queue", "TEXT NOT NULL DEFAULT 'default'"),
+    ("started_ts", "INTEGER"),
+    ("backoff_ms", "INTEGER"),
+    ("backoff_max_ms", "INTEGER"),
+];
+
+/// Columns added to QUEUES after its first release (see [`POD_HEALTH_ADDED`]).
+pub(super) const QUEUES_ADDED: [(&str, &str); 11] = [
+    ("rate_per_second", "REAL"),
+    ("burst", "INTEGER"),
+    ("tokens", "REAL"),
+    ("tokens_ts", "INTEGER"),
+    ("max_retries", "INTEGER"),
+    ("timeout_ms", "INTEGER"),
+    ("backoff_ms", "INTEGER"),
+    ("backoff_max_ms", "INTEGER"),
+    ("started_minute", "INTEGER"),
+    ("started_now", "INTEGER NOT NULL DEFAULT 0"),
+    ("started_prev", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// Run after every added column exists. One index serves claims (status
 /// `pending`, per queue, in claim order), orphan detection (status `claimed`)

@@ -29,30 +29,23 @@ impl Store for SqliteStore {
                 }
                 c.execute_batch(totals::ENSURE_ALL)
                     .map_err(|e| map_err("schema_init", e))?;
-                let have: Vec<String> = c
-                    .prepare("SELECT name FROM pragma_table_info('POD_HEALTH')")
-                    .and_then(|mut st| {
-                        st.query_map([], |r| r.get(0))?
-                            .collect::<rusqlite::Result<_>>()
-                    })
-                    .map_err(|e| map_err("schema_init", e))?;
-                for (col, ty) in POD_HEALTH_ADDED {
-                    if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
-                        c.execute_batch(&format!("ALTER TABLE POD_HEALTH ADD COLUMN {col} {ty}"))
-                            .map_err(|e| map_err("schema_init", e))?;
-                    }
-                }
-                let have: Vec<String> = c
-                    .prepare("SELECT name FROM pragma_table_info('STEP_TRACKER')")
-                    .and_then(|mut st| {
-                        st.query_map([], |r| r.get(0))?
-                            .collect::<rusqlite::Result<_>>()
-                    })
-                    .map_err(|e| map_err("schema_init", e))?;
-                for (col, ty) in STEP_TRACKER_ADDED {
-                    if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
-                        c.execute_batch(&format!("ALTER TABLE STEP_TRACKER ADD COLUMN {col} {ty}"))
-                            .map_err(|e| map_err("schema_init", e))?;
+                for (table, added) in [
+                    ("POD_HEALTH", &POD_HEALTH_ADDED[..]),
+                    ("STEP_TRACKER", &STEP_TRACKER_ADDED[..]),
+                    ("QUEUES", &QUEUES_ADDED[..]),
+                ] {
+                    let have: Vec<String> = c
+                        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                        .and_then(|mut st| {
+                            st.query_map([], |r| r.get(0))?
+                                .collect::<rusqlite::Result<_>>()
+                        })
+                        .map_err(|e| map_err("schema_init", e))?;
+                    for (col, ty) in added {
+                        if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
+                            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {ty}"))
+                                .map_err(|e| map_err("schema_init", e))?;
+                        }
                     }
                 }
                 c.execute_batch(AFTER_COLUMNS)
@@ -80,6 +73,12 @@ impl Store for SqliteStore {
                 // time, since each needs its own dedupe answer.
                 let (keyed, plain): (Vec<usize>, Vec<usize>) =
                     (0..steps.len()).partition(|i| steps[*i].idempotency_key().is_some());
+                let mut queues: Vec<&str> = steps.iter().map(|s| s.queue()).collect();
+                queues.sort_unstable();
+                queues.dedup();
+                let made = claim::ensure_queues(c, &known, queues.iter().copied())?;
+                let defaults = claim::defaults(c, &queues)?;
+                let of = |s: &NewStep| defaults.get(s.queue()).copied().unwrap_or_default();
                 for (start, len) in pow2_chunks(plain.len()) {
                     let rows = &plain[start..start + len];
                     let sql = format!(
@@ -89,7 +88,7 @@ impl Store for SqliteStore {
                     let mut st = c.prepare_cached(&sql).map_err(|e| map_err(op, e))?;
                     let mut values = Vec::with_capacity(len * INSERT_PARAMS);
                     for &i in rows {
-                        push_insert_values(&mut values, &steps[i], now);
+                        push_insert_values(&mut values, &steps[i], now, of(&steps[i]));
                     }
                     st.execute(rusqlite::params_from_iter(values))
                         .map_err(|e| map_err(op, e))?;
@@ -101,14 +100,10 @@ impl Store for SqliteStore {
                         });
                     }
                 }
-                let mut queues: Vec<&str> = steps.iter().map(|s| s.queue()).collect();
-                queues.sort_unstable();
-                queues.dedup();
-                let made = claim::ensure_queues(c, &known, queues.into_iter())?;
                 for i in keyed {
                     let s = &steps[i];
                     let mut values = Vec::with_capacity(INSERT_PARAMS);
-                    push_insert_values(&mut values, s, now);
+                    push_insert_values(&mut values, s, now, of(s));
                     let n = c
                         .prepare_cached(&format!(
                             "INSERT INTO STEP_TRACKER ({INSERT_COLS}) VALUES {INSERT_ROW} \
@@ -201,9 +196,12 @@ impl Store for SqliteStore {
                 }
                 if !fails.is_empty() {
                     // Retry while retries remain: back to pending with
-                    // run_at = now + min(max, base * 2^retry_count), less the jitter cut.
+                    // run_at = now + min(max, base * 2^retry_count), less the jitter cut
+                    // (base and max: the step's queue's when it was submitted with
+                    // them, else the pod's).
                     let retry = "UPDATE STEP_TRACKER SET status = 'pending', claimed_by = NULL, \
-                         run_at = ?1 + CAST(MIN(?4, ?3 * (1 << MIN(retry_count, 30))) * (1.0 - ?5) AS INTEGER), \
+                         run_at = ?1 + CAST(MIN(COALESCE(backoff_max_ms, ?4), \
+                           COALESCE(backoff_ms, ?3) * (1 << MIN(retry_count, 30))) * (1.0 - ?5) AS INTEGER), \
                          retry_count = retry_count + 1, last_update_ts = ?1, last_error = ?2 \
                          WHERE step_id = ?6 AND claimed_by = ?7 AND attempt = ?8 \
                          AND status = 'claimed' AND retry_count < max_retries";
@@ -327,7 +325,7 @@ impl Store for SqliteStore {
     }
 
     async fn queues_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
-        self.read("queues_list", |c, _| claim::list(c)).await
+        self.read("queues_list", claim::list).await
     }
 
     async fn queue_put(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
@@ -339,6 +337,21 @@ impl Store for SqliteStore {
             .write("queue_put", move |c, now| claim::put(c, now, &s))
             .await?;
         Ok(settings)
+    }
+
+    async fn queue_pause(&self, name: &str, paused: bool) -> Result<(), StoreError> {
+        if let Some(why) = fleet_q_actors::queue::name_problem(name) {
+            return Err(StoreError::fatal(
+                "queue_pause",
+                format!("queue name {why}"),
+            ));
+        }
+        let name = name.to_string();
+        self.writer
+            .write("queue_pause", move |c, now| {
+                claim::pause(c, now, &name, paused)
+            })
+            .await
     }
 
     async fn steps_search(&self, p: SearchParams) -> Result<SearchPage, StoreError> {

@@ -259,6 +259,22 @@ impl Handler<PutQueue> for StorageActor {
     }
 }
 
+/// Pauses or resumes a queue.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct PauseQueue(pub String, pub bool);
+
+impl Handler<PauseQueue> for StorageActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+    fn handle(&mut self, msg: PauseQueue, _: &mut Context<Self>) -> Self::Result {
+        let (name, paused) = (msg.0, msg.1);
+        self.call("queue_pause", move |s| {
+            let name = name.clone();
+            async move { s.queue_pause(&name, paused).await }
+        })
+    }
+}
+
 /// A page of a step search (the admin API and the dashboard).
 #[derive(Message)]
 #[rtype(result = "Result<SearchPage, StoreError>")]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::queue::{QueueSettings, DEFAULT_QUEUE};
+use crate::step::DEFAULT_MAX_RETRIES;
 
 fn in_queue(q: &str) -> NewStep {
     step_with(|s| s.queue = Some(q.into()))
@@ -27,9 +28,9 @@ async fn claim_from(
 async fn put(store: &Arc<dyn Store>, name: &str, paused: bool, max: Option<u32>) {
     store
         .queue_put(QueueSettings {
-            name: name.into(),
             paused,
             max_concurrency: max,
+            ..QueueSettings::new(name)
         })
         .await
         .expect("queue_put");
@@ -158,4 +159,159 @@ pub(crate) async fn queues_share_a_claim_fairly(h: Harness) {
     .await;
     let got = claim_from(&h.a, "pod-a", 1, Some(&["p"])).await;
     assert_eq!(got[0].priority, 5);
+}
+
+/// A rate-limited queue starts no more than its token bucket allows, across
+/// claimers: at most `burst + rate × elapsed` by the store's clock, then one
+/// more as the bucket refills; other queues are not held back. Claims stamp
+/// each step's start, and the list counts the last minute's starts.
+pub(crate) async fn a_rate_limited_queue_starts_what_its_bucket_allows(h: Harness) {
+    let (rate, burst) = (2.0, 3u32);
+    h.a.queue_put(QueueSettings {
+        rate_per_second: Some(rate),
+        burst: Some(burst),
+        ..QueueSettings::new("slow")
+    })
+    .await
+    .expect("queue_put");
+    insert(&h.a, (0..10).map(|_| in_queue("slow")).collect()).await;
+    insert(&h.a, (0..4).map(|_| in_queue("fast")).collect()).await;
+    let t0 = h.a.now().await.unwrap();
+    let first = claim_from(&h.a, "pod-a", 20, None).await;
+    let slow = |v: &[Step]| v.iter().filter(|s| s.queue == "slow").count();
+    assert_eq!(
+        slow(&first),
+        burst as usize,
+        "a full bucket starts its burst"
+    );
+    assert_eq!(
+        first.len() - slow(&first),
+        4,
+        "other queues are not held back"
+    );
+    assert!(
+        first.iter().all(|s| s.started_ts.is_some()),
+        "claims stamp starts"
+    );
+    let mut started = slow(&first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut claimers = [(&h.b, "pod-b"), (&h.a, "pod-a")].into_iter().cycle();
+    while started < burst as usize + 2 {
+        let (store, pod) = claimers.next().unwrap();
+        started += slow(&claim_from(store, pod, 20, Some(&["slow"])).await);
+        let elapsed = (h.a.now().await.unwrap() - t0).num_milliseconds() as f64 / 1000.0;
+        let allowed = f64::from(burst) + rate * elapsed;
+        assert!(
+            started as f64 <= allowed + 1e-6,
+            "{started} started in {elapsed:.3} s, the bucket allows {allowed:.3}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bucket never refilled: {started} started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = h.b.queues_list().await.unwrap();
+    let q = list.iter().find(|q| q.settings.name == "slow").unwrap();
+    assert_eq!(q.settings.rate_per_second, Some(rate));
+    assert_eq!(q.settings.burst, Some(burst));
+    assert!(
+        q.started_last_minute >= 1 && q.started_last_minute <= started as u64,
+        "started in the last minute: {} (of {started})",
+        q.started_last_minute
+    );
+}
+
+/// A queue's defaults (retries, timeout, backoff) apply to steps submitted to
+/// it without their own, on both insert paths; a step's own values win.
+pub(crate) async fn queue_defaults_apply_to_steps_without_their_own(h: Harness) {
+    h.a.queue_put(QueueSettings {
+        max_retries: Some(2),
+        timeout: Some(Duration::from_secs(7)),
+        backoff: Some(Duration::from_secs(2)),
+        backoff_max: Some(Duration::from_secs(4)),
+        ..QueueSettings::new("d")
+    })
+    .await
+    .expect("queue_put");
+    let ids = insert(
+        &h.b,
+        vec![
+            in_queue("d"),
+            step_with(|s| {
+                s.queue = Some("d".into());
+                s.max_retries = Some(5);
+                s.timeout = Some(Duration::from_secs(1));
+            }),
+            step_with(|s| {
+                s.queue = Some("d".into());
+                s.idempotency_key = Some("defaults-keyed".into());
+            }),
+            step("noop"),
+        ],
+    )
+    .await;
+    let (plain, own, keyed, other) = (
+        get(&h.a, ids[0]).await,
+        get(&h.a, ids[1]).await,
+        get(&h.a, ids[2]).await,
+        get(&h.a, ids[3]).await,
+    );
+    assert_eq!((plain.max_retries, plain.timeout_ms), (2, Some(7000)));
+    assert_eq!((keyed.max_retries, keyed.timeout_ms), (2, Some(7000)));
+    assert_eq!((own.max_retries, own.timeout_ms), (5, Some(1000)));
+    assert_eq!(
+        (other.max_retries, other.timeout_ms),
+        (DEFAULT_MAX_RETRIES, None)
+    );
+    // A retryable failure waits the queue's backoff, not the pod's (here 0).
+    let got = claim_from(&h.a, "pod-a", 10, None).await;
+    for s in &got {
+        finish(&h.a, Lease::of(s).unwrap(), fail(true)).await;
+    }
+    for (id, wait_ms) in [(ids[0], 2000), (ids[3], 0)] {
+        let s = get(&h.b, id).await;
+        assert_eq!(s.status, StepStatus::Pending);
+        assert_eq!(
+            (s.run_at - s.last_update_ts).num_milliseconds(),
+            wait_ms,
+            "retry delay of {}",
+            s.queue
+        );
+    }
+}
+
+/// Pausing touches only the pause flag (a concurrent change of limits is not
+/// undone), and pausing a queue that does not exist makes it, paused.
+pub(crate) async fn pause_keeps_the_other_settings(h: Harness) {
+    let limited = QueueSettings {
+        max_concurrency: Some(2),
+        rate_per_second: Some(5.0),
+        max_retries: Some(1),
+        ..QueueSettings::new("kept")
+    };
+    h.a.queue_put(limited.clone()).await.expect("queue_put");
+    h.b.queue_pause("kept", true).await.expect("pause");
+    h.b.queue_pause("fresh", true).await.expect("pause new");
+    let list = h.a.queues_list().await.unwrap();
+    let find = |n: &str| {
+        list.iter()
+            .find(|q| q.settings.name == n)
+            .unwrap()
+            .settings
+            .clone()
+    };
+    assert_eq!(
+        find("kept"),
+        QueueSettings {
+            paused: true,
+            ..limited.clone()
+        }
+    );
+    assert!(find("fresh").paused);
+    h.a.queue_pause("kept", false).await.expect("resume");
+    let list = h.b.queues_list().await.unwrap();
+    let kept = list.iter().find(|q| q.settings.name == "kept").unwrap();
+    assert_eq!(kept.settings, limited);
+    assert!(h.a.queue_pause("not a name", true).await.is_err());
 }
