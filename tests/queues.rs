@@ -259,3 +259,51 @@ fn a_step_in_a_queue_another_pod_serves_runs_there() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("FLEET_Q_QUEUES"));
 }
+
+#[test]
+fn with_queue_creation_off_a_submit_to_an_unknown_queue_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let pod = PodProc::start(
+        dir.path(),
+        &db,
+        "strict",
+        &[("FLEET_Q_CREATE_QUEUES", "off".into())],
+    );
+    let c = client();
+    let obs = Observer::open(&db);
+    // The default queue exists; a queue made by PUT is accepted.
+    submit(&c, &pod, json!({"type": "noop"}));
+    put_queue(&c, &pod, "made", json!({"max_retries": 1}));
+    let id = submit(&c, &pod, json!({"type": "noop", "queue": "made"}));
+    assert_eq!(obs.step(&id).max_retries, 1, "the queue's default applies");
+    let before = obs.stats().counts;
+    for (path, body) in [
+        ("/submit", json!({"type": "noop", "queue": "typo"})),
+        (
+            "/submit/batch",
+            json!({"steps": [{"type": "noop", "queue": "made"}, {"type": "noop", "queue": "typo"}]}),
+        ),
+    ] {
+        let r = c.post(pod.url(path)).json(&body).send().unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().unwrap();
+        assert!(
+            v.to_string().contains("typo") && v.to_string().contains("FLEET_Q_CREATE_QUEUES"),
+            "{v}"
+        );
+    }
+    let after = obs.stats().counts;
+    assert_eq!(
+        before.pending + before.claimed + before.completed,
+        after.pending + after.claimed + after.completed,
+        "nothing was stored"
+    );
+    let names: Vec<String> = obs
+        .block(obs.store.queues_list())
+        .unwrap()
+        .into_iter()
+        .map(|q| q.settings.name)
+        .collect();
+    assert!(!names.contains(&"typo".to_string()), "{names:?}");
+}
