@@ -209,7 +209,7 @@ pub(crate) async fn a_rate_limited_queue_starts_what_its_bucket_allows(h: Harnes
             std::time::Instant::now() < deadline,
             "the bucket never refilled: {started} started"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval (deadline above)
     }
     let list = h.b.queues_list().await.unwrap();
     let q = list.iter().find(|q| q.settings.name == "slow").unwrap();
