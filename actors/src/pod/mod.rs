@@ -139,6 +139,10 @@ pub struct Pod {
     /// Queues seen to exist (queues are never deleted), so that with
     /// `create_queues` off a submit to a known queue costs no extra read.
     known_queues: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When `known_queues` was last refreshed from the store: at most once a
+    /// second, so a client sending unknown names cannot turn each request
+    /// into a store read.
+    queues_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     _handlers_rt: Arc<HandlerRuntime>,
 }
 
@@ -206,6 +210,7 @@ impl Pod {
             ledger,
             store,
             known_queues: Default::default(),
+            queues_read_at: Default::default(),
             _handlers_rt: rt,
         })
     }
@@ -247,10 +252,14 @@ impl Pod {
     /// Creates or replaces a queue's settings (every pod obeys them from its
     /// next claim).
     pub async fn put_queue(&self, settings: QueueSettings) -> Result<QueueSettings, StoreError> {
-        self.storage
+        let name = settings.name.clone();
+        let stored = self
+            .storage
             .send(PutQueue(settings))
             .await
-            .map_err(Self::storage_down)?
+            .map_err(Self::storage_down)??;
+        self.known_queues.lock().expect("known queues").insert(name);
+        Ok(stored)
     }
 
     /// Pauses or resumes a queue, keeping its other settings (a queue that
@@ -259,12 +268,18 @@ impl Pod {
         self.storage
             .send(PauseQueue(name.to_string(), paused))
             .await
-            .map_err(Self::storage_down)?
+            .map_err(Self::storage_down)??;
+        self.known_queues
+            .lock()
+            .expect("known queues")
+            .insert(name.to_string());
+        Ok(())
     }
 
     /// The queues among `names` a submit may not use: with `create_queues`
     /// on, none; else those that do not exist (one store read, only when a
-    /// name has not been seen to exist before).
+    /// name has not been seen to exist before, and at most once a second;
+    /// queues made through this pod are known at once).
     pub async fn refused_queues(&self, names: &[&str]) -> Result<Vec<String>, StoreError> {
         if self.cfg.create_queues {
             return Ok(Vec::new());
@@ -279,8 +294,16 @@ impl Pod {
             v.dedup();
             v
         };
-        if unseen(&self.known_queues.lock().expect("known queues")).is_empty() {
+        let missing = unseen(&self.known_queues.lock().expect("known queues"));
+        if missing.is_empty() {
             return Ok(Vec::new());
+        }
+        {
+            let mut at = self.queues_read_at.lock().expect("queues read at");
+            if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(missing);
+            }
+            *at = Some(std::time::Instant::now());
         }
         let all = self.queues().await?;
         let mut known = self.known_queues.lock().expect("known queues");
