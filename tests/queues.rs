@@ -86,6 +86,82 @@ fn three_pods_never_hold_more_than_a_queues_max_concurrency() {
     );
 }
 
+/// 3 pods, a queue at 20 steps/s with a burst of 5, 400 `noop` steps. By the
+/// steps' start stamps (the store's clock, the same one the bucket uses), no
+/// window holds more starts than the bucket allows: for the i-th to the j-th
+/// start, `j - i + 1 <= 5 + 20 * (t_j - t_i)`. The run therefore spans at least
+/// (400 - 5) / 20 = 19.75 s. The pods run at the production claim interval (5 s):
+/// without the store's pacing hint they would start 5 steps each per interval,
+/// 3/s, and take over two minutes; with it the run takes about 20 s (the bound
+/// below leaves a 2x margin for a loaded machine).
+#[test]
+fn a_rate_limited_queue_starts_no_faster_than_its_bucket_across_three_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let pods: Vec<PodProc> = (0..3)
+        .map(|i| {
+            PodProc::start(
+                dir.path(),
+                &db,
+                &format!("rate{i}"),
+                &[("FLEET_Q_CLAIM_INTERVAL_SECONDS", "5".into())],
+            )
+        })
+        .collect();
+    let c = client();
+    let v = put_queue(
+        &c,
+        &pods[0],
+        "r",
+        json!({"rate_per_second": 20.0, "burst": 5}),
+    );
+    assert_eq!(
+        (v["rate_per_second"].as_f64(), v["burst"].as_u64()),
+        (Some(20.0), Some(5))
+    );
+    let bodies = (0..400)
+        .map(|_| json!({"type": "noop", "queue": "r"}))
+        .collect();
+    let ids = submit_many(&pods[1], bodies, 4);
+    let obs = Observer::open(&db);
+    obs.wait_all_terminal(400, Duration::from_secs(120));
+    let mut starts: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            let s = obs.step(id);
+            assert_eq!(s.status, fleet_q_actors::StepStatus::Completed, "{id}");
+            assert_eq!(s.attempt, 1, "{id} ran once");
+            s.started_ts.expect("started").timestamp_millis()
+        })
+        .collect();
+    starts.sort_unstable();
+    for i in 0..starts.len() {
+        for j in i..starts.len() {
+            let n = (j - i + 1) as f64;
+            let allowed = 5.0 + 20.0 * (starts[j] - starts[i]) as f64 / 1000.0;
+            assert!(
+                n <= allowed + 1e-6,
+                "{n} starts in {} ms (from the {i}th), the bucket allows {allowed}",
+                starts[j] - starts[i]
+            );
+        }
+    }
+    let span = (starts[399] - starts[0]) as f64 / 1000.0;
+    assert!(span >= 19.7, "400 starts in {span:.2} s");
+    assert!(
+        span <= 40.0,
+        "400 starts took {span:.2} s: the pods did not claim at the queue's rate"
+    );
+    let by_pod: std::collections::HashSet<String> = ids
+        .iter()
+        .filter_map(|id| obs.step(id).claimed_by)
+        .collect();
+    assert!(
+        by_pod.len() >= 2,
+        "several pods shared the queue: {by_pod:?}"
+    );
+}
+
 #[test]
 fn a_paused_queue_starts_nothing_even_after_recovery_until_resumed() {
     let dir = tempfile::tempdir().unwrap();

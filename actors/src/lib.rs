@@ -68,7 +68,7 @@ pub use step::{
     NewStep, Payload, RunAt, Step, StepId, StepSpec, StepStatus, ValidationError, ValidationErrors,
 };
 pub use store::{
-    Backoff, CancelOutcome, ClaimParams, FencedReport, Finish, FinishParams, HeartbeatParams,
-    HeldStep, Inserted, Lease, MarkDownParams, OrphanParams, Outcome, PageParams, PruneParams,
-    RequeueParams, RetryOutcome, StatsParams, Store, StoreError, StoreErrorKind,
+    Backoff, CancelOutcome, ClaimParams, Claimed, FencedReport, Finish, FinishParams,
+    HeartbeatParams, HeldStep, Inserted, Lease, MarkDownParams, OrphanParams, Outcome, PageParams,
+    PruneParams, RequeueParams, RetryOutcome, StatsParams, Store, StoreError, StoreErrorKind,
 };

@@ -225,6 +225,15 @@ pub struct ClaimParams {
     pub queues: Option<Vec<String>>,
 }
 
+/// Result of [`Store::steps_claim_paced`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claimed {
+    /// The steps claimed, as [`Store::steps_claim`] returns them.
+    pub steps: Vec<Step>,
+    /// When a rate-limited queue that ran dry in this claim next holds a token.
+    pub next_token_in: Option<Duration>,
+}
+
 /// Parameters of [`Store::steps_finish`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinishParams {
@@ -387,6 +396,19 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically claims up to `limit` due steps (`run_at <= now`) in order
     /// `priority DESC, created_ts ASC`, setting `claimed_by` and `attempt + 1`.
     async fn steps_claim(&self, params: ClaimParams) -> Result<Vec<Step>, StoreError>;
+
+    /// [`Store::steps_claim`], plus a pacing hint: `Some(d)` when a rate-limited
+    /// queue's bucket ran dry in this claim (it may hold more due steps), `d`
+    /// being how long until it holds a whole token again. The claimer claims
+    /// again after `d` instead of its idle interval, so a rate-limited queue is
+    /// served at its rate rather than at one burst per interval. Stores that
+    /// cannot tell answer `None` (the default).
+    async fn steps_claim_paced(&self, params: ClaimParams) -> Result<Claimed, StoreError> {
+        Ok(Claimed {
+            steps: self.steps_claim(params).await?,
+            next_token_in: None,
+        })
+    }
 
     /// Completes, retries or fails claimed steps, each fenced on its lease.
     async fn steps_finish(&self, params: FinishParams) -> Result<FencedReport, StoreError>;

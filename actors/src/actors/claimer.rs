@@ -3,7 +3,10 @@
 //! It claims `min(free slots, batch)` steps; while batches come back full it claims
 //! again at once (a busy pod drains a backlog at store speed), otherwise it waits the
 //! claim interval. A local submit or a freed slot wakes it early, so an idle pod
-//! starts a locally submitted step within milliseconds. It never claims while this
+//! starts a locally submitted step within milliseconds. When the store says a
+//! rate-limited queue ran dry in the claim (`Store::steps_claim_paced`), it claims
+//! again when that queue's next token is due (never sooner than [`MIN_PACE`]),
+//! so a rate-limited queue is served at its rate, not at one burst per interval. It never claims while this
 //! pod's heartbeat is unhealthy (failing, stale, or rejoining after being marked
 //! down) or during shutdown. At most one claim is in flight at a time.
 
@@ -18,6 +21,10 @@ use super::storage::{ClaimSteps, StorageActor};
 use crate::messages::{ClaimTriggered, HeartbeatHealthChanged};
 use crate::state::PodState;
 use crate::supervision::{guarded, SupervisedActor};
+
+/// The shortest wait a pacing hint can ask for: at high rates a claim then takes
+/// several tokens at once instead of one claim per token.
+pub const MIN_PACE: Duration = Duration::from_millis(25);
 
 /// ClaimerActor settings.
 #[derive(Clone, Debug)]
@@ -118,15 +125,16 @@ impl ClaimerActor {
                 guarded(act, ctx, move |act, ctx| {
                     act.claiming = false;
                     match res {
-                        Ok(Ok(claimed)) => {
+                        Ok(Ok((claimed, pace))) => {
                             let full = claimed == limit;
                             if claimed > 0 {
-                                tracing::debug!(claimed, limit, "claimed steps");
+                                tracing::debug!(claimed, limit, ?pace, "claimed steps");
                             }
                             if full || std::mem::take(&mut act.again) {
                                 act.try_claim(ctx);
                             } else {
-                                act.schedule(ctx, jittered(act.cfg.interval, 0.1));
+                                let idle = jittered(act.cfg.interval, 0.1);
+                                act.schedule(ctx, next_wait(idle, pace));
                             }
                         }
                         Ok(Err(e)) => {
@@ -149,6 +157,15 @@ impl ClaimerActor {
 /// How many steps to ask for: `min(free slots, batch)`, or `None` with no slot free.
 fn claim_limit(free: u32, batch: u32) -> Option<u32> {
     (free > 0).then(|| free.min(batch.max(1)))
+}
+
+/// How long to wait after a claim that was not full: the idle interval, or
+/// sooner when a rate-limited queue's next token is due (at least [`MIN_PACE`]).
+fn next_wait(idle: Duration, pace: Option<Duration>) -> Duration {
+    match pace {
+        Some(p) => idle.min(p.max(MIN_PACE)),
+        None => idle,
+    }
 }
 
 impl Actor for ClaimerActor {
@@ -216,7 +233,8 @@ impl Handler<HeartbeatHealthChanged> for ClaimerActor {
 
 #[cfg(test)]
 mod tests {
-    use super::claim_limit;
+    use super::{claim_limit, next_wait, MIN_PACE};
+    use std::time::Duration;
 
     #[test]
     fn claims_the_smaller_of_free_slots_and_batch() {
@@ -224,5 +242,15 @@ mod tests {
         assert_eq!(claim_limit(8, 100), Some(8));
         assert_eq!(claim_limit(800, 100), Some(100));
         assert_eq!(claim_limit(5, 0), Some(1), "a zero batch still claims one");
+    }
+
+    #[test]
+    fn a_pacing_hint_shortens_the_wait_but_never_below_the_floor() {
+        let idle = Duration::from_secs(5);
+        assert_eq!(next_wait(idle, None), idle);
+        let ms = Duration::from_millis;
+        assert_eq!(next_wait(idle, Some(ms(50))), ms(50));
+        assert_eq!(next_wait(idle, Some(ms(1))), MIN_PACE);
+        assert_eq!(next_wait(idle, Some(Duration::from_secs(60))), idle);
     }
 }

@@ -153,6 +153,7 @@ macro_rules! conformance_suite {
             queues::a_subset_claims_only_its_queues,
             queues::queues_share_a_claim_fairly,
             queues::a_rate_limited_queue_starts_what_its_bucket_allows,
+            queues::a_dry_bucket_says_when_its_next_token_is_due,
             queues::queue_defaults_apply_to_steps_without_their_own,
             queues::pause_keeps_the_other_settings,
             search::search_finds_exactly_what_each_filter_matches,

@@ -6,6 +6,9 @@
 use super::*;
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use fleet_q_actors::Claimed;
 
 use fleet_q_actors::queue::{bucket_refill, QueueInfo, QueueSettings, MAX_QUEUES};
 
@@ -37,24 +40,38 @@ struct Eligible {
     name: String,
     /// Steps it may still give (concurrency room and bucket).
     room: u64,
-    /// Its bucket's level now, when rate-limited.
-    tokens: Option<f64>,
+    /// Its bucket's level now and its rate, when rate-limited.
+    tokens: Option<(f64, f64)>,
+    /// Whether the bucket, not `max_concurrency`, bounds `room`.
+    bucket_bound: bool,
     /// Steps claimed from it so far.
     got: u64,
 }
 
+/// How long until a bucket of `rate` per second at `level` holds a whole token.
+fn until_token(rate: f64, level: f64) -> Duration {
+    Duration::from_secs_f64(((1.0 - level).max(0.0) / rate).min(3600.0))
+}
+
 /// Claims up to `p.limit` steps, shared round-robin among the eligible queues
 /// starting at `start` (see the fairness rule in `fleet_q_actors::queue`).
+///
+/// Also answers the pacing hint of `Store::steps_claim_paced`: the soonest
+/// next token among rate-limited queues whose bucket bounded this claim (they
+/// were skipped for want of a token, or gave all their tokens). A queue so
+/// bounded that has no more due steps costs one empty claim at that time.
 pub(super) fn claim(
     c: &Connection,
     now: i64,
     p: &ClaimParams,
     start: usize,
-) -> Result<Vec<Step>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let op = "steps_claim";
     let err = |e| map_err(op, e);
     // Eligible queues and their room under max_concurrency and the bucket.
     let mut queues: Vec<Eligible> = Vec::new();
+    let mut pace: Option<Duration> = None;
+    let mut sooner = |d: Duration| pace = Some(pace.map_or(d, |p| p.min(d)));
     {
         let mut st = c
             .prepare_cached(
@@ -106,17 +123,24 @@ pub(super) fn claim(
                     .unwrap_or_else(|| fleet_q_actors::queue::default_burst(rate));
                 bucket_refill(rate, burst, tokens, tokens_ts.unwrap_or(now), now)
             });
+            let mut bucket_bound = false;
             if let Some(t) = level {
                 // A hair of slack so 2.9999999 tokens still start 3.
-                room = room.min((t + 1e-9).floor().max(0.0) as u64);
+                let whole = (t + 1e-9).floor().max(0.0) as u64;
+                bucket_bound = whole <= room;
+                room = room.min(whole);
             }
+            let tokens = level.zip(rate);
             if room > 0 {
                 queues.push(Eligible {
                     name,
                     room,
-                    tokens: level,
+                    tokens,
+                    bucket_bound,
                     got: 0,
                 });
+            } else if let (true, Some((t, rate))) = (bucket_bound, tokens) {
+                sooner(until_token(rate, t));
             }
         }
     }
@@ -160,16 +184,22 @@ pub(super) fn claim(
     // Count the starts, and spend the buckets, in the same transaction.
     let mut spend = c.prepare_cached(SPEND_SQL).map_err(err)?;
     for q in queues.iter().filter(|q| q.got > 0) {
-        let left = q.tokens.map(|t| (t - q.got as f64).max(0.0));
+        let left = q.tokens.map(|(t, _)| (t - q.got as f64).max(0.0));
         spend
             .execute(params![q.name, now / 60_000, q.got as i64, now, left])
             .map_err(err)?;
+        if let (true, 0, Some((_, rate)), Some(l)) = (q.bucket_bound, q.room, q.tokens, left) {
+            sooner(until_token(rate, l));
+        }
     }
     // RETURNING order is unspecified: hand steps back in claim order.
     steps.sort_by(|a, b| {
         (b.priority, a.created_ts, a.step_id).cmp(&(a.priority, b.created_ts, b.step_id))
     });
-    Ok(steps)
+    Ok(Claimed {
+        steps,
+        next_token_in: pace,
+    })
 }
 
 /// Creates the queues `names` name that have no row yet, in the insert's

@@ -146,8 +146,12 @@ impl Store for SqliteStore {
     }
 
     async fn steps_claim(&self, p: ClaimParams) -> Result<Vec<Step>, StoreError> {
+        Ok(self.steps_claim_paced(p).await?.steps)
+    }
+
+    async fn steps_claim_paced(&self, p: ClaimParams) -> Result<Claimed, StoreError> {
         if p.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         let start = self.claim_turn.fetch_add(1, Ordering::Relaxed);
         self.writer

@@ -35,10 +35,11 @@ impl Handler<Submit> for StorageActor {
 }
 
 /// Claim up to `limit` steps for `pod_id` and hand them to `deliver_to`; answers
-/// how many were claimed. Delivery happens here, not in the claimer, so a claimer
-/// restarting mid-claim cannot strand claimed steps.
+/// how many were claimed, and the store's pacing hint
+/// ([`crate::store::Claimed::next_token_in`]). Delivery happens here, not in the
+/// claimer, so a claimer restarting mid-claim cannot strand claimed steps.
 #[derive(Message)]
-#[rtype(result = "Result<u32, StoreError>")]
+#[rtype(result = "Result<(u32, Option<std::time::Duration>), StoreError>")]
 pub struct ClaimSteps {
     /// Claiming pod.
     pub pod_id: String,
@@ -49,7 +50,7 @@ pub struct ClaimSteps {
 }
 
 impl Handler<ClaimSteps> for StorageActor {
-    type Result = ResponseFuture<Result<u32, StoreError>>;
+    type Result = ResponseFuture<Result<(u32, Option<std::time::Duration>), StoreError>>;
     fn handle(&mut self, msg: ClaimSteps, _: &mut Context<Self>) -> Self::Result {
         // No retry loop for claims: the claimer tries again at its next tick.
         let store = self.store.clone();
@@ -58,7 +59,7 @@ impl Handler<ClaimSteps> for StorageActor {
         Box::pin(async move {
             let t0 = std::time::Instant::now();
             let r = store
-                .steps_claim(ClaimParams {
+                .steps_claim_paced(ClaimParams {
                     pod_id: msg.pod_id,
                     limit: msg.limit,
                     queues,
@@ -66,7 +67,10 @@ impl Handler<ClaimSteps> for StorageActor {
                 .await;
             observe("steps_claim", t0, &r);
             state.store_result(true, r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            let steps = r?;
+            let crate::store::Claimed {
+                steps,
+                next_token_in,
+            } = r?;
             let n = steps.len() as u32;
             CLAIM_BATCH.observe(f64::from(n));
             for s in &steps {
@@ -79,7 +83,7 @@ impl Handler<ClaimSteps> for StorageActor {
                 msg.deliver_to
                     .do_send(crate::actors::executor::RunSteps(steps));
             }
-            Ok(n)
+            Ok((n, next_token_in))
         })
     }
 }

@@ -222,6 +222,50 @@ pub(crate) async fn a_rate_limited_queue_starts_what_its_bucket_allows(h: Harnes
     );
 }
 
+/// A claim that empties a rate-limited queue's bucket says when its next token
+/// is due, so a claimer can come back then; a claim no bucket bounded gives no
+/// hint. SQLite must give the hint; a store that cannot tell answers `None`.
+pub(crate) async fn a_dry_bucket_says_when_its_next_token_is_due(h: Harness) {
+    let paced = |store: &Arc<dyn Store>, only: &str| {
+        let store = store.clone();
+        let only = only.to_string();
+        async move {
+            store
+                .steps_claim_paced(ClaimParams {
+                    pod_id: "pod-a".into(),
+                    limit: 20,
+                    queues: Some(vec![only]),
+                })
+                .await
+                .expect("claim")
+        }
+    };
+    h.a.queue_put(QueueSettings {
+        rate_per_second: Some(4.0),
+        burst: Some(2),
+        ..QueueSettings::new("paced")
+    })
+    .await
+    .expect("queue_put");
+    insert(&h.a, (0..6).map(|_| in_queue("paced")).collect()).await;
+    insert(&h.a, (0..3).map(|_| in_queue("free")).collect()).await;
+    let free = paced(&h.a, "free").await;
+    assert_eq!(free.steps.len(), 3);
+    assert_eq!(free.next_token_in, None, "no bucket bounded this claim");
+    let dry = paced(&h.a, "paced").await;
+    assert_eq!(dry.steps.len(), 2, "the burst");
+    let must_hint = h.a.backend() == "sqlite";
+    for hint in [dry.next_token_in, paced(&h.b, "paced").await.next_token_in] {
+        match hint {
+            Some(d) => assert!(
+                d > Duration::ZERO && d <= Duration::from_millis(250),
+                "one token at 4/s is due within 250 ms, hinted {d:?}"
+            ),
+            None => assert!(!must_hint, "{} must hint", h.a.backend()),
+        }
+    }
+}
+
 /// A queue's defaults (retries, timeout, backoff) apply to steps submitted to
 /// it without their own, on both insert paths; a step's own values win.
 pub(crate) async fn queue_defaults_apply_to_steps_without_their_own(h: Harness) {
