@@ -43,6 +43,7 @@ pub mod pod;
 pub mod queue;
 pub mod records;
 pub mod retry;
+pub mod schedule;
 pub mod search;
 pub mod state;
 pub mod step;

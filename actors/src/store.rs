@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::queue::{QueueInfo, QueueSettings};
 use crate::records::{PodRecord, PodStatus, QueueStats};
+use crate::schedule::{DueSchedules, Schedule, ScheduleAdvance, ScheduleSpec};
 use crate::search::{BulkAction, SearchPage, SearchParams};
 use crate::step::{NewStep, Step, StepId, StepStatus};
 
@@ -436,6 +437,42 @@ pub trait Store: Send + Sync + 'static {
     /// write, so a concurrent change of its limits is never undone); a queue
     /// that does not exist yet is created with the defaults.
     async fn queue_pause(&self, name: &str, paused: bool) -> Result<(), StoreError>;
+
+    /// Every schedule, ordered by name (at most
+    /// [`crate::schedule::MAX_SCHEDULES`]; one read of `SCHEDULES`).
+    async fn schedules_list(&self) -> Result<Vec<Schedule>, StoreError>;
+
+    /// One schedule, by id or by name.
+    async fn schedule_get(&self, id_or_name: &str) -> Result<Option<Schedule>, StoreError>;
+
+    /// Creates a schedule, or replaces the spec of the one with the same name
+    /// (its id, history and, unless its timing changed, `next_run_at` are
+    /// kept; see [`crate::schedule::timing_changed`]). A new or re-timed
+    /// schedule's `next_run_at` is its first tick after the store's now.
+    /// Refuses to go past [`crate::schedule::MAX_SCHEDULES`].
+    async fn schedule_put(&self, spec: ScheduleSpec) -> Result<Schedule, StoreError>;
+
+    /// Deletes a schedule (by id or name); false when there was none. Steps it
+    /// fired are kept.
+    async fn schedule_delete(&self, id_or_name: &str) -> Result<bool, StoreError>;
+
+    /// Pauses or resumes a schedule (by id or name). Resuming sets
+    /// `next_run_at` to the first tick after the store's now: ticks while
+    /// paused are not fired. `None` when there is no such schedule.
+    async fn schedule_pause(
+        &self,
+        id_or_name: &str,
+        paused: bool,
+    ) -> Result<Option<Schedule>, StoreError>;
+
+    /// The schedules due at `now` (the store's clock when `None`), and the
+    /// earliest `next_run_at` of the others: one read of `SCHEDULES`.
+    async fn schedules_due(&self, now: Option<DateTime<Utc>>) -> Result<DueSchedules, StoreError>;
+
+    /// Records a fire: sets `next_run_at`, `recent` and `last_fired_at` and
+    /// adds to the counts, only if `next_run_at` still equals
+    /// `expected_next` (a compare-and-set). True when it did.
+    async fn schedule_advance(&self, advance: ScheduleAdvance) -> Result<bool, StoreError>;
 
     /// Failed steps in id order, a page at a time.
     async fn steps_failed_list(&self, params: PageParams) -> Result<Vec<Step>, StoreError>;

@@ -35,6 +35,7 @@ mod insert;
 mod options;
 mod queues;
 mod rows;
+mod schedules;
 mod schema;
 mod search;
 mod session;

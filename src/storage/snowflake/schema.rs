@@ -4,7 +4,7 @@
 /// design's; no primary keys (Snowflake would not enforce them).
 /// Statements that bring a table created by an earlier version up to date come
 /// last; each is idempotent, so `schema_init` runs them all every time.
-pub const DDL: [&str; 18] = [
+pub const DDL: [&str; 19] = [
     "CREATE TABLE IF NOT EXISTS STEP_TRACKER (
     step_id         VARCHAR(36)   NOT NULL,
     status          VARCHAR(16)   NOT NULL,
@@ -77,6 +77,27 @@ pub const DDL: [&str; 18] = [
     computed_at   TIMESTAMP_NTZ NOT NULL,
     computed_by   VARCHAR,
     body          VARCHAR       NOT NULL
+)",
+    // Schedules (fleet_q_actors::schedule), fired by the leader; times in
+    // epoch milliseconds, the step template and recent fires as JSON text.
+    "CREATE TABLE IF NOT EXISTS SCHEDULES (
+    id            VARCHAR       NOT NULL,
+    name          VARCHAR       NOT NULL,
+    cron          VARCHAR,
+    every_seconds NUMBER(19,0),
+    time_zone     VARCHAR       NOT NULL,
+    step          VARCHAR       NOT NULL,
+    paused        BOOLEAN       NOT NULL,
+    catch_up      VARCHAR       NOT NULL,
+    catch_up_max  NUMBER(10,0)  NOT NULL,
+    overlap       VARCHAR       NOT NULL,
+    next_run_at   NUMBER(19,0),
+    last_fired_at NUMBER(19,0),
+    recent        VARCHAR       NOT NULL,
+    fires         NUMBER(19,0)  NOT NULL,
+    skipped       NUMBER(19,0)  NOT NULL,
+    created_ms    NUMBER(19,0)  NOT NULL,
+    updated_ms    NUMBER(19,0)  NOT NULL
 )",
 ];
 

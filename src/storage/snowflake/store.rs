@@ -4,6 +4,8 @@
 
 use super::*;
 
+use fleet_q_actors::schedule::{DueSchedules, Schedule, ScheduleAdvance, ScheduleSpec};
+
 #[async_trait]
 impl Store for SnowflakeStore {
     fn backend(&self) -> &'static str {
@@ -54,6 +56,42 @@ impl Store for SnowflakeStore {
 
     async fn steps_insert(&self, steps: Vec<NewStep>) -> Result<Vec<Inserted>, StoreError> {
         self.insert_steps(steps).await
+    }
+
+    async fn schedules_list(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.schedules_read("schedules_list", None).await
+    }
+
+    async fn schedule_get(&self, key: &str) -> Result<Option<Schedule>, StoreError> {
+        Ok(self
+            .schedules_read("schedule_get", Some(key))
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn schedule_put(&self, spec: ScheduleSpec) -> Result<Schedule, StoreError> {
+        self.schedule_upsert(spec).await
+    }
+
+    async fn schedule_delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.schedule_remove(key).await
+    }
+
+    async fn schedule_pause(
+        &self,
+        key: &str,
+        paused: bool,
+    ) -> Result<Option<Schedule>, StoreError> {
+        self.schedule_set_paused(key, paused).await
+    }
+
+    async fn schedules_due(&self, now: Option<DateTime<Utc>>) -> Result<DueSchedules, StoreError> {
+        self.schedules_due_at(now).await
+    }
+
+    async fn schedule_advance(&self, a: ScheduleAdvance) -> Result<bool, StoreError> {
+        self.schedule_cas(&a).await
     }
 
     async fn steps_claim(&self, p: ClaimParams) -> Result<Vec<Step>, StoreError> {

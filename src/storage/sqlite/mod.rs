@@ -38,6 +38,7 @@ mod fenced;
 mod identity;
 mod prune;
 mod rows;
+mod schedules;
 mod schema;
 mod search;
 mod stats;

@@ -64,6 +64,26 @@ CREATE TABLE IF NOT EXISTS QUEUES (
     started_prev    INTEGER NOT NULL DEFAULT 0 -- and in the minute before
 );
 INSERT OR IGNORE INTO QUEUES (name) VALUES ('default');
+-- Schedules (fleet_q_actors::schedule): fired by the leader; times in epoch ms.
+CREATE TABLE IF NOT EXISTS SCHEDULES (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    name          TEXT    NOT NULL UNIQUE,
+    cron          TEXT,
+    every_seconds INTEGER,
+    time_zone     TEXT    NOT NULL DEFAULT 'UTC',
+    step          TEXT    NOT NULL, -- the step template (JSON)
+    paused        INTEGER NOT NULL DEFAULT 0,
+    catch_up      TEXT    NOT NULL DEFAULT 'skip',
+    catch_up_max  INTEGER NOT NULL DEFAULT 100,
+    overlap       TEXT    NOT NULL DEFAULT 'allow',
+    next_run_at   INTEGER, -- the next tick not yet fired
+    last_fired_at INTEGER,
+    recent        TEXT    NOT NULL DEFAULT '[]', -- latest fires (JSON)
+    fires         INTEGER NOT NULL DEFAULT 0,
+    skipped       INTEGER NOT NULL DEFAULT 0,
+    created_ts    INTEGER NOT NULL,
+    updated_ts    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS POD_HEALTH (
     pod_id            TEXT    NOT NULL PRIMARY KEY,
     birth_ts          INTEGER NOT NULL,

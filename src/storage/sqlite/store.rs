@@ -2,6 +2,8 @@
 
 use super::*;
 
+use fleet_q_actors::schedule::{DueSchedules, Schedule, ScheduleAdvance, ScheduleSpec};
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -354,6 +356,70 @@ impl Store for SqliteStore {
         self.writer
             .write("queue_pause", move |c, now| {
                 claim::pause(c, now, &name, paused)
+            })
+            .await
+    }
+
+    async fn schedules_list(&self) -> Result<Vec<Schedule>, StoreError> {
+        let rows = self
+            .read("schedules_list", |c, _| schedules::list(c))
+            .await?;
+        schedules::decode_all("schedules_list", rows)
+    }
+
+    async fn schedule_get(&self, key: &str) -> Result<Option<Schedule>, StoreError> {
+        let key = key.to_string();
+        let row = self
+            .read("schedule_get", move |c, _| schedules::get(c, &key))
+            .await?;
+        schedules::decode_one("schedule_get", row)
+    }
+
+    async fn schedule_put(&self, spec: ScheduleSpec) -> Result<Schedule, StoreError> {
+        let problems = spec.problems();
+        if !problems.is_empty() {
+            return Err(StoreError::fatal("schedule_put", problems.join("; ")));
+        }
+        self.writer
+            .write("schedule_put", move |c, now| schedules::put(c, now, &spec))
+            .await
+    }
+
+    async fn schedule_delete(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        self.writer
+            .write("schedule_delete", move |c, _| schedules::delete(c, &key))
+            .await
+    }
+
+    async fn schedule_pause(
+        &self,
+        key: &str,
+        paused: bool,
+    ) -> Result<Option<Schedule>, StoreError> {
+        let key = key.to_string();
+        self.writer
+            .write("schedule_pause", move |c, now| {
+                schedules::pause(c, now, &key, paused)
+            })
+            .await
+    }
+
+    async fn schedules_due(&self, now: Option<DateTime<Utc>>) -> Result<DueSchedules, StoreError> {
+        let (rows, next, at) = self
+            .read("schedules_due", move |c, clock| {
+                let at = now.map_or(clock, |t| t.timestamp_millis());
+                let (rows, next) = schedules::due(c, at)?;
+                Ok((rows, next, at))
+            })
+            .await?;
+        schedules::due_schedules(rows, next, at)
+    }
+
+    async fn schedule_advance(&self, a: ScheduleAdvance) -> Result<bool, StoreError> {
+        self.writer
+            .write("schedule_advance", move |c, now| {
+                schedules::advance(c, now, &a)
             })
             .await
     }

@@ -146,6 +146,7 @@ mod pods;
 mod queues;
 mod recovery;
 mod retry;
+mod schedules;
 mod search;
 mod stats;
 mod submit;
