@@ -91,6 +91,29 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Every schedule: timing, next fire, last fire, counts (admin).
+    Schedules {
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Act on one schedule, by id or name (admin): `show`, `pause`, `resume`,
+    /// `trigger` (fire once now), `delete`, or `put` (create or replace it
+    /// from `--body`, the JSON of `PUT /admin/schedules/{id}`).
+    Schedule {
+        /// What to do.
+        #[arg(value_enum)]
+        action: ScheduleAction,
+        /// Schedule id or name.
+        name: String,
+        /// For `put`: the schedule as JSON, e.g.
+        /// `{"every_seconds": 60, "step": {"type": "noop"}}`.
+        #[arg(long)]
+        body: Option<String>,
+        /// Which pod, and the output form.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Run a recovery cycle on the leader (admin).
     Recover {
         /// Report what would be recovered without writing.
@@ -100,6 +123,23 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+}
+
+/// What `fleet-q schedule` does.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleAction {
+    /// Print it.
+    Show,
+    /// Stop it firing.
+    Pause,
+    /// Fire again from its next tick.
+    Resume,
+    /// Fire its step once, now.
+    Trigger,
+    /// Delete it (its steps are kept).
+    Delete,
+    /// Create or replace it from `--body`.
+    Put,
 }
 
 impl ClientCommand {
@@ -112,6 +152,8 @@ impl ClientCommand {
             | ClientCommand::Queues { client }
             | ClientCommand::Pause { client, .. }
             | ClientCommand::Resume { client, .. }
+            | ClientCommand::Schedules { client }
+            | ClientCommand::Schedule { client, .. }
             | ClientCommand::Recover { client, .. } => client,
         }
     }
@@ -187,6 +229,27 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
         ClientCommand::Resume { name, .. } => {
             client.post(format!("{url}/admin/queues/{}/resume", path_segment(name)?))
         }
+        ClientCommand::Schedules { .. } => client.get(format!("{url}/admin/schedules")),
+        ClientCommand::Schedule {
+            action, name, body, ..
+        } => {
+            let base = format!("{url}/admin/schedules/{}", schedule_segment(name)?);
+            match action {
+                ScheduleAction::Show => client.get(base),
+                ScheduleAction::Pause => client.post(format!("{base}/pause")),
+                ScheduleAction::Resume => client.post(format!("{base}/resume")),
+                ScheduleAction::Trigger => client.post(format!("{base}/trigger")),
+                ScheduleAction::Delete => client.delete(base),
+                ScheduleAction::Put => {
+                    let body: Value = body
+                        .as_deref()
+                        .ok_or("put needs --body with the schedule as JSON")
+                        .and_then(|b| serde_json::from_str(b).map_err(|_| "--body is not JSON"))
+                        .map_err(|e| e.to_string())?;
+                    client.put(base).json(&body)
+                }
+            }
+        }
         ClientCommand::Recover { dry_run, .. } => client
             .post(format!("{url}/admin/recovery/run"))
             .json(&json!({ "dry_run": dry_run })),
@@ -200,6 +263,9 @@ async fn call(url: &str, token: Option<&str>, cmd: &ClientCommand) -> Result<Val
         .await
         .map_err(|e| format!("cannot reach {url}: {e}"))?;
     let status = resp.status();
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(json!({"message": "done"}));
+    }
     let v: Value = resp
         .json()
         .await
@@ -222,6 +288,40 @@ fn path_segment(name: &str) -> Result<&str, String> {
         Some(why) => Err(format!("queue name {why}")),
         None => Ok(name),
     }
+}
+
+/// A schedule id or name as a URL path segment (ids are hex, names
+/// `A-Z a-z 0-9 . _ -`).
+fn schedule_segment(name: &str) -> Result<&str, String> {
+    match fleet_q_actors::queue::name_problem(name) {
+        Some(why) => Err(format!("schedule id or name {why}")),
+        None => Ok(name),
+    }
+}
+
+fn schedule_line(v: &Value) -> String {
+    let timing = match (&v["cron"], &v["every_seconds"]) {
+        (Value::String(c), _) => format!("cron {c} {}", s(&v["time_zone"])),
+        (_, n) => format!("every {}s", s(n)),
+    };
+    let last = v["recent"]
+        .get(0)
+        .map(|f| format!("{} -> {}", s(&f["tick"]), s(&f["step_id"])))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:<24} {:<8} {:<34} next {:<30} fires {:<6} skipped {:<6} last {}\n",
+        s(&v["name"]),
+        if v["paused"] == json!(true) {
+            "paused"
+        } else {
+            "active"
+        },
+        timing,
+        s(&v["next_run_at"]),
+        s(&v["fires"]),
+        s(&v["skipped"]),
+        last
+    )
 }
 
 fn queue_line(q: &Value) -> String {
@@ -308,6 +408,15 @@ fn human(cmd: &ClientCommand, v: &Value) -> String {
             .map(|qs| qs.iter().map(queue_line).collect())
             .unwrap_or_default(),
         ClientCommand::Pause { .. } | ClientCommand::Resume { .. } => queue_line(v),
+        ClientCommand::Schedules { .. } => v["schedules"]
+            .as_array()
+            .map(|all| all.iter().map(schedule_line).collect())
+            .unwrap_or_default(),
+        ClientCommand::Schedule { action, .. } => match action {
+            ScheduleAction::Trigger => format!("{}\n", s(&v["step_id"])),
+            ScheduleAction::Delete => "deleted\n".into(),
+            _ => schedule_line(v),
+        },
         ClientCommand::Leader { .. } => {
             let mut out = format!(
                 "leader {} (born {})  active pods {}\n",

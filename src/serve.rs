@@ -34,6 +34,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         retention: s.retention,
         prune_batch: s.prune_batch_size,
         prune_interval: s.prune_interval,
+        schedule_check: s.schedule_check,
         step_backoff: Backoff {
             base: s.default_base_delay,
             max: s.default_max_delay,
@@ -65,6 +66,7 @@ pub async fn run(
     let store = open_store(&settings)
         .await
         .map_err(|e| anyhow::anyhow!("opening the {:?} store: {e}", settings.storage_mode))?;
+    load_schedules(&settings, store.as_ref()).await?;
     let handlers = handlers::builtin(&settings.http_handlers, settings.http_max_result_bytes);
     let pod = Arc::new(Pod::start(pod_config(&settings), store, handlers)?);
     let addr = listener.local_addr()?;
@@ -197,6 +199,24 @@ pub async fn signals() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Upserts the schedules the settings file declares, by name, so every pod can
+/// carry the same file: a schedule whose timing is unchanged keeps its next
+/// tick, so restarts neither skip nor repeat one.
+async fn load_schedules(settings: &Settings, store: &dyn Store) -> anyhow::Result<()> {
+    for spec in &settings.schedules {
+        let name = spec.name.clone();
+        let s = settings
+            .store_retry()
+            .run("schedule_put", || store.schedule_put(spec.clone()))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("loading schedule {name:?} from the settings file: {e}")
+            })?;
+        tracing::info!(schedule = %name, id = %s.id, next_run_at = ?s.next_run_at, "schedule loaded from the settings file");
+    }
+    Ok(())
 }
 
 /// Opens the store the settings name and initialises its schema: the one place

@@ -36,6 +36,9 @@ pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const PRUNE_BATCH: u32 = 500;
 /// Longest pause between prune passes (`FLEET_Q_PRUNE_INTERVAL_SECONDS`).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the leader re-reads the schedules when none is due sooner
+/// (`FLEET_Q_SCHEDULE_CHECK_SECONDS`).
+pub const SCHEDULE_CHECK: Duration = Duration::from_secs(10);
 /// Store call attempts on transient errors (`FLEET_Q_DEFAULT_MAX_ATTEMPTS`).
 pub const STORE_MAX_ATTEMPTS: u32 = 5;
 /// First retry delay (`FLEET_Q_DEFAULT_BASE_DELAY_MS`).

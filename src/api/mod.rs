@@ -42,7 +42,7 @@ use metrics::register_metrics;
 pub use middleware::{admit, observe, on_connect, HttpLimits, RequestMeta};
 pub use routes::admin::MAX_TYPES_SHOWN;
 pub use routes::probes::RECOVERY_FAILING_AFTER;
-use routes::{admin, debug, finder, probes, queues, steps};
+use routes::{admin, debug, finder, probes, queues, schedules, steps};
 
 /// How long queue statistics are reused before the store is asked again.
 const STATS_TTL: Duration = Duration::from_secs(2);
@@ -165,6 +165,14 @@ route_table! {
     "PUT" "/admin/queues/{name}" => queues::put,
     "POST" "/admin/queues/{name}/pause" => queues::pause,
     "POST" "/admin/queues/{name}/resume" => queues::resume,
+    "GET" "/admin/schedules" => schedules::list,
+    "POST" "/admin/schedules" => schedules::create,
+    "GET" "/admin/schedules/{id}" => schedules::get,
+    "PUT" "/admin/schedules/{id}" => schedules::put,
+    "DELETE" "/admin/schedules/{id}" => schedules::delete,
+    "POST" "/admin/schedules/{id}/pause" => schedules::pause,
+    "POST" "/admin/schedules/{id}/resume" => schedules::resume,
+    "POST" "/admin/schedules/{id}/trigger" => schedules::trigger,
     "GET" "/metrics" => metrics::metrics_text,
     "GET" "/openapi.json" => probes::openapi_json,
 }

@@ -138,6 +138,7 @@ keys! {
     RetentionSeconds "retention_seconds" = "604800", Seconds { min: 60, max: 10 * 365 * 86_400 }, false, "finished steps are pruned after this, at least 60";
     PruneBatchSize "prune_batch_size" = "500", Int { min: 1, max: 100_000 }, false, "finished steps deleted per prune chunk by the leader, 1 to 100000 (chunks run back to back while rows are waiting)";
     PruneIntervalSeconds "prune_interval_seconds" = "10", Seconds { min: 1, max: 3600 }, false, "longest pause between prune passes, 1 to 3600 (a full chunk is followed at once; an idle store is asked once per interval)";
+    ScheduleCheckSeconds "schedule_check_seconds" = "10", Seconds { min: 1, max: 3600 }, false, "how often the leader re-reads the schedules when none is due sooner (a schedule changed through another pod is seen within this), 1 to 3600";
     LedgerPath "ledger_path" = "", Text, false, "recovery ledger (ephemeral SQLite); default: fleet-q-ledger-<pod id>.db in the temp dir; `:memory:` keeps it in memory";
     MaxPayloadBytes "max_payload_bytes" = "1048576", Int { min: 1024, max: 64 * 1024 * 1024 }, false, "HTTP request body limit, 1024 to 67108864";
     HttpBodyTimeoutSeconds "http_body_timeout_seconds" = "10", Seconds { min: 1, max: 3600 }, false, "a request body must arrive within this (else 408 and the connection closes), 1 to 3600";

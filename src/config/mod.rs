@@ -124,6 +124,11 @@ pub struct Settings {
     pub prune_batch_size: u32,
     /// Longest pause between prune chunks.
     pub prune_interval: Duration,
+    /// How often the leader re-reads the schedules when none is due sooner.
+    pub schedule_check: Duration,
+    /// Schedules declared in the settings file (`[[schedules]]`), upserted by
+    /// name when the pod starts.
+    pub schedules: Vec<fleet_q_actors::schedule::ScheduleSpec>,
     /// HTTP body limit.
     pub max_payload_bytes: usize,
     /// Time a request body has to arrive.
@@ -234,6 +239,7 @@ impl Settings {
             Key::RetentionSeconds => secs(self.retention),
             Key::PruneBatchSize => self.prune_batch_size.to_string(),
             Key::PruneIntervalSeconds => secs(self.prune_interval),
+            Key::ScheduleCheckSeconds => secs(self.schedule_check),
             Key::MaxPayloadBytes => self.max_payload_bytes.to_string(),
             Key::HttpBodyTimeoutSeconds => secs(self.http_body_timeout),
             Key::HttpMaxConnections => self.http_max_connections.to_string(),
@@ -278,9 +284,16 @@ impl Sources {
 pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
     let mut problems = Vec::new();
     let mut raw: HashMap<String, (String, &'static str)> = HashMap::new();
+    let mut schedules = Vec::new();
     if let Some(path) = &sources.file {
         match read_file(path) {
-            Ok(values) => {
+            Ok((values, declared)) => {
+                problems.extend(
+                    parse::schedule_problems(&declared)
+                        .into_iter()
+                        .map(|p| format!("{}: {p}", path.display())),
+                );
+                schedules = declared;
                 for (k, v) in values {
                     if KEYS.iter().any(|d| d.key == k) {
                         raw.insert(k, (v, "file"));
@@ -304,7 +317,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
         raw,
         problems: &mut problems,
     };
-    let settings = build(&mut p);
+    let mut settings = build(&mut p);
+    settings.schedules = schedules;
     if problems.is_empty() {
         Ok(settings)
     } else {

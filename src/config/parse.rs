@@ -2,8 +2,11 @@
 //! collecting every problem.
 
 use super::*;
+use fleet_q_actors::schedule::ScheduleSpec;
 
-pub(super) fn read_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+/// The plain settings of a TOML file, and the schedules it declares
+/// (`[[schedules]]` tables, each a `ScheduleSpec`).
+pub(super) fn read_file(path: &Path) -> Result<FileSettings, String> {
     let cfg = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .build()
@@ -17,7 +20,14 @@ pub(super) fn read_file(path: &Path) -> Result<Vec<(String, String)>, String> {
         .try_deserialize()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
+    let mut schedules = Vec::new();
     for (k, v) in table {
+        if k.eq_ignore_ascii_case("schedules") {
+            schedules = v
+                .try_deserialize::<Vec<ScheduleSpec>>()
+                .map_err(|e| format!("{}: schedules: {e}", path.display()))?;
+            continue;
+        }
         let text = match v.kind {
             config::ValueKind::Table(_) | config::ValueKind::Array(_) => {
                 return Err(format!(
@@ -29,7 +39,34 @@ pub(super) fn read_file(path: &Path) -> Result<Vec<(String, String)>, String> {
         };
         out.push((k.to_ascii_lowercase(), text));
     }
-    Ok(out)
+    Ok((out, schedules))
+}
+
+/// What [`read_file`] reads.
+pub(super) type FileSettings = (Vec<(String, String)>, Vec<ScheduleSpec>);
+
+/// Every problem of the declared schedules (each named), and duplicate names.
+pub(super) fn schedule_problems(schedules: &[ScheduleSpec]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in schedules.iter().enumerate() {
+        for p in s.problems() {
+            out.push(format!("schedules[{i}] ({:?}): {p}", s.name));
+        }
+        if !seen.insert(s.name.as_str()) {
+            out.push(format!(
+                "schedules[{i}]: the name {:?} is declared twice",
+                s.name
+            ));
+        }
+    }
+    if schedules.len() > fleet_q_actors::schedule::MAX_SCHEDULES {
+        out.push(format!(
+            "schedules: at most {} may be declared",
+            fleet_q_actors::schedule::MAX_SCHEDULES
+        ));
+    }
+    out
 }
 
 pub(super) struct Parser<'a> {
@@ -356,6 +393,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
     let retention = p.secs(Key::RetentionSeconds);
     let prune_batch_size = p.num::<u32>(Key::PruneBatchSize);
     let prune_interval = p.secs(Key::PruneIntervalSeconds);
+    let schedule_check = p.secs(Key::ScheduleCheckSeconds);
     let max_payload_bytes = p.num::<usize>(Key::MaxPayloadBytes);
     let http_body_timeout = p.secs(Key::HttpBodyTimeoutSeconds);
     let http_max_connections = p.num::<usize>(Key::HttpMaxConnections);
@@ -416,6 +454,8 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         retention,
         prune_batch_size,
         prune_interval,
+        schedule_check,
+        schedules: Vec::new(),
         max_payload_bytes,
         http_body_timeout,
         http_max_connections,

@@ -42,6 +42,9 @@ pub struct PodConfig {
     /// Longest pause between prune chunks; see
     /// `recovery::RecoveryConfig::prune_interval`.
     pub prune_interval: Duration,
+    /// How often the leader re-reads the schedules when none is due sooner;
+    /// see `recovery::RecoveryConfig::schedule_check`.
+    pub schedule_check: Duration,
     /// Step retry backoff.
     pub step_backoff: Backoff,
     /// How failed store calls are retried (the engine's one retry layer).
@@ -82,6 +85,7 @@ impl Default for PodConfig {
             retention: crate::defaults::RETENTION,
             prune_batch: crate::defaults::PRUNE_BATCH,
             prune_interval: crate::defaults::PRUNE_INTERVAL,
+            schedule_check: crate::defaults::SCHEDULE_CHECK,
             step_backoff: Backoff::default(),
             store_retry: RetryPolicy::default(),
             queues: None,
@@ -159,6 +163,7 @@ impl PodConfig {
             retention: self.retention,
             prune_batch: self.prune_batch,
             prune_interval: self.prune_interval,
+            schedule_check: self.schedule_check,
             backoff: self.step_backoff,
             ..Default::default()
         }

@@ -262,6 +262,100 @@ impl Pod {
         Ok(stored)
     }
 
+    /// Runs a schedule operation through the StorageActor (its retry and
+    /// metrics); writes tell the leader part of this pod to look again.
+    async fn schedule_call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let r = self
+            .storage
+            .send(crate::actors::storage::StoreCall {
+                op,
+                f: Box::new(move |s| Box::pin(f(s))),
+            })
+            .await
+            .map_err(Self::storage_down)?;
+        if r.is_ok() && !matches!(op, "schedules_list" | "schedule_get") {
+            self.recovery
+                .do_send(crate::actors::recovery::SchedulesChanged);
+        }
+        r
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<Vec<crate::schedule::Schedule>, StoreError> {
+        self.schedule_call(
+            "schedules_list",
+            |s| async move { s.schedules_list().await },
+        )
+        .await
+    }
+
+    /// One schedule, by id or name.
+    pub async fn schedule(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::schedule::Schedule>, StoreError> {
+        let key = key.to_string();
+        self.schedule_call("schedule_get", move |s| {
+            let key = key.clone();
+            async move { s.schedule_get(&key).await }
+        })
+        .await
+    }
+
+    /// Creates or replaces a schedule by name.
+    pub async fn put_schedule(
+        &self,
+        spec: crate::schedule::ScheduleSpec,
+    ) -> Result<crate::schedule::Schedule, StoreError> {
+        self.schedule_call("schedule_put", move |s| {
+            let spec = spec.clone();
+            async move { s.schedule_put(spec).await }
+        })
+        .await
+    }
+
+    /// Deletes a schedule; false when there was none.
+    pub async fn delete_schedule(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        self.schedule_call("schedule_delete", move |s| {
+            let key = key.clone();
+            async move { s.schedule_delete(&key).await }
+        })
+        .await
+    }
+
+    /// Pauses or resumes a schedule.
+    pub async fn set_schedule_paused(
+        &self,
+        key: &str,
+        paused: bool,
+    ) -> Result<Option<crate::schedule::Schedule>, StoreError> {
+        let key = key.to_string();
+        self.schedule_call("schedule_pause", move |s| {
+            let key = key.clone();
+            async move { s.schedule_pause(&key, paused).await }
+        })
+        .await
+    }
+
+    /// Fires a schedule's step now, once (not retried: a retry could submit
+    /// twice); `None` when there is no such schedule.
+    pub async fn trigger_schedule(&self, key: &str) -> Result<Option<StepId>, StoreError> {
+        let r = crate::schedule::trigger(self.store.as_ref(), key).await;
+        if matches!(r, Ok(Some(_))) {
+            self.claimer
+                .do_send(ClaimTriggered(crate::messages::ClaimTrigger::Submitted));
+            self.recovery
+                .do_send(crate::actors::recovery::SchedulesChanged);
+        }
+        r
+    }
+
     /// Pauses or resumes a queue, keeping its other settings (a queue that
     /// does not exist yet is created).
     pub async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<(), StoreError> {

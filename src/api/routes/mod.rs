@@ -7,6 +7,7 @@ pub(crate) mod debug;
 pub(crate) mod finder;
 pub(crate) mod probes;
 pub(crate) mod queues;
+pub(crate) mod schedules;
 pub(crate) mod steps;
 
 use actix_web::HttpRequest;

@@ -42,6 +42,8 @@ use prometheus::IntCounterVec;
 
 mod cycle;
 use cycle::*;
+mod firing;
+pub use firing::SchedulesChanged;
 
 static CYCLES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     crate::metrics::counter_vec(
@@ -95,6 +97,7 @@ pub fn register_metrics() {
     LazyLock::force(&FAILING);
     LazyLock::force(&PRUNED);
     LazyLock::force(&PRUNE_LAG);
+    firing::register_metrics();
 }
 
 fn count_cycle(r: &Result<RecoverySummary, RecoveryError>) {
@@ -138,6 +141,9 @@ pub struct RecoveryConfig {
     pub prune_interval: Duration,
     /// Backoff for requeued orphans (the step retry backoff).
     pub backoff: Backoff,
+    /// How often the leader re-reads the schedules when none is due sooner
+    /// (default 10 s, `FLEET_Q_SCHEDULE_CHECK_SECONDS`); see `firing`.
+    pub schedule_check: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -150,6 +156,7 @@ impl Default for RecoveryConfig {
             prune_batch: crate::defaults::PRUNE_BATCH,
             prune_interval: crate::defaults::PRUNE_INTERVAL,
             backoff: Backoff::default(),
+            schedule_check: crate::defaults::SCHEDULE_CHECK,
         }
     }
 }
@@ -174,6 +181,9 @@ impl RecoveryConfig {
         }
         if self.prune_interval.is_zero() {
             problems.push("recovery: prune_interval must be above zero".into());
+        }
+        if self.schedule_check.is_zero() {
+            problems.push("recovery: schedule_check must be above zero".into());
         }
         self.backoff.validate("recovery: backoff", problems);
     }
@@ -213,6 +223,11 @@ pub struct RecoveryActor {
     pass_rows: u64,
     /// Rows pruned since the last cycle summary took the count.
     pruned_since_cycle: Arc<std::sync::atomic::AtomicU64>,
+    /// The pending schedule fire pass, whether one is in flight, and whether
+    /// another was asked for meanwhile.
+    fire_timer: Option<SpawnHandle>,
+    firing: bool,
+    fire_again: bool,
 }
 
 impl RecoveryActor {
@@ -237,6 +252,9 @@ impl RecoveryActor {
             prune_wait: Duration::ZERO,
             pass_rows: 0,
             pruned_since_cycle: Arc::default(),
+            fire_timer: None,
+            firing: false,
+            fire_again: false,
         }
     }
 
@@ -408,11 +426,14 @@ impl Actor for RecoveryActor {
         self.timer = None;
         self.pruning = false;
         self.prune_timer = None;
+        self.fire_timer = None;
+        self.firing = false;
         // After a restart, pick leadership up again from the shared state.
         self.is_leader = self.state.is_leader();
         if self.is_leader {
             self.schedule(ctx, Duration::ZERO);
             self.schedule_prune(ctx, Duration::ZERO);
+            self.schedule_fire(ctx, Duration::ZERO);
         }
     }
 
@@ -427,6 +448,8 @@ impl Supervised for RecoveryActor {
         self.timer = None;
         self.pruning = false;
         self.prune_timer = None;
+        self.fire_timer = None;
+        self.firing = false;
     }
 }
 
@@ -466,11 +489,13 @@ impl Handler<LeadershipChanged> for RecoveryActor {
                 // A new leader recovers at once: the old one may have died with work.
                 act.schedule(ctx, Duration::ZERO);
                 act.schedule_prune(ctx, Duration::ZERO);
+                act.schedule_fire(ctx, Duration::ZERO);
             } else if !msg.is_leader {
                 if let Some(t) = act.timer.take() {
                     ctx.cancel_future(t);
                 }
                 act.stop_pruning(ctx);
+                act.stop_firing(ctx);
             }
         });
     }

@@ -406,3 +406,30 @@ impl Handler<PruneSteps> for StorageActor {
         )
     }
 }
+
+/// A store call for the pod's schedule operations (the admin API and the
+/// leader's fires), run with the StorageActor's retry and metrics like every
+/// other. `f` must be safe to repeat: every schedule operation is (puts are
+/// by name, fires by idempotency key and compare-and-set).
+pub struct StoreCall<T> {
+    /// The operation's name (metrics, logs, read or write).
+    pub op: &'static str,
+    /// The call.
+    #[allow(clippy::type_complexity)]
+    pub f: Box<
+        dyn Fn(Arc<dyn Store>) -> futures_util::future::BoxFuture<'static, Result<T, StoreError>>
+            + Send,
+    >,
+}
+
+impl<T: 'static> Message for StoreCall<T> {
+    type Result = Result<T, StoreError>;
+}
+
+impl<T: 'static> Handler<StoreCall<T>> for StorageActor {
+    type Result = ResponseFuture<Result<T, StoreError>>;
+    fn handle(&mut self, msg: StoreCall<T>, _: &mut Context<Self>) -> Self::Result {
+        let f = msg.f;
+        self.call(msg.op, f)
+    }
+}

@@ -97,6 +97,9 @@ fn is_write(op: &str) -> bool {
             | "steps_failed_list"
             | "steps_search"
             | "queues_list"
+            | "schedules_list"
+            | "schedule_get"
+            | "schedules_due"
             | "stats_shared"
     )
 }
