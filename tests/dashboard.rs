@@ -15,11 +15,12 @@ use browser::Browser;
 use serde_json::{json, Value};
 use support::*;
 
-const PAGES: [(&str, &str); 5] = [
+const PAGES: [(&str, &str); 6] = [
     ("overview", "/ui"),
     ("steps", "/ui/steps"),
     ("failed", "/ui/failed"),
     ("queues", "/ui/queues"),
+    ("schedules", "/ui/schedules"),
     ("fleet", "/ui/fleet"),
 ];
 
@@ -221,6 +222,50 @@ fn the_dashboard_shows_the_fleet_filters_steps_and_retries_in_bulk() {
     web.screenshot(&shots.join("queues-1280.png"));
     web.goto(&a.url("/ui/steps?queue=mail"));
     assert_eq!(rows(&web, "#steps"), mail.len(), "the queue filter");
+
+    // Schedules: next fires, trigger (the fire links to its step), pause.
+    let r = c
+        .post(a.url("/admin/schedules"))
+        .json(&json!({"name": "hourly", "every_seconds": 3600, "step": {"type": "noop", "queue": "reports"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    web.goto(&b.url("/ui/schedules"));
+    let row = "#schedules tr[data-schedule=hourly]";
+    let text = web.text(row);
+    assert!(
+        text.contains("running") && text.contains("every 3600 s"),
+        "{text}"
+    );
+    assert_eq!(
+        web.find_all(&format!("{row} td.next div")).len(),
+        3,
+        "three next fires"
+    );
+    web.click(&format!("{row} button.trigger"));
+    web.wait_text(row, "the trigger is listed", |t| t.contains("(trigger)"));
+    assert!(web.text("main").contains("Fired once"), "the notice");
+    let s: Value = c
+        .get(a.url("/admin/schedules/hourly"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let fired = s["recent"][0]["step_id"].as_str().unwrap().to_string();
+    web.click(&format!("{row} td.last a"));
+    web.wait_text("main", "the fired step's page", |t| t.contains(&fired));
+    obs.wait_completed(&fired, Duration::from_secs(30));
+    web.goto(&b.url("/ui/schedules"));
+    web.click(&format!("{row} button.toggle"));
+    web.wait_text(row, "the schedule pauses", |t| t.contains("paused"));
+    let s: Value = c
+        .get(a.url("/admin/schedules/hourly"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(s["paused"], true, "the page acted through the store: {s}");
+    web.screenshot(&shots.join("schedules-1280.png"));
 
     // Fleet: both pods, one leader.
     web.goto(&b.url("/ui/fleet"));

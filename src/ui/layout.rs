@@ -10,11 +10,12 @@ use maud::{html, Markup, DOCTYPE};
 use fleet_q_actors::throughput::Series;
 
 /// The navigation: `(path, label)`.
-pub const NAV: [(&str, &str); 5] = [
+pub const NAV: [(&str, &str); 6] = [
     ("/ui", "Overview"),
     ("/ui/steps", "Steps"),
     ("/ui/failed", "Failed"),
     ("/ui/queues", "Queues"),
+    ("/ui/schedules", "Schedules"),
     ("/ui/fleet", "Fleet"),
 ];
 

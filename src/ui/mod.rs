@@ -15,6 +15,7 @@
 pub mod layout;
 pub mod pages;
 mod queues;
+mod schedules;
 pub mod session;
 pub mod steps;
 
@@ -62,6 +63,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, ui: UiConfig) {
         .route(
             "/ui/queues/{name}/{action}",
             web::post().to(queues::queue_action),
+        )
+        .route("/ui/schedules", web::get().to(schedules_page))
+        .route(
+            "/ui/schedules/{id}/{action}",
+            web::post().to(schedules::action),
         )
         .route("/ui/bulk", web::post().to(bulk))
         .route("/ui/login", web::get().to(login_page))
@@ -212,6 +218,10 @@ fn flash(req: &HttpRequest) -> Option<Markup> {
     let text = match q.done.as_deref()? {
         "cancelled" => format!("{n} step(s) cancelled."),
         "retried" => format!("{n} step(s) put back to pending."),
+        "paused" => "Paused.".into(),
+        "resumed" => "Resumed.".into(),
+        "limited" => "Limits set.".into(),
+        "triggered" => "Fired once: the step was submitted.".into(),
         "unchanged" => {
             "Nothing changed: the step was no longer in a status the action applies to.".into()
         }
@@ -333,6 +343,24 @@ async fn queues_page(
         "Queues",
         "/ui/queues",
         pages::queues(&st, &c.viewer).await,
+    )
+}
+
+async fn schedules_page(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    ui: web::Data<UiConfig>,
+) -> HttpResponse {
+    if let Some(r) = signed_out_redirect(&req, &st) {
+        return r;
+    }
+    let c = ctx(&req, &st, &ui);
+    shell(
+        &req,
+        &c,
+        "Schedules",
+        "/ui/schedules",
+        schedules::page(&st, &c.viewer).await,
     )
 }
 
