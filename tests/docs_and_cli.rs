@@ -37,6 +37,11 @@ fn example_settings_file_loads() {
     .unwrap();
     assert_eq!(s.max_parallelism, 20);
     assert_eq!(s.max_capacity(), 16);
+    assert_eq!(s.schedules.len(), 1, "the example schedule");
+    let nightly = &s.schedules[0];
+    assert_eq!(nightly.name, "nightly-report");
+    assert_eq!(nightly.step.queue.as_deref(), Some("reports"));
+    assert!(nightly.problems().is_empty(), "{:?}", nightly.problems());
 }
 
 fn fleet_q(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
