@@ -19,6 +19,8 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         pod_id: s.pod_id.clone(),
         max_capacity: s.max_capacity(),
         claim_batch: s.claim_batch_size,
+        claim_min_free: s.claim_min_free,
+        finish_linger: s.finish_linger,
         heartbeat_interval: s.heartbeat_interval,
         claim_interval: s.claim_interval,
         leader_check_interval: s.leader_check_interval,

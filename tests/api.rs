@@ -612,9 +612,41 @@ fn openapi_gives_a_schema_for_every_success_body_and_bodies_match_it() {
             201,
         ),
     ));
+    // Schedules: create, list, one, trigger, delete.
+    let made = expect(
+        admin(&c, reqwest::Method::POST, url("/admin/schedules"))
+            .json(&json!({"name": "doc", "every_seconds": 60, "step": {"type": "noop"}}))
+            .send()
+            .unwrap(),
+        201,
+    );
+    bodies.push(("post", "/admin/schedules", made));
+    for (method, path, route, code) in [
+        ("get", "/admin/schedules", "/admin/schedules", 200),
+        ("get", "/admin/schedules/doc", "/admin/schedules/{id}", 200),
+        (
+            "post",
+            "/admin/schedules/doc/trigger",
+            "/admin/schedules/{id}/trigger",
+            202,
+        ),
+        (
+            "delete",
+            "/admin/schedules/doc",
+            "/admin/schedules/{id}",
+            200,
+        ),
+    ] {
+        let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        bodies.push((
+            method,
+            route,
+            expect(admin(&c, m, url(path)).send().unwrap(), code),
+        ));
+    }
     for (method, path, body) in bodies {
         let responses = &doc["paths"][path][method]["responses"];
-        let code = ["200", "201"]
+        let code = ["200", "201", "202"]
             .into_iter()
             .find(|c| responses[*c].is_object())
             .unwrap();

@@ -380,3 +380,65 @@ fn a_non_leader_answers_scrapes_without_a_statement() {
         after.1 - before.1
     );
 }
+
+/// Twelve pods on the warehouse model: each statement compiles for 10-30 ms
+/// and executes for 20-60 ms, DML on a table runs one statement at a time, and
+/// at most 4 statements may wait for a table's lock (Snowflake's limit is 20;
+/// lowered so that twelve pods on this machine overflow it as thirty would).
+/// Newcomers are aborted with 000625, and the pods retry them as transient
+/// (with jitter). Every step completes, and a step runs twice only when its
+/// earlier run was on a pod presumed dead; the emulator counts the aborts.
+#[test]
+fn twelve_pods_on_the_warehouse_model_survive_lock_wait_aborts() {
+    let Some(py) = python() else { return };
+    let emu = emulator::Emulator::start_with_args(
+        &py,
+        &[
+            "--compile-ms",
+            "20:10",
+            "--latency-ms",
+            "40:20",
+            "--lock-waiters-limit",
+            "4",
+        ],
+    );
+    let port = emu.port;
+    let f = Fleet::start(
+        emu,
+        "lw",
+        12,
+        &[
+            ("FLEET_Q_DEAD_POD_THRESHOLD_SECONDS", "20"),
+            ("FLEET_Q_HEARTBEAT_INTERVAL_SECONDS", "2"),
+            ("FLEET_Q_MAX_PARALLELISM", "5"),
+        ],
+    );
+    let c = client();
+    let bodies: Vec<Value> = (0..600)
+        .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}, "max_retries": 5}))
+        .collect();
+    // Submitted through every pod, so inserts race claims and finishes.
+    let mut ids = Vec::new();
+    for (k, chunk) in bodies.chunks(50).enumerate() {
+        ids.extend(submit_batches(&c, &f.pods[k % 12], chunk, 50));
+    }
+    let stats = f.wait_completed(600, Duration::from_secs(300));
+    assert_eq!(stats.counts.total(), 600, "{stats:?}");
+    let rejoined = rejoined_processes(&f.pods);
+    assert_duplicates_only_from_lost_pods(&f.rec, &ids, &HashSet::new(), &rejoined);
+    let model: Value = c
+        .get(format!("http://127.0.0.1:{port}/debug/stats"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    eprintln!(
+        "statements {}, lock-wait aborts {}, most waiters {}",
+        model["statements"], model["lock_aborts"], model["max_waiters"]
+    );
+    assert!(
+        model["lock_aborts"].as_u64().unwrap() > 0,
+        "the model never overflowed a lock queue: {}",
+        model["max_waiters"]
+    );
+}

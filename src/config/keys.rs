@@ -105,6 +105,8 @@ keys! {
     HeartbeatIntervalSeconds "heartbeat_interval_seconds" = "30", Seconds { min: 1, max: 86_400 }, false, "heartbeat period, at least 1";
     ClaimIntervalSeconds "claim_interval_seconds" = "5", Seconds { min: 1, max: 86_400 }, false, "idle claim period, at least 1 (busy pods claim at once)";
     ClaimBatchSize "claim_batch_size" = "100", Int { min: 1, max: 10_000 }, false, "most steps claimed at once, 1 to 10000";
+    ClaimMinFree "claim_min_free" = "auto", Text, false, "slots that must be free before a finished step wakes a claim (fewer, larger claims), 1 to 10000, or `auto`: 1 on SQLite, half the pod's capacity on Snowflake; a local submit and an idle pod claim at once";
+    FinishLingerMs "finish_linger_ms" = "auto", Text, false, "how long a step's outcome may wait to be written with others, 0 to 10000 ms, or `auto`: 0 on SQLite, 200 on Snowflake (each write takes the table lock)";
     RecoveryIntervalSeconds "recovery_interval_seconds" = "300", Seconds { min: 1, max: 86_400 }, false, "leader's recovery period, at least 1";
     StatsIntervalSeconds "stats_interval_seconds" = "15", Seconds { min: 1, max: 3600 }, false, "Snowflake: how often the leader computes queue statistics into a shared row and the other pods read it, 1 to 3600 (requests for statistics send no statement)";
     ReconcileIntervalSeconds "reconcile_interval_seconds" = "60", Seconds { min: 0, max: 86_400 }, false, "each pod's self-reconciliation period: claims the store says it holds but it never received, older than one period, are released (0: off)";

@@ -84,6 +84,10 @@ pub struct Settings {
     pub claim_interval: Duration,
     /// Most steps per claim.
     pub claim_batch_size: u32,
+    /// Free slots before a finished step wakes a claim (`auto` resolved).
+    pub claim_min_free: u32,
+    /// How long an outcome may wait to share a write (`auto` resolved).
+    pub finish_linger: Duration,
     /// Recovery period.
     pub recovery_interval: Duration,
     /// Self-reconciliation period (zero: off).
@@ -197,6 +201,8 @@ impl Settings {
             Key::HeartbeatIntervalSeconds => secs(self.heartbeat_interval),
             Key::ClaimIntervalSeconds => secs(self.claim_interval),
             Key::ClaimBatchSize => self.claim_batch_size.to_string(),
+            Key::ClaimMinFree => self.claim_min_free.to_string(),
+            Key::FinishLingerMs => self.finish_linger.as_millis().to_string(),
             Key::LedgerPath => self
                 .ledger_path
                 .as_ref()

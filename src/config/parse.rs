@@ -248,6 +248,36 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
     let heartbeat_interval = p.secs(Key::HeartbeatIntervalSeconds);
     let claim_interval = p.secs(Key::ClaimIntervalSeconds);
     let claim_batch_size = p.num::<u32>(Key::ClaimBatchSize);
+    let snowflake_mode = p.text(Key::StorageMode) == "snowflake";
+    let capacity = ((f64::from(max_parallelism) * capacity_threshold).floor() as u32).max(1);
+    let claim_min_free = match p.text(Key::ClaimMinFree).as_str() {
+        "auto" if snowflake_mode => capacity.div_ceil(2),
+        "auto" => 1,
+        raw => match raw.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                p.problem(
+                    Key::ClaimMinFree,
+                    "must be `auto` or a whole number from 1 to 10000",
+                );
+                1
+            }
+        },
+    };
+    let finish_linger = match p.text(Key::FinishLingerMs).as_str() {
+        "auto" if snowflake_mode => Duration::from_millis(200),
+        "auto" => Duration::ZERO,
+        raw => match raw.parse::<u64>() {
+            Ok(n) if n <= 10_000 => Duration::from_millis(n),
+            _ => {
+                p.problem(
+                    Key::FinishLingerMs,
+                    "must be `auto` or a whole number of ms from 0 to 10000",
+                );
+                Duration::ZERO
+            }
+        },
+    };
     let recovery_interval = p.secs(Key::RecoveryIntervalSeconds);
     let reconcile_interval = p.secs(Key::ReconcileIntervalSeconds);
     let stats_interval = p.secs(Key::StatsIntervalSeconds);
@@ -434,6 +464,8 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         heartbeat_interval,
         claim_interval,
         claim_batch_size,
+        claim_min_free,
+        finish_linger,
         recovery_interval,
         reconcile_interval,
         stats_interval,

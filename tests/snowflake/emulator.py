@@ -76,6 +76,7 @@ import json
 import logging
 import random
 import re
+import time
 
 import uvicorn
 from starlette.applications import Starlette
@@ -105,8 +106,16 @@ CHUNKS: dict = {}
 # progress (GET /debug/delayed).
 DELAYS: list = []
 DELAYED = 0
-# Modelled statement latency (compile + execute), seconds: mean and +/- jitter.
+# Modelled statement latency, seconds: mean and +/- jitter. COMPILE is spent
+# before a statement queues for its table lock; LATENCY (execution) is spent
+# holding it (DML) or not (reads, INSERTs).
 LATENCY = (0.0, 0.0)
+COMPILE = (0.0, 0.0)
+# What ran, for GET /debug/stats: statements by kind and outcome, lock-wait
+# aborts, and the arrival time (Unix s) of the most recent statements.
+STATS: dict = {"statements": 0, "by_kind": {}, "lock_aborts": 0, "errors": 0}
+ARRIVALS: list = []
+ARRIVALS_KEPT = 200_000
 CHUNK_IDS = iter(range(1, 1 << 62))
 
 
@@ -147,6 +156,7 @@ CATALOG = RWLock()
 # Table name (upper case) -> its DML lock and how many statements wait for it.
 TABLE_LOCKS: dict = {}
 TABLE_WAITERS: dict = {}
+MAX_WAITERS = 0
 # USER (upper case) -> the registered RSA public key (PEM bytes).
 RSA_KEYS: dict = {}
 SESSION_IDS = iter(range(1, 1 << 62))
@@ -429,6 +439,14 @@ async def query(request: Request) -> JSONResponse:
             finally:
                 DELAYED -= 1
             break
+    STATS["statements"] += 1
+    STATS["by_kind"][kind] = STATS["by_kind"].get(kind, 0) + 1
+    ARRIVALS.append(time.time())
+    if len(ARRIVALS) > ARRIVALS_KEPT:
+        del ARRIVALS[: len(ARRIVALS) - ARRIVALS_KEPT]
+    if COMPILE[0] > 0:
+        # Compilation: before the statement queues for any lock.
+        await asyncio.sleep(max(0.0, random.uniform(COMPILE[0] - COMPILE[1], COMPILE[0] + COMPILE[1])))
     exclusive = kind == "ddl"
     await CATALOG.acquire(exclusive)
     try:
@@ -436,15 +454,19 @@ async def query(request: Request) -> JSONResponse:
         if kind == "dml":
             lock = TABLE_LOCKS.setdefault(table, asyncio.Lock())
             if lock.locked() and TABLE_WAITERS.get(table, 0) >= LOCK_WAITERS_LIMIT:
+                STATS["lock_aborts"] += 1
                 return _error(
                     "000625",
                     f"Statement was aborted because the number of waiters for this lock exceeds the {LOCK_WAITERS_LIMIT} statements limit.",
                     sql_state="57014",
                 )
             TABLE_WAITERS[table] = TABLE_WAITERS.get(table, 0) + 1
+            global MAX_WAITERS
+            MAX_WAITERS = max(MAX_WAITERS, TABLE_WAITERS[table])
             try:
                 await asyncio.wait_for(lock.acquire(), timeout=lock_timeout)
             except asyncio.TimeoutError:
+                STATS["lock_aborts"] += 1
                 return _error(
                     "000625",
                     f"Statement was aborted: it waited more than LOCK_TIMEOUT ({lock_timeout} s) for the lock on table {table}.",
@@ -529,6 +551,20 @@ def _answer(resp, request: Request = None) -> JSONResponse:
     return JSONResponse(body)
 
 
+async def stats(request: Request) -> JSONResponse:
+    """GET /debug/stats[?since=UNIX_S]: statement counts, lock-wait aborts, and
+    the arrival times (Unix s) of the statements since `since` (at most the last
+    200,000), so a test can find the quiet stretches of an idle fleet."""
+    since = float(request.query_params.get("since", "0") or 0)
+    return JSONResponse(
+        {
+            **STATS,
+            "max_waiters": MAX_WAITERS,
+            "arrivals": [t for t in ARRIVALS if t >= since],
+        }
+    )
+
+
 async def session(request: Request) -> JSONResponse:
     return await fs.session(request)
 
@@ -577,12 +613,21 @@ def main() -> None:
         "--latency-ms",
         default="0",
         metavar="MEAN[:JITTER]",
-        help="time every statement takes (compile + execute), uniformly within MEAN +/- JITTER ms; DML holds its table lock meanwhile",
+        help="execution time of every statement, uniformly within MEAN +/- JITTER ms; DML holds its table lock meanwhile",
+    )
+    p.add_argument(
+        "--compile-ms",
+        default="0",
+        metavar="MEAN[:JITTER]",
+        help="compilation time of every statement, uniformly within MEAN +/- JITTER ms, spent before it queues for a lock",
     )
     a = p.parse_args()
     global LATENCY
     mean, _, jitter = a.latency_ms.partition(":")
     LATENCY = (float(mean) / 1000.0, float(jitter or 0) / 1000.0)
+    global COMPILE
+    mean, _, jitter = a.compile_ms.partition(":")
+    COMPILE = (float(mean) / 1000.0, float(jitter or 0) / 1000.0)
     for item in a.delay_statement:
         pattern, _, rest = item.rpartition("=")
         ms, _, count = rest.partition(":")
@@ -609,6 +654,7 @@ def main() -> None:
             Route("/session", session, methods=["POST"]),
             Route("/chunks/{cid:int}", chunk, methods=["GET"]),
             Route("/debug/delayed", delayed, methods=["GET"]),
+            Route("/debug/stats", stats, methods=["GET"]),
         ]
     )
     logging.getLogger("fakesnow.server").setLevel(logging.WARNING)

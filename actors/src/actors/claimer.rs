@@ -33,6 +33,13 @@ pub struct ClaimerConfig {
     pub interval: Duration,
     /// Most steps per claim (default 100, `FLEET_Q_CLAIM_BATCH_SIZE`).
     pub batch: u32,
+    /// Slots that must be free before a freed slot wakes a claim (default 1,
+    /// `FLEET_Q_CLAIM_MIN_FREE`), unless nothing runs. Above 1 it is
+    /// hysteresis: claims wait until several slots are free and take them
+    /// together, so a busy pod sends fewer, larger claims (on Snowflake each
+    /// claim is two statements behind the table lock). A local submit, the
+    /// idle tick and a full batch still claim at once.
+    pub min_free: u32,
 }
 
 impl Default for ClaimerConfig {
@@ -40,6 +47,7 @@ impl Default for ClaimerConfig {
         ClaimerConfig {
             interval: crate::defaults::CLAIM_INTERVAL,
             batch: crate::defaults::CLAIM_BATCH,
+            min_free: 1,
         }
     }
 }
@@ -159,6 +167,12 @@ fn claim_limit(free: u32, batch: u32) -> Option<u32> {
     (free > 0).then(|| free.min(batch.max(1)))
 }
 
+/// Whether a freed slot should wake a claim: when at least `min_free` slots
+/// are free (capped by the pod's capacity), or when nothing runs.
+fn slot_claim_due(free: u32, in_flight: u32, min_free: u32) -> bool {
+    in_flight == 0 || free >= min_free.min(free + in_flight).max(1)
+}
+
 /// How long to wait after a claim that was not full: the idle interval, or
 /// sooner when a rate-limited queue's next token is due (at least [`MIN_PACE`]).
 fn next_wait(idle: Duration, pace: Option<Duration>) -> Duration {
@@ -217,7 +231,16 @@ impl Handler<Tick> for ClaimerActor {
 
 impl Handler<ClaimTriggered> for ClaimerActor {
     type Result = ();
-    fn handle(&mut self, _: ClaimTriggered, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: ClaimTriggered, ctx: &mut Context<Self>) {
+        if msg.0 == crate::messages::ClaimTrigger::SlotFreed
+            && !slot_claim_due(
+                self.state.free_slots(),
+                self.state.in_flight(),
+                self.cfg.min_free,
+            )
+        {
+            return;
+        }
         guarded(self, ctx, |act, ctx| act.try_claim(ctx));
     }
 }
@@ -233,7 +256,7 @@ impl Handler<HeartbeatHealthChanged> for ClaimerActor {
 
 #[cfg(test)]
 mod tests {
-    use super::{claim_limit, next_wait, MIN_PACE};
+    use super::{claim_limit, next_wait, slot_claim_due, MIN_PACE};
     use std::time::Duration;
 
     #[test]
@@ -252,5 +275,15 @@ mod tests {
         assert_eq!(next_wait(idle, Some(ms(50))), ms(50));
         assert_eq!(next_wait(idle, Some(ms(1))), MIN_PACE);
         assert_eq!(next_wait(idle, Some(Duration::from_secs(60))), idle);
+    }
+
+    #[test]
+    fn freed_slots_wake_a_claim_once_enough_are_free() {
+        assert!(slot_claim_due(1, 7, 1), "default: every freed slot");
+        assert!(!slot_claim_due(3, 13, 8), "hysteresis: wait for 8 free");
+        assert!(slot_claim_due(8, 8, 8));
+        assert!(slot_claim_due(2, 0, 8), "nothing runs: claim");
+        assert!(!slot_claim_due(4, 4, 100), "capped by capacity: 8 here");
+        assert!(slot_claim_due(4, 0, 0), "0 means 1");
     }
 }

@@ -13,6 +13,12 @@ pub struct PodConfig {
     pub max_capacity: u32,
     /// Most steps per claim.
     pub claim_batch: u32,
+    /// Free slots before a finished step wakes a claim; see
+    /// `claimer::ClaimerConfig::min_free`.
+    pub claim_min_free: u32,
+    /// How long an outcome may wait to share a write; see
+    /// `storage::StorageConfig::finish_linger`.
+    pub finish_linger: Duration,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Idle claim period.
@@ -72,6 +78,8 @@ impl Default for PodConfig {
             pod_id: format!("pod-{}", uuid::Uuid::now_v7().simple()),
             max_capacity: 8,
             claim_batch: crate::defaults::CLAIM_BATCH,
+            claim_min_free: 1,
+            finish_linger: Duration::ZERO,
             heartbeat_interval: crate::defaults::HEARTBEAT_INTERVAL,
             claim_interval: crate::defaults::CLAIM_INTERVAL,
             leader_check_interval: crate::defaults::LEADER_CHECK_INTERVAL,
@@ -138,6 +146,7 @@ impl PodConfig {
             reconcile_interval: self.reconcile_interval,
             stats_interval: self.stats_interval,
             stats_lag: self.stats_lag,
+            finish_linger: self.finish_linger,
             ..Default::default()
         }
     }
@@ -153,6 +162,7 @@ impl PodConfig {
         ClaimerConfig {
             interval: self.claim_interval,
             batch: self.claim_batch,
+            min_free: self.claim_min_free,
         }
     }
 

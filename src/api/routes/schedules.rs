@@ -347,10 +347,17 @@ pub(crate) async fn put(
     Ok(HttpResponse::Ok().json(ScheduleView::from(s)))
 }
 
+/// `DELETE /admin/schedules/{id}`.
+#[derive(Serialize, ToSchema)]
+pub struct DeletedResponse {
+    /// The id or name given.
+    pub deleted: String,
+}
+
 /// Delete a schedule (the steps it fired are kept).
 #[utoipa::path(delete, path = "/admin/schedules/{id}", tag = "admin",
     params(("id" = String, Path, description = "Schedule id or name")),
-    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+    responses((status = 200, body = DeletedResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub(crate) async fn delete(
     req: HttpRequest,
     st: web::Data<AppState>,
@@ -364,7 +371,9 @@ pub(crate) async fn delete(
         .await
         .map_err(|e| ApiError::store(&e, &req))?
     {
-        Ok(HttpResponse::NoContent().finish())
+        Ok(HttpResponse::Ok().json(DeletedResponse {
+            deleted: key.to_string(),
+        }))
     } else {
         Err(not_found(&key, &req))
     }

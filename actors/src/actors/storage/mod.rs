@@ -100,6 +100,9 @@ fn is_write(op: &str) -> bool {
             | "schedules_list"
             | "schedule_get"
             | "schedules_due"
+            // A fire pass is a read of SCHEDULES that may write; it is not
+            // a sign the store takes writes (readiness is judged by writes).
+            | "schedules_fire"
             | "stats_shared"
     )
 }
@@ -159,6 +162,12 @@ pub struct StorageConfig {
     /// commits behind the watermark already passed. `fleet-q serve` uses the
     /// Snowflake connection timeout (statements are cancelled at half of it).
     pub stats_lag: Duration,
+    /// How long an outcome may wait for others to share its `steps_finish`
+    /// (default 0: written at once; `FLEET_Q_FINISH_LINGER_MS`). On Snowflake
+    /// every finish statement takes the table lock, so a short linger turns
+    /// many small groups into a few larger ones. A full group
+    /// (`finish_batch`), a flush request and shutdown never wait.
+    pub finish_linger: Duration,
 }
 
 impl Default for StorageConfig {
@@ -171,6 +180,7 @@ impl Default for StorageConfig {
             reconcile_interval: Some(crate::defaults::RECONCILE_INTERVAL),
             stats_interval: crate::defaults::STATS_INTERVAL,
             stats_lag: crate::defaults::STATS_LAG,
+            finish_linger: Duration::ZERO,
         }
     }
 }
@@ -217,6 +227,10 @@ pub struct StorageActor {
     flushing: bool,
     failures: u32,
     flushed_waiters: Vec<oneshot::Sender<()>>,
+    /// When the oldest outcome not yet written arrived, and the pending
+    /// linger timer (see [`StorageConfig::finish_linger`]).
+    pending_since: Option<std::time::Instant>,
+    linger_timer: Option<SpawnHandle>,
     /// How each outcome not yet written is to be counted once accepted.
     counted_as: std::collections::HashMap<StepId, (String, &'static str)>,
     /// A reconciliation is under way.
@@ -237,6 +251,8 @@ impl StorageActor {
             flushing: false,
             failures: 0,
             flushed_waiters: Vec::new(),
+            pending_since: None,
+            linger_timer: None,
             reconciling: false,
             refreshing_stats: false,
             counted_as: std::collections::HashMap::new(),
@@ -385,8 +401,32 @@ impl StorageActor {
             }
             return;
         }
+        let linger = self.cfg.finish_linger;
+        if !linger.is_zero()
+            && self.flushed_waiters.is_empty()
+            && self.pending.len() < self.cfg.finish_batch.max(1)
+            && !self.state.shutting_down()
+        {
+            let since = *self
+                .pending_since
+                .get_or_insert_with(std::time::Instant::now);
+            let waited = since.elapsed();
+            if waited < linger {
+                if self.linger_timer.is_none() {
+                    self.linger_timer = Some(ctx.run_later(linger - waited, |act, ctx| {
+                        act.linger_timer = None;
+                        act.flush(ctx);
+                    }));
+                }
+                return;
+            }
+        }
+        if let Some(t) = self.linger_timer.take() {
+            ctx.cancel_future(t);
+        }
         let n = self.pending.len().min(self.cfg.finish_batch.max(1));
         let batch: Vec<Finish> = self.pending.drain(..n).collect();
+        self.pending_since = (!self.pending.is_empty()).then(std::time::Instant::now);
         self.flushing = true;
         self.writing = Some(batch.clone());
         let store = self.store.clone();
@@ -472,6 +512,11 @@ impl Actor for StorageActor {
         self.state.actor_started(Self::NAME);
         self.flushing = false;
         self.reconciling = false;
+        // A linger timer of the previous incarnation died with its context.
+        self.linger_timer = None;
+        if !self.pending.is_empty() {
+            self.flush(ctx);
+        }
         if let Some(every) = self.cfg.reconcile_interval {
             ctx.run_interval(every, move |act, ctx| act.reconcile(every, ctx));
         }
