@@ -1,0 +1,344 @@
+//! A fleet on the Snowflake warehouse model: N pods (in this process, each with
+//! its own store and sessions) on the local protocol peer run with
+//! `--compile-ms` and `--latency-ms`, so every statement takes the modelled
+//! time and DML on a table runs one statement at a time behind its lock, with
+//! Snowflake's 20-waiter abort (tests/snowflake/README.md).
+//!
+//! ```sh
+//! cargo bench --bench snowflake_fleet                 # the whole matrix (~15 min)
+//! cargo bench --bench snowflake_fleet -- --quick      # 150 ms only, 1/3/10 pods
+//! cargo bench --bench snowflake_fleet -- --latency 150 --pods 10 --settings economy
+//! ```
+//!
+//! Each run: `sleep` steps of 200 ms offered at a steady rate (half of what the
+//! fleet's handler slots could run, at most 25 steps/s, see `MAX_OFFERED`) for 20 s, submitted
+//! in a batch every 250 ms through the pods in turn; then the backlog is
+//! drained. It reports steps/s completed in the window, submit→start p50/p99
+//! (from each step's store creation time to its handler starting), statements
+//! per second and per 1,000 steps (every statement of every pod: submits,
+//! claims, finishes, heartbeats, leader checks, recovery), and the lock-wait
+//! aborts the emulator sent.
+//!
+//! Settings: `today` is the seed's production settings as they ran before the
+//! economy changes (max parallelism 20 × threshold 0.8 = 16 slots, claim batch
+//! 100, every freed slot claims, every outcome written at once); `economy` is
+//! the same with this version's Snowflake defaults (`FLEET_Q_CLAIM_MIN_FREE`
+//! half the capacity, `FLEET_Q_FINISH_LINGER_MS` 200); `tuned` is 100 slots,
+//! claim batch 200, min free 50, linger 200.
+//!
+//! The emulator is one Python process: above a few hundred statements per
+//! second it, not the modelled warehouse, is the limit. The figures are the
+//! model's, not a real account's.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fleet_q::config::{Secret, SnowflakeSettings};
+use fleet_q::storage::snowflake::SnowflakeStore;
+use fleet_q_actors::handler::{HandlerError, StepContext, StepHandler};
+use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, StepSpec, Store};
+use serde_json::Value;
+
+const STEP_MS: u64 = 200;
+const WINDOW: Duration = Duration::from_secs(20);
+/// The most steps/s offered: above about this, the emulator's own CPU (one
+/// Python process translating and running every statement on this 2-core
+/// machine) becomes the limit rather than the modelled warehouse.
+const MAX_OFFERED: f64 = 25.0;
+
+fn emulator(compile_ms: u64, exec_ms: u64) -> (Child, u16) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakesnow-venv");
+    let ok = Command::new("bash")
+        .arg(root.join("tests/snowflake/setup.sh"))
+        .arg(&venv)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "setup.sh failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let jitter = |ms: u64| format!("{ms}:{}", ms * 3 / 10);
+    let child = Command::new(venv.join("bin/python"))
+        .arg(root.join("tests/snowflake/emulator.py"))
+        .args(["--port", &port.to_string()])
+        .args(["--compile-ms", &jitter(compile_ms)])
+        .args(["--latency-ms", &jitter(exec_ms)])
+        .env("PYTHONWARNINGS", "ignore")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+fn settings(port: u16) -> SnowflakeSettings {
+    SnowflakeSettings {
+        account: "bench".into(),
+        user: "bench".into(),
+        password: Some(Secret::new("x")),
+        database: "FLEETQ".into(),
+        schema: "PUBLIC".into(),
+        warehouse: "COMPUTE_WH".into(),
+        role: None,
+        private_key_path: None,
+        private_key: None,
+        pool_size: 4,
+        connection_timeout: Duration::from_secs(60),
+        host: Some("127.0.0.1".into()),
+        port,
+        protocol: "http".into(),
+    }
+}
+
+fn model_stats(port: u16) -> Value {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /debug/stats?since=9e12 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("{}");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// Sleeps 200 ms, recording how long after its creation (store time) the step
+/// started.
+struct Timed(Arc<Mutex<Vec<f64>>>);
+
+#[async_trait]
+impl StepHandler for Timed {
+    async fn run(&self, ctx: StepContext) -> Result<Value, HandlerError> {
+        let waited = (chrono::Utc::now() - ctx.step.created_ts).num_milliseconds() as f64 / 1000.0;
+        self.0.lock().unwrap().push(waited);
+        tokio::time::sleep(Duration::from_millis(STEP_MS)).await;
+        Ok(Value::Null)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Setup {
+    name: &'static str,
+    capacity: u32,
+    batch: u32,
+    min_free: u32,
+    linger_ms: u64,
+}
+
+const TODAY: Setup = Setup {
+    name: "today",
+    capacity: 16,
+    batch: 100,
+    min_free: 1,
+    linger_ms: 0,
+};
+const ECONOMY: Setup = Setup {
+    name: "economy",
+    capacity: 16,
+    batch: 100,
+    min_free: 8,
+    linger_ms: 200,
+};
+const TUNED: Setup = Setup {
+    name: "tuned",
+    capacity: 100,
+    batch: 200,
+    min_free: 50,
+    linger_ms: 200,
+};
+
+struct Outcome {
+    steps_per_s: f64,
+    offered: f64,
+    p50: f64,
+    p99: f64,
+    stmts_per_s: f64,
+    per_k: f64,
+    aborts: u64,
+    by_op: Vec<(&'static str, u64)>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
+    let (mut child, port) = emulator(latency_ms / 3, latency_ms - latency_ms / 3);
+    let dir = tempfile::tempdir().unwrap();
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let out = actix_rt::System::new().block_on(async {
+        let mut fleet = Vec::new();
+        for i in 0..pods {
+            let store = Arc::new(
+                SnowflakeStore::open(&settings(port), fleet_q_actors::Backoff::default()).unwrap(),
+            );
+            if i == 0 {
+                store.schema_init().await.unwrap();
+            }
+            let mut h = HandlerRegistry::new();
+            h.register("sleep", Timed(waits.clone()));
+            let cfg = PodConfig {
+                pod_id: format!("fleet-{i}"),
+                max_capacity: s.capacity,
+                claim_batch: s.batch,
+                claim_min_free: s.min_free,
+                finish_linger: Duration::from_millis(s.linger_ms),
+                ledger_path: Some(dir.path().join(format!("ledger-{i}.db"))),
+                // The seed's production intervals: heartbeat 30 s, claim 5 s.
+                ..Default::default()
+            };
+            fleet.push((
+                std::rc::Rc::new(Pod::start(cfg, store.clone(), h).unwrap()),
+                store,
+            ));
+        }
+        for (p, _) in &fleet {
+            while !p.state().heartbeat_healthy() {
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let count = |fleet: &[(std::rc::Rc<Pod>, Arc<SnowflakeStore>)]| -> u64 {
+            fleet.iter().map(|(_, s)| s.statement_count()).sum()
+        };
+        let aborts0 = model_stats(port)["lock_aborts"].as_u64().unwrap_or(0);
+        let stmts0 = count(&fleet);
+        let ops = |fleet: &[(std::rc::Rc<Pod>, Arc<SnowflakeStore>)]| -> std::collections::BTreeMap<&'static str, u64> {
+            let mut m = std::collections::BTreeMap::new();
+            for (_, s) in fleet {
+                for (op, n) in s.statements_by_op() {
+                    *m.entry(op).or_insert(0) += n;
+                }
+            }
+            m
+        };
+        let ops0 = ops(&fleet);
+        let handler_rate = pods as f64 * f64::from(s.capacity) * 1000.0 / STEP_MS as f64;
+        let offered = (handler_rate / 2.0).min(MAX_OFFERED);
+        let per_tick = offered / 4.0;
+        let t0 = Instant::now();
+        let mut submitted = 0.0f64;
+        let mut sent = 0u64;
+        let accepted = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let mut turn = 0;
+        waits.lock().unwrap().clear();
+        while t0.elapsed() < WINDOW {
+            submitted += per_tick;
+            let n = submitted as u64 - sent;
+            if n > 0 {
+                let steps: Vec<NewStep> = (0..n)
+                    .map(|_| {
+                        NewStep::new(StepSpec {
+                            step_type: "sleep".into(),
+                            ..Default::default()
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                // Submitted without waiting, so the offered rate holds however
+                // slow the statements are; a submit that fails (a lock-wait
+                // abort after retries) is counted as not offered.
+                sent += n;
+                let pod = fleet[turn % pods].0.clone();
+                let accepted = accepted.clone();
+                actix_rt::spawn(async move {
+                    if pod.submit(steps).await.is_ok() {
+                        accepted.set(accepted.get() + n);
+                    }
+                });
+                turn += 1;
+            }
+            actix_rt::time::sleep(Duration::from_millis(250)).await;
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let started_in_window = waits.lock().unwrap().len();
+        let stmts = count(&fleet) - stmts0;
+        let aborts = model_stats(port)["lock_aborts"].as_u64().unwrap_or(0) - aborts0;
+        let by_op: Vec<(&'static str, u64)> = ops(&fleet)
+            .into_iter()
+            .map(|(op, n)| (op, n - ops0.get(op).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        for (p, _) in &fleet {
+            p.shutdown().await;
+        }
+        let mut w = waits.lock().unwrap().clone();
+        Outcome {
+            steps_per_s: started_in_window as f64 / elapsed,
+            offered: accepted.get().min(sent) as f64 / elapsed,
+            p50: pct(&mut w, 0.5),
+            p99: pct(&mut w, 0.99),
+            stmts_per_s: stmts as f64 / elapsed,
+            per_k: stmts as f64 * 1000.0 / started_in_window.max(1) as f64,
+            aborts,
+            by_op,
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let latencies: Vec<u64> = match arg("--latency") {
+        Some(l) => vec![l.parse().unwrap()],
+        None if quick => vec![150],
+        None => vec![50, 150, 400],
+    };
+    let pod_counts: Vec<usize> = match arg("--pods") {
+        Some(p) => vec![p.parse().unwrap()],
+        None if quick => vec![1, 3, 10],
+        None => vec![1, 3, 10, 30],
+    };
+    let setups: Vec<Setup> = match arg("--settings").as_deref() {
+        Some("today") => vec![TODAY],
+        Some("economy") => vec![ECONOMY],
+        Some("tuned") => vec![TUNED],
+        _ => vec![TODAY, ECONOMY, TUNED],
+    };
+    println!(
+        "| latency ms | pods | settings | offered steps/s | started steps/s | submit→start p50 / p99 s | statements/s | statements per 1,000 steps | lock-wait aborts |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    for &l in &latencies {
+        for &n in &pod_counts {
+            for &s in &setups {
+                let o = run(l, n, s);
+                println!(
+                    "| {l} | {n} | {} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} | {:.0} | {} |",
+                    s.name,
+                    o.offered,
+                    o.steps_per_s,
+                    o.p50,
+                    o.p99,
+                    o.stmts_per_s,
+                    o.per_k,
+                    o.aborts
+                );
+                eprintln!("  statements by operation: {:?}", o.by_op);
+            }
+        }
+    }
+}
