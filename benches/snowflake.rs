@@ -69,7 +69,13 @@ fn settings(port: u16) -> SnowflakeSettings {
 }
 
 /// Statements per 1,000 steps for a pod with `capacity` slots and `batch` claims.
-fn run(port: u16, capacity: u32, batch: u32, n: usize) -> (f64, f64, Vec<(&'static str, u64)>) {
+fn run(
+    port: u16,
+    capacity: u32,
+    batch: u32,
+    economy: bool,
+    n: usize,
+) -> (f64, f64, Vec<(&'static str, u64)>) {
     let dir = tempfile::tempdir().unwrap();
     actix_rt::System::new().block_on(async move {
         let store = Arc::new(
@@ -82,6 +88,11 @@ fn run(port: u16, capacity: u32, batch: u32, n: usize) -> (f64, f64, Vec<(&'stat
             pod_id: format!("bench-{capacity}"),
             max_capacity: capacity,
             claim_batch: batch,
+            // The Snowflake defaults of `fleet-q serve` (FLEET_Q_CLAIM_MIN_FREE and
+            // FLEET_Q_FINISH_LINGER_MS `auto`), or every freed slot claiming and
+            // every outcome written at once (the engine's own defaults).
+            claim_min_free: if economy { capacity.div_ceil(2) } else { 1 },
+            finish_linger: Duration::from_millis(if economy { 200 } else { 0 }),
             ledger_path: Some(dir.path().join("ledger.db")),
             ..Default::default() // default intervals: heartbeat 30 s, claim 5 s, …
         };
@@ -201,11 +212,29 @@ fn store_ops(port: u16) {
 fn main() {
     let (mut child, port) = emulator();
     store_ops(port);
-    for (label, capacity, batch) in [
-        ("defaults (8 slots, claim batch 100)", 8, 100),
-        ("tuned (1000 slots, claim batch 500)", 1000, 500),
+    for (label, capacity, batch, economy) in [
+        (
+            "defaults (8 slots, claim batch 100), no economy",
+            8,
+            100,
+            false,
+        ),
+        (
+            "defaults (8 slots, claim batch 100), Snowflake economy defaults",
+            8,
+            100,
+            true,
+        ),
+        ("seed production (16 slots), no economy", 16, 100, false),
+        (
+            "seed production (16 slots), Snowflake economy defaults",
+            16,
+            100,
+            true,
+        ),
+        ("tuned (1000 slots, claim batch 500)", 1000, 500, false),
     ] {
-        let (per_k, rate, ops) = run(port, capacity, batch, 1000);
+        let (per_k, rate, ops) = run(port, capacity, batch, economy, 1000);
         println!("snowflake {label}: {per_k:.1} statements per 1,000 steps ({rate:.0} steps/s on the emulator); by operation: {ops:?}");
     }
     let _ = child.kill();

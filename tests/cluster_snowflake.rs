@@ -414,16 +414,16 @@ fn twelve_pods_on_the_warehouse_model_survive_lock_wait_aborts() {
         ],
     );
     let c = client();
-    let bodies: Vec<Value> = (0..600)
+    let bodies: Vec<Value> = (0..360)
         .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}, "max_retries": 5}))
         .collect();
     // Submitted through every pod, so inserts race claims and finishes.
     let mut ids = Vec::new();
-    for (k, chunk) in bodies.chunks(50).enumerate() {
-        ids.extend(submit_batches(&c, &f.pods[k % 12], chunk, 50));
+    for (k, chunk) in bodies.chunks(30).enumerate() {
+        ids.extend(submit_batches(&c, &f.pods[k % 12], chunk, 30));
     }
-    let stats = f.wait_completed(600, Duration::from_secs(300));
-    assert_eq!(stats.counts.total(), 600, "{stats:?}");
+    let stats = f.wait_completed(360, Duration::from_secs(300));
+    assert_eq!(stats.counts.total(), 360, "{stats:?}");
     let rejoined = rejoined_processes(&f.pods);
     assert_duplicates_only_from_lost_pods(&f.rec, &ids, &HashSet::new(), &rejoined);
     let model: Value = c
