@@ -117,53 +117,35 @@ pub(super) fn put(c: &Connection, now: i64, spec: &ScheduleSpec) -> Result<Sched
         }
     };
     let row = ScheduleRow::of_spec(&id, spec);
-    let next_ms = next.map(|t| t.timestamp_millis());
-    if old.is_some() {
-        c.prepare_cached(
-            "UPDATE SCHEDULES SET cron = ?2, every_seconds = ?3, time_zone = ?4, step = ?5, \
-             paused = ?6, catch_up = ?7, catch_up_max = ?8, overlap = ?9, next_run_at = ?10, \
-             updated_ts = ?11 WHERE id = ?1",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                id,
-                row.cron,
-                row.every_seconds,
-                row.time_zone,
-                row.step,
-                row.paused,
-                row.catch_up,
-                row.catch_up_max,
-                row.overlap,
-                next_ms,
-                now
-            ])
-        })
-        .map_err(err)?;
-    } else {
-        c.prepare_cached(
-            "INSERT INTO SCHEDULES (id, name, cron, every_seconds, time_zone, step, paused, \
-             catch_up, catch_up_max, overlap, next_run_at, created_ts, updated_ts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                id,
-                row.name,
-                row.cron,
-                row.every_seconds,
-                row.time_zone,
-                row.step,
-                row.paused,
-                row.catch_up,
-                row.catch_up_max,
-                row.overlap,
-                next_ms,
-                now
-            ])
-        })
-        .map_err(err)?;
-    }
+    // One upsert by name: a new schedule's row, or the spec columns and
+    // `next_run_at` of the existing one (its id, history and creation kept).
+    c.prepare_cached(
+        "INSERT INTO SCHEDULES (id, name, cron, every_seconds, time_zone, step, paused, \
+         catch_up, catch_up_max, overlap, next_run_at, created_ts, updated_ts) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
+         ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
+         every_seconds = excluded.every_seconds, time_zone = excluded.time_zone, \
+         step = excluded.step, paused = excluded.paused, catch_up = excluded.catch_up, \
+         catch_up_max = excluded.catch_up_max, overlap = excluded.overlap, \
+         next_run_at = excluded.next_run_at, updated_ts = excluded.updated_ts",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            id,
+            row.name,
+            row.cron,
+            row.every_seconds,
+            row.time_zone,
+            row.step,
+            row.paused,
+            row.catch_up,
+            row.catch_up_max,
+            row.overlap,
+            next.map(|t| t.timestamp_millis()),
+            now
+        ])
+    })
+    .map_err(err)?;
     decode_one(op, get(c, &id).map_err(err)?)?
         .ok_or_else(|| StoreError::fatal(op, "the schedule vanished in its own transaction"))
 }
