@@ -342,3 +342,41 @@ type = "noop"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A fired step starts on the leader at once when it has a free slot: the
+/// fire wakes its claimer. With a claim interval of an hour, the only way a
+/// fired step can start here is that wake-up.
+#[test]
+fn a_fired_step_starts_on_the_leader_without_waiting_for_a_claim_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let cfg = settings_file(
+        dir.path(),
+        r#"
+[[schedules]]
+name = "wake"
+every_seconds = 1
+[schedules.step]
+type = "noop"
+"#,
+    );
+    let pod = start(
+        dir.path(),
+        &db,
+        "wake",
+        &cfg,
+        &[("FLEET_Q_CLAIM_INTERVAL_SECONDS", "3600".into())],
+    );
+    let c = client();
+    let id = schedule(&c, &pod, "wake")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("fired steps completed", Duration::from_secs(30), || {
+        let done = fired(&db, &id)
+            .iter()
+            .filter(|(_, s)| s == "completed")
+            .count();
+        (done >= 3).then_some(())
+    });
+}

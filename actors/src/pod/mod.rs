@@ -184,7 +184,10 @@ impl Pod {
 
         let (st, sa, lg) = (state.clone(), storage.clone(), ledger.clone());
         let recovery_cfg = cfg.recovery_config();
-        let recovery = Supervisor::start(move |_| RecoveryActor::new(recovery_cfg, st, sa, lg));
+        let cl = claimer.clone();
+        let recovery = Supervisor::start(move |_| {
+            RecoveryActor::new(recovery_cfg, st, sa, lg).with_claimer(cl.recipient())
+        });
 
         let (st, sa, rec) = (state.clone(), storage.clone(), recovery.clone());
         let leader_cfg = cfg.leader_config();

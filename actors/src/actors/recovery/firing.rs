@@ -10,6 +10,10 @@
 //! `SCHEDULES` per `schedule_check`, and a due one is fired within
 //! milliseconds of its tick.
 //!
+//! A pass that made steps wakes this pod's claimer, so a fired step starts on
+//! the leader at once when it has a free slot (other pods find it at their
+//! next claim).
+//!
 //! Ticks up to `schedule_check` + 5 s old count as on time (the grace of
 //! `crate::schedule::FireParams`), so a schedule made through another pod,
 //! seen only at the next check, is not mistaken for one missed in downtime.
@@ -109,6 +113,13 @@ impl RecoveryActor {
                     let wait = match res {
                         Ok(Ok(report)) => {
                             record(&report);
+                            if report.fired.iter().any(|f| f.3) {
+                                if let Some(c) = &act.claimer {
+                                    c.do_send(crate::messages::ClaimTriggered(
+                                        crate::messages::ClaimTrigger::Submitted,
+                                    ));
+                                }
+                            }
                             until_next(&report, sent).map_or(check, |d| d.min(check))
                         }
                         Ok(Err(e)) => {

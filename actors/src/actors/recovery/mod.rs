@@ -228,6 +228,9 @@ pub struct RecoveryActor {
     fire_timer: Option<SpawnHandle>,
     firing: bool,
     fire_again: bool,
+    /// This pod's claimer, woken when a fire made steps, so they can start
+    /// here at once rather than at the next claim poll.
+    claimer: Option<Recipient<crate::messages::ClaimTriggered>>,
 }
 
 impl RecoveryActor {
@@ -255,7 +258,14 @@ impl RecoveryActor {
             fire_timer: None,
             firing: false,
             fire_again: false,
+            claimer: None,
         }
+    }
+
+    /// Wakes `claimer` after fires that made steps.
+    pub fn with_claimer(mut self, claimer: Recipient<crate::messages::ClaimTriggered>) -> Self {
+        self.claimer = Some(claimer);
+        self
     }
 
     fn schedule_prune(&mut self, ctx: &mut Context<Self>, after: Duration) {
