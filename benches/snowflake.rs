@@ -11,62 +11,14 @@
 //! Python); the statement count is the figure, and it is what real Snowflake bills
 //! in warehouse time and table-lock turns.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+#[path = "support/emulator.rs"]
+mod emulator;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_q::config::{Secret, SnowflakeSettings};
 use fleet_q::storage::snowflake::SnowflakeStore;
 use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, StepSpec, Store};
-
-fn emulator() -> (std::process::Child, u16) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakesnow-venv");
-    let ok = Command::new("bash")
-        .arg(root.join("tests/snowflake/setup.sh"))
-        .arg(&venv)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "setup.sh failed");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(venv.join("bin/python"))
-        .arg(root.join("tests/snowflake/emulator.py"))
-        .args(["--port", &port.to_string()])
-        .env("PYTHONWARNINGS", "ignore")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, port)
-}
-
-fn settings(port: u16) -> SnowflakeSettings {
-    SnowflakeSettings {
-        account: "bench".into(),
-        user: "bench".into(),
-        password: Some(Secret::new("x")),
-        database: "FLEETQ".into(),
-        schema: "PUBLIC".into(),
-        warehouse: "COMPUTE_WH".into(),
-        role: None,
-        private_key_path: None,
-        private_key: None,
-        pool_size: 10,
-        connection_timeout: Duration::from_secs(30),
-        host: Some("127.0.0.1".into()),
-        port,
-        protocol: "http".into(),
-    }
-}
 
 /// Statements per 1,000 steps for a pod with `capacity` slots and `batch` claims.
 fn run(
@@ -79,7 +31,11 @@ fn run(
     let dir = tempfile::tempdir().unwrap();
     actix_rt::System::new().block_on(async move {
         let store = Arc::new(
-            SnowflakeStore::open(&settings(port), fleet_q_actors::Backoff::default()).unwrap(),
+            SnowflakeStore::open(
+                &emulator::settings(port, 10, Duration::from_secs(30)),
+                fleet_q_actors::Backoff::default(),
+            )
+            .unwrap(),
         );
         store.schema_init().await.unwrap();
         let mut h = HandlerRegistry::new();
@@ -156,7 +112,11 @@ fn store_ops(port: u16) {
         .enable_all()
         .build()
         .unwrap();
-    let store = SnowflakeStore::open(&settings(port), fleet_q_actors::Backoff::default()).unwrap();
+    let store = SnowflakeStore::open(
+        &emulator::settings(port, 10, Duration::from_secs(30)),
+        fleet_q_actors::Backoff::default(),
+    )
+    .unwrap();
     rt.block_on(store.schema_init()).unwrap();
     for batch in [1usize, 10, 100] {
         let rounds = (200 / batch).max(3);
@@ -210,7 +170,7 @@ fn store_ops(port: u16) {
 }
 
 fn main() {
-    let (mut child, port) = emulator();
+    let (mut child, port) = emulator::start(&[]);
     store_ops(port);
     for (label, capacity, batch, economy) in [
         (

@@ -30,13 +30,13 @@
 //! second it, not the modelled warehouse, is the limit. The figures are the
 //! model's, not a real account's.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "support/emulator.rs"]
+mod emulator;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use fleet_q::config::{Secret, SnowflakeSettings};
 use fleet_q::storage::snowflake::SnowflakeStore;
 use fleet_q_actors::handler::{HandlerError, StepContext, StepHandler};
 use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, StepSpec, Store};
@@ -48,57 +48,6 @@ const WINDOW: Duration = Duration::from_secs(20);
 /// Python process translating and running every statement on this 2-core
 /// machine) becomes the limit rather than the modelled warehouse.
 const MAX_OFFERED: f64 = 25.0;
-
-fn emulator(compile_ms: u64, exec_ms: u64) -> (Child, u16) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakesnow-venv");
-    let ok = Command::new("bash")
-        .arg(root.join("tests/snowflake/setup.sh"))
-        .arg(&venv)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "setup.sh failed");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let jitter = |ms: u64| format!("{ms}:{}", ms * 3 / 10);
-    let child = Command::new(venv.join("bin/python"))
-        .arg(root.join("tests/snowflake/emulator.py"))
-        .args(["--port", &port.to_string()])
-        .args(["--compile-ms", &jitter(compile_ms)])
-        .args(["--latency-ms", &jitter(exec_ms)])
-        .env("PYTHONWARNINGS", "ignore")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, port)
-}
-
-fn settings(port: u16) -> SnowflakeSettings {
-    SnowflakeSettings {
-        account: "bench".into(),
-        user: "bench".into(),
-        password: Some(Secret::new("x")),
-        database: "FLEETQ".into(),
-        schema: "PUBLIC".into(),
-        warehouse: "COMPUTE_WH".into(),
-        role: None,
-        private_key_path: None,
-        private_key: None,
-        pool_size: 4,
-        connection_timeout: Duration::from_secs(60),
-        host: Some("127.0.0.1".into()),
-        port,
-        protocol: "http".into(),
-    }
-}
 
 fn model_stats(port: u16) -> Value {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -179,14 +128,16 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
-    let (mut child, port) = emulator(latency_ms / 3, latency_ms - latency_ms / 3);
+    let jitter = |ms: u64| format!("{ms}:{}", ms * 3 / 10);
+    let (compile, exec) = (jitter(latency_ms / 3), jitter(latency_ms - latency_ms / 3));
+    let (mut child, port) = emulator::start(&["--compile-ms", &compile, "--latency-ms", &exec]);
     let dir = tempfile::tempdir().unwrap();
     let waits = Arc::new(Mutex::new(Vec::new()));
     let out = actix_rt::System::new().block_on(async {
         let mut fleet = Vec::new();
         for i in 0..pods {
             let store = Arc::new(
-                SnowflakeStore::open(&settings(port), fleet_q_actors::Backoff::default()).unwrap(),
+                SnowflakeStore::open(&emulator::settings(port, 4, Duration::from_secs(60)), fleet_q_actors::Backoff::default()).unwrap(),
             );
             if i == 0 {
                 store.schema_init().await.unwrap();

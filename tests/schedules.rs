@@ -193,6 +193,24 @@ args = { ms = 3000 }
     let s = schedule(&c, &pod, "slow");
     assert!(s["fires"].as_u64().unwrap() >= 2, "{s}");
     assert!(s["skipped"].as_u64().unwrap() >= 4, "{s}");
+    // The leader's metrics count the same fires and skips, and each fire's lag.
+    let metric = |name: &str| -> f64 {
+        let text = c.get(pod.url("/metrics")).send().unwrap().text().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("/metrics lacks {name}"))
+    };
+    let fires = metric("fleet_q_schedule_fires_total{schedule=\"slow\"}");
+    let skipped = metric("fleet_q_schedule_skipped_ticks_total{schedule=\"slow\"}");
+    let lags = metric("fleet_q_schedule_fire_lag_seconds_count");
+    let s = schedule(&c, &pod, "slow");
+    assert!(
+        fires >= 2.0 && fires <= s["fires"].as_f64().unwrap(),
+        "fires metric {fires}, schedule {s}"
+    );
+    assert!(skipped >= 4.0 && skipped <= s["skipped"].as_f64().unwrap());
+    assert!(lags >= fires, "one lag per fire: {lags} for {fires}");
 }
 
 /// Two pods loading the same file make one schedule; the API creates,

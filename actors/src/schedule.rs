@@ -56,8 +56,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::step::{NewStep, StepId, StepSpec, StepStatus, ValidationErrors};
-use crate::store::{Store, StoreError};
+use crate::step::{NewStep, StepId, StepSpec, ValidationErrors};
 
 /// Most schedules a store holds.
 pub const MAX_SCHEDULES: usize = 1_000;
@@ -69,9 +68,11 @@ pub const DEFAULT_CATCH_UP_MAX: u32 = 100;
 pub const MAX_CATCH_UP: u32 = 1_000;
 /// Longest [`ScheduleSpec::every_seconds`] (a year).
 pub const MAX_EVERY_SECONDS: u64 = 366 * 86_400;
-/// Missed ticks counted one by one before the count stops (it then reads
-/// "at least").
-const COUNT_LIMIT: u64 = 100_000;
+/// Missed ticks of a cron schedule counted one by one before the count stops
+/// (it then reads "at least"); interval schedules are counted arithmetically.
+const COUNT_LIMIT: u64 = 10_000;
+/// Longest cron expression accepted.
+pub const MAX_CRON_LEN: usize = 256;
 
 /// What to do with ticks missed while no leader could fire them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,8 +260,13 @@ impl ScheduleSpec {
             _ => {}
         }
         if let Some(c) = &self.cron {
-            if let Err(e) = parse_cron(c) {
-                out.push(format!("cron: {e}"));
+            match parse_cron(c) {
+                Err(e) => out.push(format!("cron: {e}")),
+                // e.g. `0 0 30 2 *`: croner gives up after its search limit.
+                Ok(cron) if cron.find_next_occurrence(&Utc::now(), false).is_err() => {
+                    out.push(format!("cron: {c:?} never fires"))
+                }
+                Ok(_) => {}
             }
         }
         if chrono_tz::Tz::from_str(&self.time_zone).is_err() {
@@ -294,6 +300,9 @@ impl ScheduleSpec {
 }
 
 fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.len() > MAX_CRON_LEN {
+        return Err(format!("longer than {MAX_CRON_LEN} characters"));
+    }
     let fields = expr.split_whitespace().count();
     if !(5..=6).contains(&fields) {
         return Err(format!(
@@ -452,15 +461,29 @@ pub fn plan(
         t = timing.after(at);
     }
     // Missed ticks: in [next, cutoff).
-    let mut missed_count = 0u64;
-    let mut t = Some(next);
-    while let Some(at) = t.filter(|at| *at < cutoff) {
-        missed_count += 1;
-        if missed_count >= COUNT_LIMIT {
-            break;
+    let missed_count = match timing {
+        // Every tick is a multiple of n s, `next` one of them: arithmetic.
+        Timing::Every(n) if next < cutoff => {
+            let span = (cutoff - next).num_milliseconds().max(0) as u64;
+            (span.saturating_sub(1)) / n.saturating_mul(1000).max(1) + 1
         }
-        t = timing.after(at);
-    }
+        Timing::Every(_) => 0,
+        // A cron expression is walked tick by tick, at most COUNT_LIMIT (the
+        // count then reads "at least"), so a long outage of a per-second
+        // schedule costs bounded time on the leader.
+        Timing::Cron { .. } => {
+            let mut count = 0u64;
+            let mut t = Some(next);
+            while let Some(at) = t.filter(|at| *at < cutoff) {
+                count += 1;
+                if count >= COUNT_LIMIT {
+                    break;
+                }
+                t = timing.after(at);
+            }
+            count
+        }
+    };
     let take = match catch_up {
         CatchUp::Skip => 0,
         CatchUp::One => missed_count.min(1),
@@ -488,217 +511,6 @@ pub fn plan(
     }
 }
 
-/// Parameters of [`fire_due`].
-#[derive(Clone, Copy, Debug)]
-pub struct FireParams {
-    /// The time to fire at (`None`: the store's clock). Tests pass a later time
-    /// to see catch-up without waiting.
-    pub now: Option<DateTime<Utc>>,
-    /// Ticks at most this old are on time (see the module docs).
-    pub grace: Duration,
-}
-
-/// What one [`fire_due`] pass did.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FireReport {
-    /// Steps made or found per fired tick: `(schedule name, tick, step, made
-    /// now)`; `made now` is false when an earlier fire of the tick made it.
-    pub fired: Vec<(String, DateTime<Utc>, StepId, bool)>,
-    /// Ticks skipped, per schedule name.
-    pub skipped: Vec<(String, u64)>,
-    /// Lag between each tick and its fire, in seconds.
-    pub lags: Vec<f64>,
-    /// Schedules whose advance lost the compare-and-set (another leader
-    /// fired them).
-    pub lost: u32,
-    /// The earliest `next_run_at` among the schedules (after this pass),
-    /// and the store time it was read at.
-    pub next_due: Option<DateTime<Utc>>,
-    /// The time the pass fired at.
-    pub now: Option<DateTime<Utc>>,
-}
-
-/// Fires every due schedule (the leader calls this; see the module docs for
-/// why two callers at once are harmless).
-pub async fn fire_due(store: &dyn Store, p: FireParams) -> Result<FireReport, StoreError> {
-    let due = store.schedules_due(p.now).await?;
-    let now = due.now;
-    let mut report = FireReport {
-        now: Some(now),
-        next_due: due.next_due,
-        ..FireReport::default()
-    };
-    for s in due.due {
-        let Some(next) = s.next_run_at else { continue };
-        let timing = match s.spec.timing() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(schedule = %s.spec.name, error = %e, "schedule cannot be fired");
-                continue;
-            }
-        };
-        let mut pl = plan(
-            &timing,
-            s.spec.catch_up,
-            s.spec.catch_up_max,
-            next,
-            now,
-            p.grace,
-        );
-        if s.spec.overlap == Overlap::Skip && !pl.fire.is_empty() {
-            let live = match s.recent.first() {
-                Some(f) => store.step_get(f.step_id).await?.is_some_and(|st| {
-                    matches!(st.status, StepStatus::Pending | StepStatus::Claimed)
-                }),
-                None => false,
-            };
-            let keep = usize::from(!live);
-            let drop = pl.fire.len() - keep;
-            pl.skipped += drop as u64;
-            pl.fire.drain(..drop);
-        }
-        let mut steps = Vec::with_capacity(pl.fire.len());
-        for tick in &pl.fire {
-            match s.spec.step.new_step(tick_key(&s.id, *tick)) {
-                Ok(st) => steps.push(st),
-                Err(e) => {
-                    tracing::warn!(schedule = %s.spec.name, error = %e, "schedule's step is not valid");
-                }
-            }
-        }
-        if steps.len() != pl.fire.len() {
-            continue;
-        }
-        let inserted = if steps.is_empty() {
-            Vec::new()
-        } else {
-            store.steps_insert(steps).await?
-        };
-        let mut recent: Vec<Fire> = pl
-            .fire
-            .iter()
-            .zip(&inserted)
-            .rev()
-            .map(|(tick, ins)| Fire {
-                tick: *tick,
-                step_id: ins.step_id,
-                manual: false,
-            })
-            .collect();
-        recent.extend(s.recent.iter().cloned());
-        recent.truncate(RECENT_FIRES);
-        let won = store
-            .schedule_advance(ScheduleAdvance {
-                id: s.id.clone(),
-                expected_next: s.next_run_at,
-                next_run_at: pl.next_run_at,
-                recent,
-                fired: pl.fire.len() as u64,
-                skipped: pl.skipped,
-                fired_at: (!pl.fire.is_empty()).then_some(now),
-            })
-            .await?;
-        if !won {
-            report.lost += 1;
-            continue;
-        }
-        for (tick, ins) in pl.fire.iter().zip(&inserted) {
-            report
-                .fired
-                .push((s.spec.name.clone(), *tick, ins.step_id, ins.created));
-            report
-                .lags
-                .push((now - *tick).num_milliseconds().max(0) as f64 / 1000.0);
-        }
-        if pl.skipped > 0 {
-            report.skipped.push((s.spec.name.clone(), pl.skipped));
-        }
-        if let Some(n) = pl.next_run_at {
-            report.next_due = Some(report.next_due.map_or(n, |d| d.min(n)));
-        }
-    }
-    Ok(report)
-}
-
-/// Submits a schedule's step now, once, outside its ticks (`POST
-/// …/trigger`), and records it among the schedule's recent fires. Answers the
-/// step's id, or `None` when there is no such schedule.
-pub async fn trigger(store: &dyn Store, id: &str) -> Result<Option<StepId>, StoreError> {
-    let Some(s) = store.schedule_get(id).await? else {
-        return Ok(None);
-    };
-    let step = s
-        .spec
-        .step
-        .new_step(format!("schedule:{}:trigger:{}", s.id, StepId::generate()))
-        .map_err(|e| StoreError::fatal("schedule_trigger", e.to_string()))?;
-    let step_id = store.steps_insert(vec![step]).await?[0].step_id;
-    let now = store.now().await?;
-    // Recorded with a compare-and-set like a fire; a fire racing it wins and
-    // the trigger is recorded on the next try.
-    let mut s = s;
-    for _ in 0..5 {
-        let mut recent = vec![Fire {
-            tick: now,
-            step_id,
-            manual: true,
-        }];
-        recent.extend(s.recent.iter().cloned());
-        recent.truncate(RECENT_FIRES);
-        let won = store
-            .schedule_advance(ScheduleAdvance {
-                id: s.id.clone(),
-                expected_next: s.next_run_at,
-                next_run_at: s.next_run_at,
-                recent,
-                fired: 1,
-                skipped: 0,
-                fired_at: Some(now),
-            })
-            .await?;
-        if won {
-            break;
-        }
-        match store.schedule_get(&s.id).await? {
-            Some(again) => s = again,
-            None => break,
-        }
-    }
-    Ok(Some(step_id))
-}
-
-/// What [`Store::schedules_due`] answers.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct DueSchedules {
-    /// The time judged by (the store's clock, or the time asked for).
-    pub now: DateTime<Utc>,
-    /// Schedules not paused whose `next_run_at` is at or before `now`.
-    pub due: Vec<Schedule>,
-    /// The earliest `next_run_at` of the schedules not paused and not due.
-    pub next_due: Option<DateTime<Utc>>,
-}
-
-/// Parameters of [`Store::schedule_advance`]: a compare-and-set on
-/// `next_run_at`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScheduleAdvance {
-    /// The schedule.
-    pub id: String,
-    /// The `next_run_at` read before firing; nothing changes unless it still
-    /// holds.
-    pub expected_next: Option<DateTime<Utc>>,
-    /// The new `next_run_at`.
-    pub next_run_at: Option<DateTime<Utc>>,
-    /// The new recent fires, newest first.
-    pub recent: Vec<Fire>,
-    /// Added to the fire count.
-    pub fired: u64,
-    /// Added to the skipped count.
-    pub skipped: u64,
-    /// The new `last_fired_at`, when it fired.
-    pub fired_at: Option<DateTime<Utc>>,
-}
-
 /// The first `next_run_at` of a schedule made or changed at `now`, or resumed.
 pub fn first_run(spec: &ScheduleSpec, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     spec.timing().ok().and_then(|t| t.after(now))
@@ -711,103 +523,10 @@ pub fn timing_changed(old: &ScheduleSpec, new: &ScheduleSpec) -> bool {
     old.cron != new.cron || old.every_seconds != new.every_seconds || old.time_zone != new.time_zone
 }
 
-/// A `SCHEDULES` row as both stores hold it (times in epoch milliseconds, the
-/// step template and recent fires as JSON text): the one place the columns
-/// are turned into a [`Schedule`] and back.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ScheduleRow {
-    /// `id`.
-    pub id: String,
-    /// `name`.
-    pub name: String,
-    /// `cron`.
-    pub cron: Option<String>,
-    /// `every_seconds`.
-    pub every_seconds: Option<i64>,
-    /// `time_zone`.
-    pub time_zone: String,
-    /// `step` (JSON).
-    pub step: String,
-    /// `paused`.
-    pub paused: bool,
-    /// `catch_up`.
-    pub catch_up: String,
-    /// `catch_up_max`.
-    pub catch_up_max: i64,
-    /// `overlap`.
-    pub overlap: String,
-    /// `next_run_at` (ms).
-    pub next_run_at: Option<i64>,
-    /// `last_fired_at` (ms).
-    pub last_fired_at: Option<i64>,
-    /// `recent` (JSON).
-    pub recent: String,
-    /// `fires`.
-    pub fires: i64,
-    /// `skipped`.
-    pub skipped: i64,
-}
-
-/// Milliseconds since the epoch as a time.
-pub fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
-    Utc.timestamp_millis_opt(ms).single()
-}
-
-impl ScheduleRow {
-    /// The columns of a spec (the history columns left at their defaults).
-    pub fn of_spec(id: &str, spec: &ScheduleSpec) -> ScheduleRow {
-        ScheduleRow {
-            id: id.to_string(),
-            name: spec.name.clone(),
-            cron: spec.cron.clone(),
-            every_seconds: spec.every_seconds.map(|n| n.min(i64::MAX as u64) as i64),
-            time_zone: spec.time_zone.clone(),
-            step: serde_json::to_string(&spec.step).unwrap_or_else(|_| "{}".into()),
-            paused: spec.paused,
-            catch_up: spec.catch_up.as_str().into(),
-            catch_up_max: i64::from(spec.catch_up_max),
-            overlap: spec.overlap.as_str().into(),
-            recent: "[]".into(),
-            ..ScheduleRow::default()
-        }
-    }
-
-    /// The schedule the row holds; an error names what is malformed.
-    pub fn into_schedule(self) -> Result<Schedule, String> {
-        let step: StepTemplate = serde_json::from_str(&self.step)
-            .map_err(|e| format!("schedule {}: step: {e}", self.name))?;
-        let recent: Vec<Fire> = serde_json::from_str(&self.recent).unwrap_or_default();
-        Ok(Schedule {
-            spec: ScheduleSpec {
-                name: self.name.clone(),
-                cron: self.cron,
-                every_seconds: self.every_seconds.map(|n| n.max(0) as u64),
-                time_zone: self.time_zone,
-                step,
-                paused: self.paused,
-                catch_up: CatchUp::parse(&self.catch_up).unwrap_or_default(),
-                catch_up_max: self.catch_up_max.clamp(1, i64::from(MAX_CATCH_UP)) as u32,
-                overlap: Overlap::parse(&self.overlap).unwrap_or_default(),
-            },
-            id: self.id,
-            next_run_at: self.next_run_at.and_then(from_ms),
-            last_fired_at: self.last_fired_at.and_then(from_ms),
-            recent,
-            fires: self.fires.max(0) as u64,
-            skipped: self.skipped.max(0) as u64,
-        })
-    }
-}
-
-/// [`Fire`]s as the `recent` column holds them.
-pub fn recent_json(recent: &[Fire]) -> String {
-    serde_json::to_string(recent).unwrap_or_else(|_| "[]".into())
-}
-
-/// A new schedule id.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
-}
+mod fire;
+mod row;
+pub use fire::{fire_due, trigger, DueSchedules, FireParams, FireReport, ScheduleAdvance};
+pub use row::{from_ms, new_id, recent_json, ScheduleRow};
 
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,12 @@ fn cron_takes_five_or_six_fields_and_problems_are_all_listed() {
         assert!(p.contains(want), "{want} missing from:\n{p}");
     }
     assert!(ScheduleSpec::every("ok", 5, "noop").problems().is_empty());
+    let mut never = ScheduleSpec::every("never", 5, "noop");
+    never.every_seconds = None;
+    never.cron = Some("0 0 30 2 *".into());
+    assert!(never.problems().join("").contains("never fires"));
+    never.cron = Some(format!("{} * * * *", "1,".repeat(200)));
+    assert!(never.problems().join("").contains("longer than"));
     let mut none = ScheduleSpec::every("ok", 5, "noop");
     none.every_seconds = None;
     assert!(none
@@ -119,6 +125,32 @@ fn missed_ticks_follow_the_catch_up_policy() {
     assert_eq!(every.fire.len(), 61);
     assert_eq!(every.skipped, 0);
     assert!(every.fire.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // The same hour on a cron expression (counted tick by tick) agrees with
+    // the interval's arithmetic count.
+    let by_cron = plan(
+        &cron("* * * * *", "UTC"),
+        CatchUp::Skip,
+        100,
+        next,
+        now,
+        grace,
+    );
+    assert_eq!(by_cron.skipped, skip.skipped);
+    // A year down on a per-second schedule: counted at once, one tick fired.
+    let year = plan(
+        &Timing::Every(1),
+        CatchUp::One,
+        100,
+        next,
+        next + chrono::Duration::days(365),
+        grace,
+    );
+    assert_eq!(year.skipped + 1, 365 * 86_400 - 45, "{year:?}");
+    assert_eq!(
+        year.fire.len(),
+        47,
+        "the latest missed tick and the 46 on time (both ends)"
+    );
     assert_eq!(every.next_run_at, Some(at("2026-01-01T01:01:00Z")));
 }
 

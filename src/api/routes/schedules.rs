@@ -224,19 +224,15 @@ pub struct TriggerResponse {
     pub step_id: String,
 }
 
+/// Ids (hex) and names share the name rule, so one check serves both.
 fn check_key(key: &str, req: &HttpRequest) -> Result<(), ApiError> {
-    if key.is_empty()
-        || key.len() > 64
-        || !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(ApiError::validation(
-            "a schedule is named by its id or name: 1 to 64 of A-Z a-z 0-9 . _ -",
+    match fleet_q_actors::queue::name_problem(key) {
+        Some(why) => Err(ApiError::validation(
+            format!("a schedule is named by its id or name, which {why}"),
             req,
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn not_found(key: &str, req: &HttpRequest) -> ApiError {
