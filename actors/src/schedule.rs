@@ -17,7 +17,7 @@
 //! **Firing, exactly once per tick.** Only the leader fires ([`fire_due`]).
 //! For a due schedule it inserts one step per tick to fire with the idempotency
 //! key `schedule:{id}:{tick in epoch ms}`, then advances `next_run_at` with a
-//! compare-and-set on the value it read ([`Store::schedule_advance`]). So:
+//! compare-and-set on the value it read ([`crate::store::Store::schedule_advance`]). So:
 //! - a leader that dies between the insert and the advance leaves `next_run_at`
 //!   where it was; the next leader fires the same ticks with the same keys, and
 //!   the store returns the steps already made instead of new ones;
@@ -42,7 +42,7 @@
 //! pending or claimed the due ticks are skipped; otherwise only the latest due
 //! tick fires, so at most one run is pending or running at a time.
 //!
-//! **Cost.** The leader reads the due schedules ([`Store::schedules_due`], one
+//! **Cost.** The leader reads the due schedules ([`crate::store::Store::schedules_due`], one
 //! statement over `SCHEDULES`, at most [`MAX_SCHEDULES`] rows) only when the
 //! earliest `next_run_at` it saw has come, when a schedule was changed through
 //! its own API, and otherwise once per refresh period (see the recovery
