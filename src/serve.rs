@@ -21,6 +21,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         claim_batch: s.claim_batch_size,
         claim_min_free: s.claim_min_free,
         finish_linger: s.finish_linger,
+        idle_poll_max: s.idle_poll_max,
         heartbeat_interval: s.heartbeat_interval,
         claim_interval: s.claim_interval,
         leader_check_interval: s.leader_check_interval,

@@ -15,6 +15,8 @@
 //! - [`store`]: the [`Store`] trait, its parameter and outcome types, fencing
 //!   ([`Lease`]) and retry [`Backoff`].
 //! - [`queue`]: named queues, their settings and the claim's fairness rule.
+//! - [`quiet`]: idle-quiet mode, in which an idle fleet lets its warehouse
+//!   suspend.
 //! - [`search`]: [`StepFilter`] and the bounded search and bulk actions.
 //! - [`throughput`]: fleet runs per minute, carried in heartbeats.
 //! - [`retry`]: [`RetryPolicy`], the one layer where failed store calls are
@@ -41,6 +43,7 @@ pub(crate) mod messages;
 pub mod metrics;
 pub mod pod;
 pub mod queue;
+pub mod quiet;
 pub mod records;
 pub mod retry;
 pub mod schedule;

@@ -38,3 +38,22 @@ pub enum ClaimTrigger {
 #[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 #[rtype(result = "()")]
 pub struct ClaimTriggered(pub ClaimTrigger);
+
+/// This pod went quiet or woke up (from the [`crate::actors::claimer::ClaimerActor`];
+/// see [`crate::quiet`]). Actors with periodic store calls re-plan their
+/// timers: to the next wake when quiet, to their normal cadence (starting now)
+/// when not.
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct QuietChanged {
+    /// Quiet now.
+    pub quiet: bool,
+}
+
+/// Asks the heartbeat to declare the normal interval again (leaving quiet):
+/// answers once a beat saying so has landed, or with the error of the beat
+/// that failed. A pod never claims while its row still declares the quiet
+/// interval, so recovery bounds for pods holding claims are unchanged.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<(), crate::store::StoreError>")]
+pub struct Rouse;

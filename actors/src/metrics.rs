@@ -107,6 +107,7 @@ pub fn register_all() {
     crate::actors::storage::register_metrics();
     crate::actors::executor::register_metrics();
     crate::actors::leader::register_metrics();
+    crate::actors::claimer::register_metrics();
     crate::actors::recovery::register_metrics();
     crate::ledger::register_metrics();
     for a in crate::actors::ACTOR_NAMES {

@@ -74,6 +74,8 @@ pub struct PodState {
     shared_stats: RwLock<Option<crate::records::QueueStats>>,
     /// The pod rows of the last leader check, with the store time they were read.
     pods_seen: RwLock<Option<(Vec<crate::records::PodRecord>, DateTime<Utc>)>>,
+    /// Idle-quiet mode and its wake clock (see [`crate::quiet`]).
+    pub quiet: crate::quiet::Quiet,
     /// Heartbeats fail until then (fault injection, test builds only).
     #[cfg(feature = "failpoints")]
     heartbeat_fail_until: Mutex<Option<Instant>>,
@@ -81,7 +83,12 @@ pub struct PodState {
 
 impl PodState {
     /// State for a pod called `pod_id` that runs up to `max_capacity` steps at once.
-    pub(crate) fn new(pod_id: impl Into<String>, max_capacity: u32, budget: RestartBudget) -> Self {
+    pub(crate) fn new(
+        pod_id: impl Into<String>,
+        max_capacity: u32,
+        budget: RestartBudget,
+        quiet: crate::quiet::Quiet,
+    ) -> Self {
         let pod_id = pod_id.into();
         PodState {
             base_pod_id: pod_id.clone(),
@@ -106,6 +113,7 @@ impl PodState {
             recovery: Mutex::new((0, None)),
             shared_stats: RwLock::new(None),
             pods_seen: RwLock::new(None),
+            quiet,
             #[cfg(feature = "failpoints")]
             heartbeat_fail_until: Mutex::new(None),
         }

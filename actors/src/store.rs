@@ -411,6 +411,13 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// The idle probe of quiet mode (`crate::quiet`): whether any step is
+    /// claimed (counted up to a small bound), whether a pending step in an
+    /// unpaused queue is due now, the earliest `run_at` of those not yet due,
+    /// and store time. Reads live rows only (pending and claimed), never
+    /// history; every pod of an idle fleet sends one per wake.
+    async fn steps_idle_probe(&self) -> Result<crate::quiet::IdleProbe, StoreError>;
+
     /// Completes, retries or fails claimed steps, each fenced on its lease.
     async fn steps_finish(&self, params: FinishParams) -> Result<FencedReport, StoreError>;
 

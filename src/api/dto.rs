@@ -299,6 +299,9 @@ pub struct HealthResponse {
     pub version: &'static str,
     /// Whether the last heartbeats got through.
     pub heartbeat_healthy: bool,
+    /// Whether the pod is quiet: the fleet was idle, and it talks to the store
+    /// only at wakes (`FLEET_Q_IDLE_POLL_MAX_SECONDS`).
+    pub quiet: bool,
     /// Draining after a stop signal.
     pub shutting_down: bool,
     /// Results this pod ran but could not record (its lease had moved on).

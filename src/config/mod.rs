@@ -88,6 +88,8 @@ pub struct Settings {
     pub claim_min_free: u32,
     /// How long an outcome may wait to share a write (`auto` resolved).
     pub finish_linger: Duration,
+    /// Idle-quiet mode's wake period (`auto` resolved; `None`: off).
+    pub idle_poll_max: Option<Duration>,
     /// Recovery period.
     pub recovery_interval: Duration,
     /// Self-reconciliation period (zero: off).
@@ -203,6 +205,7 @@ impl Settings {
             Key::ClaimBatchSize => self.claim_batch_size.to_string(),
             Key::ClaimMinFree => self.claim_min_free.to_string(),
             Key::FinishLingerMs => self.finish_linger.as_millis().to_string(),
+            Key::IdlePollMaxSeconds => self.idle_poll_max.map_or("off".to_string(), secs),
             Key::LedgerPath => self
                 .ledger_path
                 .as_ref()

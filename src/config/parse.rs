@@ -278,6 +278,22 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
             }
         },
     };
+    let idle_poll_max = match p.text(Key::IdlePollMaxSeconds).as_str() {
+        "auto" if snowflake_mode => Some(Duration::from_secs(360)),
+        "auto" | "off" => None,
+        raw => match raw.parse::<u64>() {
+            Ok(n) if (10..=86_400).contains(&n) && Duration::from_secs(n) >= claim_interval => {
+                Some(Duration::from_secs(n))
+            }
+            _ => {
+                p.problem(
+                    Key::IdlePollMaxSeconds,
+                    "must be `auto`, `off`, or a whole number of seconds from 10 to 86400 and at least the claim interval",
+                );
+                None
+            }
+        },
+    };
     let recovery_interval = p.secs(Key::RecoveryIntervalSeconds);
     let reconcile_interval = p.secs(Key::ReconcileIntervalSeconds);
     let stats_interval = p.secs(Key::StatsIntervalSeconds);
@@ -466,6 +482,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         claim_batch_size,
         claim_min_free,
         finish_linger,
+        idle_poll_max,
         recovery_interval,
         reconcile_interval,
         stats_interval,

@@ -255,3 +255,41 @@ fn capacity_is_at_least_one() {
     .unwrap();
     assert_eq!(s.max_capacity(), 1);
 }
+
+#[test]
+fn idle_quiet_mode_is_off_on_sqlite_and_on_for_snowflake_unless_set() {
+    let s = load(&env(&[])).unwrap();
+    assert_eq!(s.idle_poll_max, None, "off on SQLite by default");
+    let s = load(&env(&[("FLEET_Q_IDLE_POLL_MAX_SECONDS", "600")])).unwrap();
+    assert_eq!(s.idle_poll_max, Some(Duration::from_secs(600)));
+    assert_eq!(s.value_of(Key::IdlePollMaxSeconds), "600");
+    crate::serve::pod_config(&s).validate().unwrap();
+    let snow = [
+        ("FLEET_Q_STORAGE_MODE", "snowflake"),
+        ("FLEET_Q_SNOWFLAKE_ACCOUNT", "a"),
+        ("FLEET_Q_SNOWFLAKE_USER", "u"),
+        ("FLEET_Q_SNOWFLAKE_PASSWORD", "p"),
+        ("FLEET_Q_SNOWFLAKE_DATABASE", "d"),
+    ];
+    let s = load(&env(&snow)).unwrap();
+    assert_eq!(s.idle_poll_max, Some(Duration::from_secs(360)));
+    let mut off = snow.to_vec();
+    off.push(("FLEET_Q_IDLE_POLL_MAX_SECONDS", "off"));
+    let s = load(&env(&off)).unwrap();
+    assert_eq!(s.idle_poll_max, None);
+    assert_eq!(s.value_of(Key::IdlePollMaxSeconds), "off");
+    // Every bad value is listed with the others.
+    for bad in ["0", "5", "soon", "100000"] {
+        let problems = load(&env(&[
+            ("FLEET_Q_IDLE_POLL_MAX_SECONDS", bad),
+            ("FLEET_Q_CLAIM_INTERVAL_SECONDS", "20"),
+            ("FLEET_Q_MAX_PARALLELISM", "0"),
+        ]))
+        .unwrap_err()
+        .0;
+        assert!(
+            problems.iter().any(|p| p.contains("IDLE_POLL_MAX")) && problems.len() >= 2,
+            "{bad}: {problems:?}"
+        );
+    }
+}

@@ -167,9 +167,13 @@ impl Emulator {
         }
     }
 
-    /// The same settings as `FLEET_Q_*` variables, for pod processes.
+    /// The same settings as `FLEET_Q_*` variables, for pod processes. Quiet
+    /// mode (on by default on Snowflake) is off: these pods are tested at
+    /// the active cadence, and `tests/quiet.rs` (which turns it on again)
+    /// tests quiet mode.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("FLEET_Q_IDLE_POLL_MAX_SECONDS", "off".into()),
             ("FLEET_Q_STORAGE_MODE", "snowflake".into()),
             ("FLEET_Q_SNOWFLAKE_ACCOUNT", "fleetq-test".into()),
             ("FLEET_Q_SNOWFLAKE_USER", "fleetq".into()),

@@ -9,6 +9,14 @@
 //! so a rate-limited queue is served at its rate, not at one burst per interval. It never claims while this
 //! pod's heartbeat is unhealthy (failing, stale, or rejoining after being marked
 //! down) or during shutdown. At most one claim is in flight at a time.
+//!
+//! It also decides when the pod goes quiet and wakes up (`crate::quiet`):
+//! after [`crate::quiet::PROBE_AFTER_EMPTY`] empty claims with nothing
+//! running it asks the store whether the fleet is idle; if so the pod goes
+//! quiet and every actor is told ([`QuietChanged`]). While quiet it probes at
+//! each wake instead of claiming. Anything that wants a claim (a local
+//! submit, a fire, a probe that found work, a due step) first rouses the
+//! heartbeat ([`Rouse`]) and claims once the normal interval is declared.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +26,8 @@ use actix::prelude::*;
 use super::executor::ExecutorPool;
 use super::jittered;
 use super::storage::{ClaimSteps, StorageActor};
-use crate::messages::{ClaimTriggered, HeartbeatHealthChanged};
+use crate::messages::{ClaimTriggered, HeartbeatHealthChanged, QuietChanged, Rouse};
+use crate::quiet::{Gate, IdleProbe, PROBE_AFTER_EMPTY};
 use crate::state::PodState;
 use crate::supervision::{guarded, SupervisedActor};
 
@@ -73,6 +82,19 @@ pub struct ClaimerActor {
     claiming: bool,
     again: bool,
     timer: Option<SpawnHandle>,
+    /// Quiet mode: who is told, and the state of this claimer's part.
+    peers: Option<SetQuietPeers>,
+    /// Empty claims in a row with nothing running, and how many make a probe.
+    empty_streak: u32,
+    probe_every: u32,
+    probing: bool,
+    rousing: bool,
+    /// Set on going quiet, cleared once a normal heartbeat landed: no claim
+    /// before that.
+    needs_rouse: bool,
+    /// The earliest pending step not yet due that the last probe saw.
+    next_due: Option<std::time::Instant>,
+    gate: Gate,
 }
 
 impl ClaimerActor {
@@ -91,7 +113,178 @@ impl ClaimerActor {
             claiming: false,
             again: false,
             timer: None,
+            peers: None,
+            empty_streak: 0,
+            probe_every: PROBE_AFTER_EMPTY,
+            probing: false,
+            rousing: false,
+            needs_rouse: false,
+            next_due: None,
+            gate: Gate::default(),
         }
+    }
+
+    /// Tells every subscriber that quiet mode changed, when it did.
+    fn set_quiet(&mut self, quiet: bool) {
+        if self.state.quiet.set(quiet) {
+            tracing::info!(quiet, "quiet mode changed");
+            QUIET.set(i64::from(quiet));
+            self.gate = Gate::default();
+            if let Some(p) = &self.peers {
+                for s in &p.subscribers {
+                    s.do_send(QuietChanged { quiet });
+                }
+            }
+        }
+    }
+
+    /// The wait before the next tick while quiet: the next wake, or sooner
+    /// when a step the last probe saw falls due.
+    fn quiet_wait(&self) -> Duration {
+        let w = self.state.quiet.wait(self.cfg.interval);
+        match self.next_due {
+            Some(t) => w.min(t.saturating_duration_since(std::time::Instant::now())),
+            None => w,
+        }
+    }
+
+    /// A tick: claims while active; while quiet, probes at a wake, rouses when
+    /// a step it knows of falls due, and otherwise waits.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if !self.state.quiet.is_quiet() {
+            return self.try_claim(ctx);
+        }
+        if self.claiming || self.probing || self.rousing || self.state.shutting_down() {
+            return;
+        }
+        if self
+            .next_due
+            .is_some_and(|t| t <= std::time::Instant::now())
+        {
+            return self.rouse(ctx);
+        }
+        if self.gate.open(&self.state.quiet) {
+            return self.probe(ctx);
+        }
+        let wait = self.quiet_wait();
+        self.schedule(ctx, wait);
+    }
+
+    /// Asks the store whether the fleet is idle; goes quiet, stays quiet or
+    /// rouses by the answer.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        self.probing = true;
+        let call = crate::actors::storage::StoreCall {
+            op: "steps_idle_probe",
+            f: Box::new(|s| Box::pin(async move { s.steps_idle_probe().await })),
+        };
+        self.storage
+            .send(call)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.probing = false;
+                    let res: Result<IdleProbe, String> = match res {
+                        Ok(Ok(p)) => Ok(p),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    act.after_probe(ctx, res);
+                });
+            })
+            .spawn(ctx);
+    }
+
+    fn after_probe(&mut self, ctx: &mut Context<Self>, res: Result<IdleProbe, String>) {
+        let quiet = self.state.quiet.is_quiet();
+        let wanted = std::mem::take(&mut self.again);
+        match res {
+            Ok(p) => {
+                self.state.quiet.observe_store_time(p.now);
+                if wanted || !p.idle() {
+                    tracing::debug!(claimed = p.claimed, due_now = p.due_now, "idle probe: work");
+                    if quiet || wanted {
+                        return self.try_claim(ctx);
+                    }
+                    // Other pods are busy: ask less often, down to once per
+                    // wake period.
+                    let cap = self
+                        .state
+                        .quiet
+                        .period()
+                        .map_or(1, |p| {
+                            (p.as_secs_f64() / self.cfg.interval.as_secs_f64()).ceil() as u32
+                        })
+                        .max(PROBE_AFTER_EMPTY);
+                    self.probe_every = (self.probe_every * 2).min(cap);
+                    self.empty_streak = 0;
+                    let idle = jittered(self.cfg.interval, 0.1);
+                    return self.schedule(ctx, idle);
+                }
+                self.next_due = p.until_next_due().map(|d| std::time::Instant::now() + d);
+                self.empty_streak = 0;
+                self.probe_every = PROBE_AFTER_EMPTY;
+                if !quiet && self.state.in_flight() == 0 && !self.state.shutting_down() {
+                    self.needs_rouse = true;
+                    self.set_quiet(true);
+                    // The wake in progress counts as served.
+                    let _ = self.gate.open(&self.state.quiet);
+                }
+                let wait = if self.state.quiet.is_quiet() {
+                    self.quiet_wait()
+                } else {
+                    jittered(self.cfg.interval, 0.1)
+                };
+                self.schedule(ctx, wait);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "idle probe failed");
+                if wanted {
+                    return self.try_claim(ctx);
+                }
+                let wait = if quiet {
+                    self.quiet_wait()
+                } else {
+                    jittered(self.cfg.interval, 0.1)
+                };
+                self.schedule(ctx, wait);
+            }
+        }
+    }
+
+    /// Leaves quiet: tells the actors, waits for a heartbeat declaring the
+    /// normal interval, then claims.
+    fn rouse(&mut self, ctx: &mut Context<Self>) {
+        self.set_quiet(false);
+        self.next_due = None;
+        let Some(hb) = self.peers.as_ref().map(|p| p.heartbeat.clone()) else {
+            self.needs_rouse = false;
+            return self.try_claim(ctx);
+        };
+        self.rousing = true;
+        hb.send(Rouse)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                guarded(act, ctx, move |act, ctx| {
+                    act.rousing = false;
+                    match res {
+                        Ok(Ok(())) => {
+                            act.needs_rouse = false;
+                            act.again = false;
+                            act.try_claim(ctx);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "waking up: the heartbeat failed; not claiming yet");
+                            act.schedule(ctx, act.cfg.interval.min(ROUSE_RETRY));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "waking up: heartbeat unavailable; not claiming yet");
+                            act.schedule(ctx, act.cfg.interval.min(ROUSE_RETRY));
+                        }
+                    }
+                });
+            })
+            .spawn(ctx);
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
@@ -102,13 +295,16 @@ impl ClaimerActor {
     }
 
     fn try_claim(&mut self, ctx: &mut Context<Self>) {
-        if self.claiming {
+        if self.claiming || self.probing || self.rousing {
             self.again = true;
             return;
         }
         let idle = jittered(self.cfg.interval, 0.1);
         if self.state.shutting_down() {
             return;
+        }
+        if self.state.quiet.is_quiet() || self.needs_rouse {
+            return self.rouse(ctx);
         }
         if !self.state.heartbeat_healthy() {
             // Woken again by HeartbeatHealthChanged when the heartbeat recovers.
@@ -137,9 +333,17 @@ impl ClaimerActor {
                             let full = claimed == limit;
                             if claimed > 0 {
                                 tracing::debug!(claimed, limit, ?pace, "claimed steps");
+                                act.empty_streak = 0;
+                                act.probe_every = PROBE_AFTER_EMPTY;
+                            } else if act.state.in_flight() == 0 && pace.is_none() {
+                                act.empty_streak += 1;
                             }
                             if full || std::mem::take(&mut act.again) {
                                 act.try_claim(ctx);
+                            } else if act.state.quiet.period().is_some()
+                                && act.empty_streak >= act.probe_every
+                            {
+                                act.probe(ctx);
                             } else {
                                 let idle = jittered(act.cfg.interval, 0.1);
                                 act.schedule(ctx, next_wait(idle, pace));
@@ -160,6 +364,21 @@ impl ClaimerActor {
             })
             .spawn(ctx);
     }
+}
+
+/// The pause before trying to wake up again after a heartbeat failed.
+const ROUSE_RETRY: Duration = Duration::from_secs(1);
+
+static QUIET: std::sync::LazyLock<prometheus::IntGauge> = std::sync::LazyLock::new(|| {
+    crate::metrics::gauge(
+        "fleet_q_quiet",
+        "1 while this pod is quiet: the fleet was idle, and it talks to the store only at wakes (see FLEET_Q_IDLE_POLL_MAX_SECONDS).",
+    )
+});
+
+/// Forces registration of this module's metrics (so `/metrics` lists them at 0).
+pub fn register_metrics() {
+    std::sync::LazyLock::force(&QUIET);
 }
 
 /// How many steps to ask for: `min(free slots, batch)`, or `None` with no slot free.
@@ -189,8 +408,10 @@ impl Actor for ClaimerActor {
         ctx.set_mailbox_capacity(65_536);
         self.state.actor_started(Self::NAME);
         self.claiming = false;
+        self.probing = false;
+        self.rousing = false;
         self.timer = None;
-        self.try_claim(ctx);
+        self.tick(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -203,6 +424,8 @@ impl Supervised for ClaimerActor {
         // A claim in flight when the actor faulted still delivers its steps: the
         // StorageActor hands them to the executor itself.
         self.claiming = false;
+        self.probing = false;
+        self.rousing = false;
         self.timer = None;
     }
 }
@@ -225,7 +448,7 @@ impl Handler<Tick> for ClaimerActor {
     type Result = ();
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
         self.timer = None;
-        guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+        guarded(self, ctx, |act, ctx| act.tick(ctx));
     }
 }
 
@@ -233,13 +456,18 @@ impl Handler<ClaimTriggered> for ClaimerActor {
     type Result = ();
     fn handle(&mut self, msg: ClaimTriggered, ctx: &mut Context<Self>) {
         if msg.0 == crate::messages::ClaimTrigger::SlotFreed
-            && !slot_claim_due(
-                self.state.free_slots(),
-                self.state.in_flight(),
-                self.cfg.min_free,
-            )
+            && (self.state.quiet.is_quiet()
+                || !slot_claim_due(
+                    self.state.free_slots(),
+                    self.state.in_flight(),
+                    self.cfg.min_free,
+                ))
         {
             return;
+        }
+        if msg.0 == crate::messages::ClaimTrigger::Submitted {
+            // A submit or a fire wants a claim even at an empty streak.
+            self.empty_streak = 0;
         }
         guarded(self, ctx, |act, ctx| act.try_claim(ctx));
     }
@@ -249,8 +477,27 @@ impl Handler<HeartbeatHealthChanged> for ClaimerActor {
     type Result = ();
     fn handle(&mut self, msg: HeartbeatHealthChanged, ctx: &mut Context<Self>) {
         if msg.healthy {
-            guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+            guarded(self, ctx, |act, ctx| act.tick(ctx));
         }
+    }
+}
+
+/// Who hears of quiet mode: the heartbeat (roused before a claim) and every
+/// actor with periodic store calls. Sent once by [`crate::Pod::start`], after
+/// the actors the claimer starts before exist.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct SetQuietPeers {
+    /// The heartbeat, which declares the normal interval on [`Rouse`].
+    pub heartbeat: Recipient<Rouse>,
+    /// Told of every change.
+    pub subscribers: Vec<Recipient<QuietChanged>>,
+}
+
+impl Handler<SetQuietPeers> for ClaimerActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetQuietPeers, _: &mut Context<Self>) {
+        self.peers = Some(msg);
     }
 }
 

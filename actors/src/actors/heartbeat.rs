@@ -7,6 +7,11 @@
 //! If the store answers that this pod is `down` (it was presumed dead, e.g. after a
 //! long pause), the pod takes a new identity and beats again under it: work done
 //! under the old identity is rejected by fencing.
+//!
+//! While the pod is quiet (`crate::quiet`) it beats only at wakes and its row
+//! declares the wake period as its interval and a longer dead-after, by which
+//! the leader judges it. Leaving quiet ([`Rouse`]) it declares the normal
+//! interval again before the pod may claim.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +20,8 @@ use actix::prelude::*;
 
 use super::jittered;
 use super::storage::{SendHeartbeat, StorageActor};
-use crate::messages::HeartbeatHealthChanged;
+use crate::messages::{HeartbeatHealthChanged, QuietChanged, Rouse};
+use crate::quiet::Gate;
 use crate::records::PodStatus;
 use crate::state::PodState;
 use crate::store::{HeartbeatParams, StoreError};
@@ -69,7 +75,18 @@ pub struct HeartbeatActor {
     subscribers: Vec<Recipient<HeartbeatHealthChanged>>,
     last_ok: Option<Instant>,
     beating: bool,
+    /// Another beat was asked for while one was in flight.
+    again: bool,
     timer: Option<SpawnHandle>,
+    /// Whether the row may declare the quiet interval: set when a quiet beat
+    /// is sent, cleared when a normal beat has landed.
+    declared_quiet: bool,
+    /// The dead-after the last successful beat declared (staleness is judged
+    /// against it).
+    declared_dead_after: Duration,
+    /// [`Rouse`] callers waiting for a normal beat to land.
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+    gate: Gate,
 }
 
 impl HeartbeatActor {
@@ -80,6 +97,7 @@ impl HeartbeatActor {
         storage: Addr<StorageActor>,
         subscribers: Vec<Recipient<HeartbeatHealthChanged>>,
     ) -> Self {
+        let declared_dead_after = crate::records::dead_after(cfg.interval, cfg.dead_threshold);
         HeartbeatActor {
             cfg,
             state,
@@ -87,7 +105,12 @@ impl HeartbeatActor {
             subscribers,
             last_ok: None,
             beating: false,
+            again: false,
             timer: None,
+            declared_quiet: false,
+            declared_dead_after,
+            waiters: Vec::new(),
+            gate: Gate::default(),
         }
     }
 
@@ -108,11 +131,33 @@ impl HeartbeatActor {
         self.timer = Some(ctx.notify_later(Beat, after));
     }
 
+    /// What this beat declares: the normal interval and dead-after, or the
+    /// quiet ones while the pod is quiet.
+    fn declaration(&self, quiet: bool) -> (Duration, Duration) {
+        match self.state.quiet.period() {
+            Some(p) if quiet => (
+                p,
+                crate::quiet::quiet_dead_after(p, self.cfg.dead_threshold),
+            ),
+            _ => (
+                self.cfg.interval,
+                crate::records::dead_after(self.cfg.interval, self.cfg.dead_threshold),
+            ),
+        }
+    }
+
+    fn answer_waiters(&mut self, r: Result<(), StoreError>) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(r.clone());
+        }
+    }
+
     fn beat(&mut self, ctx: &mut Context<Self>) {
         if self.beating {
+            self.again = true;
             return;
         }
-        if is_stale(self.last_ok, Instant::now(), self.cfg.dead_threshold) {
+        if is_stale(self.last_ok, Instant::now(), self.declared_dead_after) {
             self.set_health(false);
         }
         #[cfg(feature = "failpoints")]
@@ -120,11 +165,20 @@ impl HeartbeatActor {
             // As a heartbeat write that failed (test builds only).
             tracing::warn!("heartbeat failed (injected)");
             self.set_health(false);
+            self.answer_waiters(Err(StoreError::transient(
+                "pod_heartbeat",
+                "heartbeat failed (injected)",
+            )));
             let next = self.cfg.interval.min(UNHEALTHY_RETRY);
             self.schedule(ctx, next);
             return;
         }
         self.beating = true;
+        let quiet = self.state.quiet.is_quiet();
+        if quiet {
+            self.declared_quiet = true;
+        }
+        let (interval, dead_after) = self.declaration(quiet);
         let params = HeartbeatParams {
             pod_id: self.state.pod_id(),
             status: PodStatus::Up,
@@ -132,11 +186,8 @@ impl HeartbeatActor {
             max_capacity: self.state.max_capacity(),
             meta: self.state.heartbeat_meta(&self.cfg.meta),
             incarnation: self.state.incarnation(),
-            heartbeat_interval: Some(self.cfg.interval),
-            dead_after: Some(crate::records::dead_after(
-                self.cfg.interval,
-                self.cfg.dead_threshold,
-            )),
+            heartbeat_interval: Some(interval),
+            dead_after: Some(dead_after),
         };
         let asked_for = params.pod_id.clone();
         self.storage
@@ -161,12 +212,27 @@ impl HeartbeatActor {
                         }
                         Ok(_) => {
                             act.last_ok = Some(Instant::now());
+                            act.declared_dead_after = dead_after;
+                            act.state.quiet.set_declared_interval(interval);
                             act.set_health(true);
-                            let next = jittered(act.cfg.interval, 0.1);
-                            act.schedule(ctx, next);
+                            if !quiet {
+                                act.declared_quiet = false;
+                                act.answer_waiters(Ok(()));
+                            }
+                            if std::mem::take(&mut act.again)
+                                || act.state.quiet.is_quiet() != quiet
+                                || (!act.waiters.is_empty() && !act.state.quiet.is_quiet())
+                            {
+                                act.schedule(ctx, Duration::ZERO);
+                            } else {
+                                let next = act.state.quiet.wait(jittered(act.cfg.interval, 0.1));
+                                act.schedule(ctx, next);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "heartbeat failed");
+                            act.again = false;
+                            act.answer_waiters(Err(e.clone()));
                             act.set_health(false);
                             let next = act.cfg.interval.min(UNHEALTHY_RETRY);
                             act.schedule(ctx, next);
@@ -191,6 +257,7 @@ impl Actor for HeartbeatActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.state.actor_started(Self::NAME);
         self.beating = false;
+        self.again = false;
         self.timer = None;
         self.beat(ctx);
     }
@@ -203,7 +270,10 @@ impl Actor for HeartbeatActor {
 impl Supervised for HeartbeatActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.beating = false;
+        self.again = false;
         self.timer = None;
+        // Waiters see the restart as a failed beat and try again.
+        self.waiters.clear();
     }
 }
 
@@ -225,7 +295,45 @@ impl Handler<Beat> for HeartbeatActor {
     type Result = ();
     fn handle(&mut self, _: Beat, ctx: &mut Context<Self>) {
         self.timer = None;
+        guarded(self, ctx, |act, ctx| {
+            // Quiet and already declared so: beat only at a wake.
+            let quiet = act.state.quiet.is_quiet();
+            if quiet && act.declared_quiet && !act.gate.open(&act.state.quiet) {
+                let next = act.state.quiet.wait(act.cfg.interval);
+                act.schedule(ctx, next);
+                return;
+            }
+            act.beat(ctx)
+        });
+    }
+}
+
+impl Handler<QuietChanged> for HeartbeatActor {
+    type Result = ();
+    fn handle(&mut self, _: QuietChanged, ctx: &mut Context<Self>) {
+        // Declare the new interval at once.
+        self.gate = Gate::default();
         guarded(self, ctx, |act, ctx| act.beat(ctx));
+    }
+}
+
+impl Handler<Rouse> for HeartbeatActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+    fn handle(&mut self, _: Rouse, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.declared_quiet {
+            return Box::pin(async { Ok(()) });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters.push(tx);
+        guarded(self, ctx, |act, ctx| act.beat(ctx));
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::transient(
+                    "pod_heartbeat",
+                    "the heartbeat actor restarted",
+                ))
+            })
+        })
     }
 }
 

@@ -9,6 +9,8 @@
 //!
 //! Failover: once a leader's heartbeat is older than the dead-pod threshold, the next
 //! check of any other pod (within one leader-check interval) elects the next eldest.
+//! While the pod is quiet (`crate::quiet`) it checks at wakes only, and at once
+//! when the pod wakes up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use actix::prelude::*;
 
 use super::jittered;
 use super::storage::{ListPods, StorageActor};
-use crate::messages::{HeartbeatHealthChanged, LeadershipChanged};
+use crate::messages::{HeartbeatHealthChanged, LeadershipChanged, QuietChanged};
+use crate::quiet::Gate;
 use crate::records::eldest_live_pod;
 use crate::state::{PodState, Term};
 use crate::supervision::{guarded, SupervisedActor};
@@ -87,6 +90,7 @@ pub struct LeaderElector {
     timer: Option<SpawnHandle>,
     /// The leader whose differing liveness settings were already warned about.
     warned_settings: Option<String>,
+    gate: Gate,
 }
 
 impl LeaderElector {
@@ -107,6 +111,7 @@ impl LeaderElector {
             last: None,
             timer: None,
             warned_settings: None,
+            gate: Gate::default(),
         }
     }
 
@@ -180,6 +185,7 @@ impl LeaderElector {
                     act.checking = false;
                     match res {
                         Ok(Ok((pods, now))) => {
+                            act.state.quiet.observe_store_time(now);
                             act.state.set_election_check(now);
                             act.state.set_pods_seen(pods.clone(), now);
                             let (is_leader, term) = decide(
@@ -202,12 +208,26 @@ impl LeaderElector {
                     if std::mem::take(&mut act.again) {
                         act.check(ctx);
                     } else {
-                        let next = jittered(act.cfg.check_interval, 0.1);
-                        act.timer = Some(ctx.notify_later(Check, next));
+                        act.arm(ctx);
                     }
                 });
             })
             .spawn(ctx);
+    }
+}
+
+impl LeaderElector {
+    /// Arms the next check: the check interval, or while quiet no later than
+    /// the next wake.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        let next = self
+            .state
+            .quiet
+            .wait(jittered(self.cfg.check_interval, 0.1));
+        self.timer = Some(ctx.notify_later(Check, next));
     }
 }
 
@@ -267,7 +287,31 @@ impl Handler<Check> for LeaderElector {
     type Result = ();
     fn handle(&mut self, _: Check, ctx: &mut Context<Self>) {
         self.timer = None;
-        guarded(self, ctx, |act, ctx| act.check(ctx));
+        guarded(self, ctx, |act, ctx| {
+            if act.gate.open(&act.state.quiet) {
+                act.check(ctx)
+            } else {
+                act.arm(ctx)
+            }
+        });
+    }
+}
+
+impl Handler<QuietChanged> for LeaderElector {
+    type Result = ();
+    fn handle(&mut self, msg: QuietChanged, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| {
+            act.gate = Gate::default();
+            if msg.quiet {
+                // The check that just ran counts for the wake in progress.
+                let _ = act.gate.open(&act.state.quiet);
+                if !act.checking {
+                    act.arm(ctx);
+                }
+            } else {
+                act.check(ctx);
+            }
+        });
     }
 }
 

@@ -21,6 +21,9 @@ pub struct PodConfig {
     pub finish_linger: Duration,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
+    /// Idle-quiet mode's wake period (`None`: off, the default); see
+    /// [`crate::quiet`].
+    pub idle_poll_max: Option<Duration>,
     /// Idle claim period.
     pub claim_interval: Duration,
     /// Leader check period.
@@ -81,6 +84,7 @@ impl Default for PodConfig {
             claim_min_free: 1,
             finish_linger: Duration::ZERO,
             heartbeat_interval: crate::defaults::HEARTBEAT_INTERVAL,
+            idle_poll_max: None,
             claim_interval: crate::defaults::CLAIM_INTERVAL,
             leader_check_interval: crate::defaults::LEADER_CHECK_INTERVAL,
             recovery_interval: crate::defaults::RECOVERY_INTERVAL,
@@ -121,6 +125,14 @@ impl PodConfig {
         }
         if self.handler_threads == 0 {
             problems.push("handler_threads must be at least 1".into());
+        }
+        if let Some(p) = self.idle_poll_max {
+            if p < self.claim_interval || p < Duration::from_secs(1) {
+                problems.push(format!(
+                    "quiet: idle_poll_max ({p:?}) must be at least 1 s and at least the claim interval ({:?})",
+                    self.claim_interval
+                ));
+            }
         }
         if self.restart_budget.window.is_zero() {
             problems.push("restart_budget: window must be above zero".into());

@@ -160,6 +160,7 @@ impl Pod {
             cfg.pod_id.clone(),
             cfg.max_capacity,
             cfg.restart_budget,
+            crate::quiet::Quiet::new(cfg.idle_poll_max, &cfg.pod_id, cfg.heartbeat_interval),
         ));
         let ledger = Ledger::open_or_memory(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept);
         let rt = Arc::new(HandlerRuntime::start(cfg.handler_threads)?);
@@ -199,6 +200,15 @@ impl Pod {
         let subs = vec![claimer.clone().recipient(), leader.clone().recipient()];
         let hb_cfg = cfg.heartbeat_config();
         let heartbeat = Supervisor::start(move |_| HeartbeatActor::new(hb_cfg, st, sa, subs));
+        claimer.do_send(crate::actors::claimer::SetQuietPeers {
+            heartbeat: heartbeat.clone().recipient(),
+            subscribers: vec![
+                heartbeat.clone().recipient(),
+                leader.clone().recipient(),
+                recovery.clone().recipient(),
+                storage.clone().recipient(),
+            ],
+        });
 
         tracing::info!(pod_id = %cfg.pod_id, max_capacity = cfg.max_capacity, handlers = %handlers.types().join(","), "pod started");
         Ok(Pod {

@@ -156,6 +156,7 @@ macro_rules! conformance_suite {
             queues::a_dry_bucket_says_when_its_next_token_is_due,
             queues::queue_defaults_apply_to_steps_without_their_own,
             queues::pause_keeps_the_other_settings,
+            queues::the_idle_probe_sees_live_work_only,
             schedules::schedules_are_stored_by_name,
             schedules::a_tick_fires_exactly_once,
             schedules::catch_up_policies_after_an_hour_down,

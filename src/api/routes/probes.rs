@@ -34,6 +34,7 @@ pub(crate) async fn health(st: web::Data<AppState>) -> HttpResponse {
         is_leader: s.is_leader(),
         version: env!("CARGO_PKG_VERSION"),
         heartbeat_healthy: s.heartbeat_healthy(),
+        quiet: s.quiet.is_quiet(),
         shutting_down: s.shutting_down(),
         fenced_results: s.fenced_results(),
         generation: s.generation(),
@@ -66,7 +67,7 @@ pub(crate) async fn ready(st: web::Data<AppState>) -> HttpResponse {
         ))
     } else if write_error.is_some() {
         Some("writes to the store are failing".to_string())
-    } else if age.is_none_or(|a| a > st.ready_window) {
+    } else if age.is_none_or(|a| a > ready_window(st.ready_window, s)) {
         Some("no write to the store succeeded recently".to_string())
     } else {
         None
@@ -84,6 +85,16 @@ pub(crate) async fn ready(st: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// How recent the last successful write must be: the configured window, or
+/// while the pod is quiet (it beats only at wakes) two declared intervals
+/// and 5 s.
+fn ready_window(
+    configured: std::time::Duration,
+    s: &fleet_q_actors::PodState,
+) -> std::time::Duration {
+    configured.max(s.quiet.declared_interval() * 2 + std::time::Duration::from_secs(5))
 }
 
 /// A leader whose recovery cycles failed this many times in a row is not ready.

@@ -65,6 +65,37 @@ pub(super) fn claim_source(only: Option<&[String]>, limit: u32) -> String {
 }
 
 impl SnowflakeStore {
+    /// The idle probe (`Store::steps_idle_probe`): one `SELECT` over the live
+    /// rows (pending and claimed; Snowflake prunes micro-partitions by
+    /// status), never history. The one-row anchor makes an empty table
+    /// still answer a row with the store time.
+    pub(super) async fn idle_probe(&self) -> Result<fleet_q_actors::quiet::IdleProbe, StoreError> {
+        let op = "steps_idle_probe";
+        let live = "s.status = 'pending' AND COALESCE(q.paused, 0) = 0";
+        let rows = self
+            .exec(
+                op,
+                &format!(
+                    "SELECT SUM(CASE WHEN s.status = 'claimed' THEN 1 ELSE 0 END) AS claimed, \
+                       SUM(CASE WHEN {live} AND s.run_at <= SYSDATE() THEN 1 ELSE 0 END) AS due_now, \
+                       MIN(CASE WHEN {live} AND s.run_at > SYSDATE() \
+                         THEN DATE_PART(EPOCH_MILLISECOND, s.run_at) END) AS next_due_ms, \
+                       MAX(a.anchor) AS now_ms \
+                     FROM (SELECT DATE_PART(EPOCH_MILLISECOND, SYSDATE()) AS anchor) a \
+                     LEFT JOIN STEP_TRACKER s ON s.status IN ('pending', 'claimed') \
+                     LEFT JOIN {SETTINGS} q ON q.name = COALESCE(s.queue, 'default')"
+                ),
+            )
+            .await?;
+        let r = rows.first().ok_or_else(|| bad(op, "no row"))?;
+        Ok(fleet_q_actors::quiet::IdleProbe {
+            claimed: r.int("claimed").unwrap_or(0).max(0) as u64,
+            due_now: r.int("due_now").unwrap_or(0) > 0,
+            next_due: r.int("next_due_ms").map(ts),
+            now: ts(r.int("now_ms").ok_or_else(|| bad(op, "store time"))?),
+        })
+    }
+
     /// Makes a row for each queue in `names` this store has not seen yet
     /// (one `MERGE`, only when a new name shows up), refusing to go past
     /// [`MAX_QUEUES`].

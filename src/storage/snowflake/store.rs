@@ -135,6 +135,10 @@ impl Store for SnowflakeStore {
         Ok(steps)
     }
 
+    async fn steps_idle_probe(&self) -> Result<fleet_q_actors::quiet::IdleProbe, StoreError> {
+        self.idle_probe().await
+    }
+
     async fn steps_finish(&self, p: FinishParams) -> Result<FencedReport, StoreError> {
         if p.finishes.is_empty() {
             return Ok(FencedReport::default());

@@ -161,6 +161,33 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn steps_idle_probe(&self) -> Result<fleet_q_actors::quiet::IdleProbe, StoreError> {
+        // Live rows only, through the live index: claimed rows (counted up to
+        // 100), then pending rows of unpaused queues.
+        self.read("steps_idle_probe", move |c, now| {
+            c.prepare_cached(&format!(
+                "SELECT \
+                   (SELECT COUNT(*) FROM (SELECT 1 FROM STEP_TRACKER INDEXED BY step_tracker_live_q \
+                      WHERE status = 'claimed' AND {LIVE} LIMIT 100)), \
+                   EXISTS (SELECT 1 FROM STEP_TRACKER INDEXED BY step_tracker_live_q \
+                      WHERE status = 'pending' AND {LIVE} AND run_at <= ?1 \
+                        AND queue NOT IN (SELECT name FROM QUEUES WHERE paused <> 0)), \
+                   (SELECT MIN(run_at) FROM STEP_TRACKER INDEXED BY step_tracker_live_q \
+                      WHERE status = 'pending' AND {LIVE} AND run_at > ?1 \
+                        AND queue NOT IN (SELECT name FROM QUEUES WHERE paused <> 0))"
+            ))?
+            .query_row([now], |r| {
+                Ok(fleet_q_actors::quiet::IdleProbe {
+                    claimed: r.get::<_, i64>(0)?.max(0) as u64,
+                    due_now: r.get::<_, i64>(1)? != 0,
+                    next_due: r.get::<_, Option<i64>>(2)?.map(ts),
+                    now: ts(now),
+                })
+            })
+        })
+        .await
+    }
+
     async fn steps_finish(&self, p: FinishParams) -> Result<FencedReport, StoreError> {
         if p.finishes.is_empty() {
             return Ok(FencedReport::default());

@@ -14,6 +14,9 @@
 //! the leader at once when it has a free slot (other pods find it at their
 //! next claim).
 //!
+//! While the pod is quiet (`crate::quiet`) the periodic check runs at wakes
+//! only; a schedule still fires at its tick (a due schedule is work).
+//!
 //! Ticks up to `schedule_check` + 5 s old count as on time (the grace of
 //! `crate::schedule::FireParams`), so a schedule made through another pod,
 //! seen only at the next check, is not mistaken for one missed in downtime.
@@ -75,6 +78,16 @@ impl RecoveryActor {
         self.fire_timer = Some(ctx.notify_later(FireSchedules, after));
     }
 
+    /// The wait before the next pass: `check`, no later than the next wake
+    /// while quiet, and no later than the next tick the last pass saw.
+    pub(super) fn fire_wait(&self, check: Duration) -> Duration {
+        let w = self.state.quiet.wait(check);
+        match self.fire_due_at {
+            Some(t) => w.min(t.saturating_duration_since(Instant::now())),
+            None => w,
+        }
+    }
+
     pub(super) fn stop_firing(&mut self, ctx: &mut Context<Self>) {
         if let Some(t) = self.fire_timer.take() {
             ctx.cancel_future(t);
@@ -120,7 +133,9 @@ impl RecoveryActor {
                                     ));
                                 }
                             }
-                            until_next(&report, sent).map_or(check, |d| d.min(check))
+                            let next = until_next(&report, sent);
+                            act.fire_due_at = next.map(|d| Instant::now() + d);
+                            act.fire_wait(check)
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "firing schedules failed; trying again");
@@ -132,6 +147,8 @@ impl RecoveryActor {
                         }
                     };
                     let wait = if std::mem::take(&mut act.fire_again) {
+                        // Asked for during the pass: due now, quiet or not.
+                        act.fire_due_at = Some(Instant::now());
                         Duration::ZERO
                     } else {
                         wait
@@ -180,7 +197,16 @@ impl Handler<FireSchedules> for RecoveryActor {
     type Result = ();
     fn handle(&mut self, _: FireSchedules, ctx: &mut Context<Self>) {
         self.fire_timer = None;
-        guarded(self, ctx, |act, ctx| act.fire_pass(ctx));
+        guarded(self, ctx, |act, ctx| {
+            let tick_due = act
+                .fire_due_at
+                .is_some_and(|t| t <= Instant::now() + MIN_PASS_GAP);
+            if !tick_due && !act.fire_gate.open(&act.state.quiet) {
+                let next = act.fire_wait(act.cfg.schedule_check);
+                return act.schedule_fire(ctx, next.max(MIN_PASS_GAP));
+            }
+            act.fire_pass(ctx)
+        });
     }
 }
 

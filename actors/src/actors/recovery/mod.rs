@@ -20,6 +20,11 @@
 //! 33 rows/s, so any fleet finishing faster grew its table without bound; and a
 //! big delete holds the store's writer, where small chunks let submits and
 //! claims in between.
+//!
+//! While the pod is quiet (`crate::quiet`) the cycle, the prune passes and
+//! the schedule checks run at wakes only (a prune pass still runs its full
+//! chunks back to back, and a schedule still fires at its tick); when the pod
+//! wakes up, a cycle runs at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +34,8 @@ use actix::prelude::*;
 use super::jittered;
 use super::storage::*;
 use crate::ledger::{Ledger, RecoverySummary};
-use crate::messages::LeadershipChanged;
+use crate::messages::{LeadershipChanged, QuietChanged};
+use crate::quiet::Gate;
 use crate::records::PodStatus;
 use crate::state::PodState;
 use crate::step::StepStatus;
@@ -231,6 +237,14 @@ pub struct RecoveryActor {
     /// This pod's claimer, woken when a fire made steps, so they can start
     /// here at once rather than at the next claim poll.
     claimer: Option<Recipient<crate::messages::ClaimTriggered>>,
+    /// Quiet-mode gates of the cycle, the prune passes and the schedule
+    /// checks; whether the last prune chunk was full; when the next schedule
+    /// tick is due.
+    cycle_gate: Gate,
+    prune_gate: Gate,
+    fire_gate: Gate,
+    prune_more: bool,
+    fire_due_at: Option<Instant>,
 }
 
 impl RecoveryActor {
@@ -259,6 +273,11 @@ impl RecoveryActor {
             firing: false,
             fire_again: false,
             claimer: None,
+            cycle_gate: Gate::default(),
+            prune_gate: Gate::default(),
+            fire_gate: Gate::default(),
+            prune_more: false,
+            fire_due_at: None,
         }
     }
 
@@ -320,6 +339,7 @@ impl RecoveryActor {
                             };
                             PRUNE_LAG.set(behind as i64);
                             act.pass_rows += n;
+                            act.prune_more = n >= u64::from(limit);
                             if n >= u64::from(limit) {
                                 Duration::ZERO // more are waiting
                             } else {
@@ -341,6 +361,11 @@ impl RecoveryActor {
                             tracing::warn!(error = %e, "pruning finished steps: storage unavailable");
                             act.cfg.prune_interval
                         }
+                    };
+                    let pause = if pause.is_zero() {
+                        pause
+                    } else {
+                        act.state.quiet.wait(pause)
                     };
                     act.schedule_prune(ctx, pause);
                 });
@@ -393,7 +418,7 @@ impl RecoveryActor {
                     }
                     let _ = tx.send(res);
                     if act.is_leader {
-                        let next = jittered(act.cfg.interval, 0.1);
+                        let next = act.state.quiet.wait(jittered(act.cfg.interval, 0.1));
                         act.schedule(ctx, next);
                     }
                 });
@@ -482,6 +507,10 @@ impl Handler<Cycle> for RecoveryActor {
     fn handle(&mut self, _: Cycle, ctx: &mut Context<Self>) {
         self.timer = None;
         guarded(self, ctx, |act, ctx| {
+            if !act.cycle_gate.open(&act.state.quiet) {
+                let next = act.state.quiet.wait(act.cfg.interval);
+                return act.schedule(ctx, next);
+            }
             if let Err(e) = act.start_cycle(ctx, false) {
                 tracing::debug!(error = %e, "scheduled recovery cycle skipped");
             }
@@ -520,7 +549,56 @@ impl Handler<Prune> for RecoveryActor {
     type Result = ();
     fn handle(&mut self, _: Prune, ctx: &mut Context<Self>) {
         self.prune_timer = None;
-        guarded(self, ctx, |act, ctx| act.prune_chunk(ctx));
+        guarded(self, ctx, |act, ctx| {
+            // A pass that is deleting full chunks goes on; a new pass waits
+            // for a wake while quiet.
+            if !std::mem::take(&mut act.prune_more) && !act.prune_gate.open(&act.state.quiet) {
+                let next = act.state.quiet.wait(act.cfg.prune_interval);
+                return act.schedule_prune(ctx, next);
+            }
+            act.prune_chunk(ctx)
+        });
+    }
+}
+
+impl Handler<QuietChanged> for RecoveryActor {
+    type Result = ();
+    fn handle(&mut self, msg: QuietChanged, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| {
+            act.cycle_gate = Gate::default();
+            act.prune_gate = Gate::default();
+            act.fire_gate = Gate::default();
+            if !act.is_leader {
+                return;
+            }
+            if msg.quiet {
+                // What ran just now counts for the wake in progress; the
+                // timers move to the next wake.
+                let q = &act.state.quiet;
+                let _ = (
+                    act.cycle_gate.open(q),
+                    act.prune_gate.open(q),
+                    act.fire_gate.open(q),
+                );
+                if !act.running {
+                    let next = q.wait(act.cfg.interval);
+                    act.schedule(ctx, next);
+                }
+                if !act.pruning && !act.prune_more {
+                    let next = act.state.quiet.wait(act.cfg.prune_interval);
+                    act.schedule_prune(ctx, next);
+                }
+                if !act.firing {
+                    let next = act.fire_wait(act.cfg.schedule_check);
+                    act.schedule_fire(ctx, next);
+                }
+            } else {
+                // Awake: someone has work; a dead pod's claims are found now.
+                act.schedule(ctx, Duration::ZERO);
+                act.schedule_prune(ctx, Duration::ZERO);
+                act.schedule_fire(ctx, Duration::ZERO);
+            }
+        });
     }
 }
 

@@ -91,6 +91,7 @@ fn is_write(op: &str) -> bool {
     !matches!(
         op,
         "pods_list"
+            | "steps_idle_probe"
             | "step_get"
             | "queue_stats"
             | "steps_orphaned"
@@ -237,6 +238,9 @@ pub struct StorageActor {
     reconciling: bool,
     /// A shared-stats refresh is under way.
     refreshing_stats: bool,
+    /// The next shared-stats refresh, and its quiet-mode gate.
+    stats_timer: Option<SpawnHandle>,
+    stats_gate: crate::quiet::Gate,
 }
 
 impl StorageActor {
@@ -255,6 +259,8 @@ impl StorageActor {
             linger_timer: None,
             reconciling: false,
             refreshing_stats: false,
+            stats_timer: None,
+            stats_gate: crate::quiet::Gate::default(),
             counted_as: std::collections::HashMap::new(),
         }
     }
@@ -262,6 +268,22 @@ impl StorageActor {
     /// Shared-stats backends: the leader publishes statistics, every other pod
     /// reads what was published; either way the copy in [`PodState`] is what
     /// requests for statistics get.
+    /// Arms the next shared-stats refresh: every stats interval, and while
+    /// the pod is quiet (`crate::quiet`) at wakes only.
+    fn arm_stats(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.stats_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let wait = self.state.quiet.wait(self.cfg.stats_interval);
+        self.stats_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.stats_timer = None;
+            if act.stats_gate.open(&act.state.quiet) {
+                act.refresh_stats(ctx);
+            }
+            act.arm_stats(ctx);
+        }));
+    }
+
     fn refresh_stats(&mut self, ctx: &mut Context<Self>) {
         if self.refreshing_stats {
             return;
@@ -504,6 +526,22 @@ impl StorageActor {
     }
 }
 
+impl Handler<crate::messages::QuietChanged> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::messages::QuietChanged, ctx: &mut Context<Self>) {
+        if !self.store.shares_stats() {
+            return;
+        }
+        self.stats_gate = crate::quiet::Gate::default();
+        if msg.quiet {
+            let _ = self.stats_gate.open(&self.state.quiet);
+        } else {
+            self.refresh_stats(ctx);
+        }
+        self.arm_stats(ctx);
+    }
+}
+
 impl Actor for StorageActor {
     type Context = Context<Self>;
 
@@ -518,12 +556,19 @@ impl Actor for StorageActor {
             self.flush(ctx);
         }
         if let Some(every) = self.cfg.reconcile_interval {
-            ctx.run_interval(every, move |act, ctx| act.reconcile(every, ctx));
+            ctx.run_interval(every, move |act, ctx| {
+                // A quiet pod holds no claims (it went quiet with none
+                // anywhere, and claims only after waking).
+                if !act.state.quiet.is_quiet() {
+                    act.reconcile(every, ctx)
+                }
+            });
         }
         self.refreshing_stats = false;
+        self.stats_timer = None;
         if self.store.shares_stats() {
             self.refresh_stats(ctx);
-            ctx.run_interval(self.cfg.stats_interval, |act, ctx| act.refresh_stats(ctx));
+            self.arm_stats(ctx);
         }
         // Outcomes kept across a restart are written now.
         self.flush(ctx);

@@ -359,3 +359,54 @@ pub(crate) async fn pause_keeps_the_other_settings(h: Harness) {
     assert_eq!(kept.settings, limited);
     assert!(h.a.queue_pause("not a name", true).await.is_err());
 }
+
+/// The idle probe of quiet mode (`crate::quiet`): idle on an empty store;
+/// a due step in an unpaused queue is work, one in a paused queue is not; a
+/// step due later is reported by its time; a claim anywhere is work.
+pub(crate) async fn the_idle_probe_sees_live_work_only(h: Harness) {
+    let p = h.a.steps_idle_probe().await.expect("probe");
+    assert!(p.idle(), "{p:?}");
+    assert_eq!(p.next_due, None);
+    let skew = (p.now - chrono::Utc::now()).num_seconds().abs();
+    assert!(skew < 60, "store time {} is far from now", p.now);
+
+    // A paused queue's due step is not work; resumed, it is.
+    put(&h.b, "held", true, None).await;
+    insert(&h.a, vec![in_queue("held")]).await;
+    assert!(h.b.steps_idle_probe().await.unwrap().idle());
+    put(&h.b, "held", false, None).await;
+    let p = h.b.steps_idle_probe().await.unwrap();
+    assert!(p.due_now && !p.idle(), "{p:?}");
+
+    // Claimed, it is still work (someone runs it); a delayed step is not
+    // due now but is reported by its time.
+    let later = step_with(|s| {
+        s.queue = Some("later".into());
+        s.run_at = RunAt::After(Duration::from_secs(600));
+    });
+    insert(&h.a, vec![later]).await;
+    let claimed = claim_from(&h.a, "pod-a", 5, Some(&["held"])).await;
+    assert_eq!(claimed.len(), 1);
+    let p = h.b.steps_idle_probe().await.unwrap();
+    assert_eq!((p.claimed, p.due_now), (1, false), "{p:?}");
+    assert!(!p.idle());
+    let ahead = p.until_next_due().expect("the delayed step is reported");
+    assert!(
+        ahead > Duration::from_secs(590) && ahead <= Duration::from_secs(600),
+        "{ahead:?}"
+    );
+    // Finished, nothing is live: idle again, the delayed step still ahead.
+    let lease = Lease::of(&claimed[0]).expect("a claimed step has a lease");
+    let report = finish(
+        &h.a,
+        lease,
+        Outcome::Complete {
+            result: json!(null),
+        },
+    )
+    .await;
+    assert_eq!(report.applied.len(), 1);
+    let p = h.b.steps_idle_probe().await.unwrap();
+    assert!(p.idle(), "{p:?}");
+    assert!(p.next_due.is_some());
+}
