@@ -724,3 +724,122 @@ async fn the_leader_publishes_shared_stats_that_every_pod_reads() {
     let after = a.stats_publish(now).await.unwrap();
     assert_eq!(after.counts, direct.counts);
 }
+
+/// Statement economy without guessing: an empty claim is one statement (its
+/// answer reports 0 rows updated), a group of completions is one statement
+/// when its answer reports every row updated, and a group with a stale lease
+/// or a failure is read back (two statements) and reported exactly.
+#[tokio::test]
+async fn answers_that_prove_their_outcome_skip_the_read_back() {
+    use fleet_q_actors::*;
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start(&py);
+    let (a, _) = stores(&emu);
+    a.schema_init().await.unwrap();
+    let count = |op: &str| {
+        a.statements_by_op()
+            .into_iter()
+            .find(|(o, _)| *o == op)
+            .map_or(0, |x| x.1)
+    };
+    let claim = |limit: u32| {
+        a.steps_claim(ClaimParams {
+            pod_id: "p".into(),
+            limit,
+            queues: None,
+        })
+    };
+    let before = count("steps_claim");
+    assert!(claim(5).await.unwrap().is_empty());
+    assert_eq!(
+        count("steps_claim") - before,
+        1,
+        "an empty claim is one statement"
+    );
+
+    a.steps_insert((0..6).map(|_| plain()).collect())
+        .await
+        .unwrap();
+    let before = count("steps_claim");
+    let claimed = claim(6).await.unwrap();
+    assert_eq!(claimed.len(), 6);
+    assert_eq!(
+        count("steps_claim") - before,
+        2,
+        "a claim reads its steps back"
+    );
+    let done = |s: &Step, outcome: Outcome| Finish {
+        lease: Lease::of(s).unwrap(),
+        outcome,
+    };
+    let ok = || Outcome::Complete {
+        result: serde_json::json!({"ok": true}),
+    };
+    let finish = |finishes: Vec<Finish>| {
+        a.steps_finish(FinishParams {
+            finishes,
+            backoff: Backoff::default(),
+        })
+    };
+
+    // Three completions: one statement, all applied as completed.
+    let before = count("steps_finish");
+    let report = finish(claimed[..3].iter().map(|s| done(s, ok())).collect())
+        .await
+        .unwrap();
+    assert_eq!(count("steps_finish") - before, 1);
+    assert_eq!(report.applied.len(), 3);
+    assert!(report
+        .applied
+        .iter()
+        .all(|(_, st)| *st == StepStatus::Completed));
+
+    // A stale lease among completions: the count falls short, so it is read
+    // back and the stale one is rejected.
+    let mut stale = Lease::of(&claimed[3]).unwrap();
+    stale.attempt += 1;
+    let before = count("steps_finish");
+    let report = finish(vec![
+        done(&claimed[4], ok()),
+        Finish {
+            lease: stale.clone(),
+            outcome: ok(),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(count("steps_finish") - before, 2);
+    assert_eq!(
+        report.applied,
+        vec![(claimed[4].step_id, StepStatus::Completed)]
+    );
+    assert_eq!(report.rejected, vec![stale]);
+
+    // A retryable failure: its status is the store's choice, so it is read back.
+    let before = count("steps_finish");
+    let report = finish(vec![
+        done(&claimed[3], ok()),
+        done(
+            &claimed[5],
+            Outcome::Fail {
+                error: "boom".into(),
+                retryable: true,
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(count("steps_finish") - before, 2);
+    let status = |id| report.applied.iter().find(|(i, _)| *i == id).unwrap().1;
+    assert_eq!(status(claimed[3].step_id), StepStatus::Completed);
+    assert_eq!(status(claimed[5].step_id), StepStatus::Pending);
+    for s in &claimed {
+        let now = a.step_get(s.step_id).await.unwrap().unwrap().status;
+        let want = if s.step_id == claimed[5].step_id {
+            StepStatus::Pending
+        } else {
+            StepStatus::Completed
+        };
+        assert_eq!(now, want);
+    }
+}

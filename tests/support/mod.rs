@@ -99,50 +99,86 @@ impl PodProc {
         Self::start_with(dir, db, name, env, |_| {})
     }
 
-    /// [`PodProc::start`], with `tweak` applied to the command last.
+    /// [`PodProc::start`], with `tweak` applied to the command last. A port
+    /// taken between [`free_port`] and the pod's bind (another test's pod got
+    /// the same one) is retried on a new port, so parallel tests never meet
+    /// each other's pods.
     pub fn start_with(
         dir: &Path,
         db: &Path,
         name: &str,
         env: &[(&str, String)],
-        tweak: impl FnOnce(&mut Command),
+        tweak: impl Fn(&mut Command),
     ) -> PodProc {
-        let port = free_port();
-        let log = dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-q"));
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("FLEET_Q_SQLITE_DB_PATH", db)
-            .env("FLEET_Q_POD_ID", name)
-            .env("FLEET_Q_LEDGER_PATH", dir.join(format!("{name}-ledger.db")))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
-        for (k, v) in fast_env() {
-            cmd.env(k, v);
+        let mut log = dir.join(format!("{name}.log"));
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-q"));
+            cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("FLEET_Q_SQLITE_DB_PATH", db)
+                .env("FLEET_Q_POD_ID", name)
+                .env("FLEET_Q_LEDGER_PATH", dir.join(format!("{name}-ledger.db")))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+            for (k, v) in fast_env() {
+                cmd.env(k, v);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            tweak(&mut cmd);
+            let child = cmd.spawn().expect("spawn fleet-q serve");
+            let mut p = PodProc {
+                name: name.to_string(),
+                id: String::new(),
+                port,
+                child,
+                log,
+                exited: None,
+            };
+            match p.wait_own_health() {
+                Some(h) => {
+                    p.id = h["pod_id"].as_str().unwrap_or_default().to_string();
+                    return p;
+                }
+                None => {
+                    let text = p.log_text();
+                    assert!(
+                        text.contains("in use"),
+                        "{name} exited before becoming healthy:\n{}",
+                        log_tail(&p.log, 20)
+                    );
+                    log = p.log.clone();
+                    eprintln!("{name}: port {port} was taken meanwhile; trying another");
+                }
+            }
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        tweak(&mut cmd);
-        let child = cmd.spawn().expect("spawn fleet-q serve");
-        let mut p = PodProc {
-            name: name.to_string(),
-            id: String::new(),
-            port,
-            child,
-            log,
-            exited: None,
-        };
-        let h = p.wait_healthy();
-        p.id = h["pod_id"].as_str().unwrap_or_default().to_string();
-        assert!(
-            p.id.starts_with(name),
-            "pod id {} lacks the prefix {name}",
-            p.id
-        );
-        p
+        panic!("{name}: no free port in 5 tries");
+    }
+
+    /// `/health` of this process once its heartbeat is healthy, or `None`
+    /// when it exited first. An answer from another process on the port (its
+    /// id lacks this pod's prefix) is not this pod's.
+    fn wait_own_health(&mut self) -> Option<Value> {
+        let c = client();
+        wait_for(
+            &format!("{} to be healthy", self.name),
+            Duration::from_secs(90),
+            || {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    self.exited = Some(status);
+                    return Some(None);
+                }
+                let h: Value = c.get(self.url("/health")).send().ok()?.json().ok()?;
+                let ours = h["pod_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(&self.name));
+                (ours && h["heartbeat_healthy"] == json!(true)).then_some(Some(h))
+            },
+        )
     }
 
     pub fn url(&self, path: &str) -> String {

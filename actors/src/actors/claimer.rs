@@ -81,6 +81,11 @@ pub struct ClaimerActor {
     executor: Addr<ExecutorPool>,
     claiming: bool,
     again: bool,
+    /// Slots freed while a claim was in flight (claim again only if enough
+    /// are free; see [`slot_claim_due`]).
+    slot_again: bool,
+    /// The claim linger's timer (see [`CLAIM_LINGER`]).
+    linger: Option<SpawnHandle>,
     timer: Option<SpawnHandle>,
     /// Quiet mode: who is told, and the state of this claimer's part.
     peers: Option<SetQuietPeers>,
@@ -112,6 +117,8 @@ impl ClaimerActor {
             executor,
             claiming: false,
             again: false,
+            slot_again: false,
+            linger: None,
             timer: None,
             peers: None,
             empty_streak: 0,
@@ -121,6 +128,15 @@ impl ClaimerActor {
             needs_rouse: false,
             next_due: None,
             gate: Gate::default(),
+        }
+    }
+
+    /// A claim for freed slots: now, or after the claim in flight.
+    fn slot_claim(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming || self.probing || self.rousing {
+            self.slot_again = true;
+        } else {
+            self.try_claim(ctx);
         }
     }
 
@@ -338,7 +354,14 @@ impl ClaimerActor {
                             } else if act.state.in_flight() == 0 && pace.is_none() {
                                 act.empty_streak += 1;
                             }
-                            if full || std::mem::take(&mut act.again) {
+                            let wanted = std::mem::take(&mut act.again);
+                            let slots = std::mem::take(&mut act.slot_again) || full;
+                            let enough = slot_claim_due(
+                                act.state.free_slots(),
+                                act.state.in_flight(),
+                                act.cfg.min_free,
+                            );
+                            if wanted || (slots && act.state.free_slots() > 0 && enough) {
                                 act.try_claim(ctx);
                             } else if act.state.quiet.period().is_some()
                                 && act.empty_streak >= act.probe_every
@@ -365,6 +388,14 @@ impl ClaimerActor {
             .spawn(ctx);
     }
 }
+
+/// With claim hysteresis on (`min_free` above 1), how long a claim that
+/// enough freed slots made due waits for more to free while steps still run.
+/// Short steps free their slots within milliseconds of each other; without
+/// it, a claim fires at `min_free` free slots, the rest free while it is in
+/// flight, and every batch is split in two claims. It costs a step at most
+/// this much of a free slot's time.
+pub const CLAIM_LINGER: Duration = Duration::from_millis(25);
 
 /// The pause before trying to wake up again after a heartbeat failed.
 const ROUSE_RETRY: Duration = Duration::from_secs(1);
@@ -410,6 +441,7 @@ impl Actor for ClaimerActor {
         self.claiming = false;
         self.probing = false;
         self.rousing = false;
+        self.linger = None;
         self.timer = None;
         self.tick(ctx);
     }
@@ -426,6 +458,7 @@ impl Supervised for ClaimerActor {
         self.claiming = false;
         self.probing = false;
         self.rousing = false;
+        self.linger = None;
         self.timer = None;
     }
 }
@@ -468,8 +501,37 @@ impl Handler<ClaimTriggered> for ClaimerActor {
         if msg.0 == crate::messages::ClaimTrigger::Submitted {
             // A submit or a fire wants a claim even at an empty streak.
             self.empty_streak = 0;
+            guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+            return;
         }
-        guarded(self, ctx, |act, ctx| act.try_claim(ctx));
+        guarded(self, ctx, |act, ctx| {
+            if act.state.in_flight() == 0 {
+                if let Some(t) = act.linger.take() {
+                    ctx.cancel_future(t);
+                }
+                return act.slot_claim(ctx);
+            }
+            if act.cfg.min_free > 1 {
+                if act.linger.is_none() {
+                    act.linger = Some(ctx.notify_later(LingerEnd, CLAIM_LINGER));
+                }
+                return;
+            }
+            act.slot_claim(ctx)
+        });
+    }
+}
+
+/// The claim linger ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LingerEnd;
+
+impl Handler<LingerEnd> for ClaimerActor {
+    type Result = ();
+    fn handle(&mut self, _: LingerEnd, ctx: &mut Context<Self>) {
+        self.linger = None;
+        guarded(self, ctx, |act, ctx| act.slot_claim(ctx));
     }
 }
 

@@ -128,6 +128,22 @@ pub(super) fn decode(op: &'static str, r: QueryResult) -> Result<Vec<Row>, Store
     Ok(out)
 }
 
+/// The number of rows a DML statement reports, only when its answer says so
+/// in a column named for it (`number of rows updated`, …): an answer that
+/// lost its row or names no count gives `None`, so callers that skip a
+/// read-back on this count never skip it on a guess.
+pub(super) fn rows_reported(rows: &[Row]) -> Option<u64> {
+    let r = rows.first()?;
+    r.0.iter()
+        .find(|(k, _)| k.to_ascii_lowercase().starts_with("number of rows"))
+        .and_then(|(_, v)| match v {
+            Cell::Int(i) => u64::try_from(*i).ok(),
+            Cell::Float(f) if *f >= 0.0 => Some(*f as u64),
+            Cell::Text(t) => t.trim().parse().ok(),
+            _ => None,
+        })
+}
+
 /// The number of rows a DML statement reports (first column of its result).
 pub(super) fn affected(rows: &[Row]) -> u64 {
     rows.first()

@@ -122,6 +122,14 @@ impl Store for SnowflakeStore {
                 return Err(e.clone());
             }
         }
+        if first
+            .as_ref()
+            .is_ok_and(|rows| rows_reported(rows) == Some(0))
+        {
+            // Answered: nothing was due. No read-back (an idle poll is one
+            // statement).
+            return Ok(Vec::new());
+        }
         let by_token = format!("s.op_token = {}", sql::token(&token));
         let mut steps = self
             .read_back(op, || self.read_steps_checked(op, &by_token, p.limit))
@@ -144,12 +152,14 @@ impl Store for SnowflakeStore {
             return Ok(FencedReport::default());
         }
         let b = p.backoff;
-        let row = |outcome: Outcome| -> String {
+        // Each row, and whether it completes its step (only completions and
+        // terminal failures leave the statement no choice of status).
+        let row = |outcome: Outcome| -> (String, bool) {
             match outcome {
                 Outcome::Complete { result } => {
                     let text = result.to_string();
                     if text.len() > MAX_RESULT_BYTES {
-                        return failure_row(
+                        let failed = failure_row(
                             &format!(
                                 "the result ({} bytes) exceeds the store's limit of {MAX_RESULT_BYTES} bytes",
                                 text.len()
@@ -157,19 +167,28 @@ impl Store for SnowflakeStore {
                             false,
                             &b,
                         );
+                        return (failed, false);
                     }
-                    format!(
+                    let ok = format!(
                         ", 1, 0, {}, CAST(NULL AS VARCHAR), 0.0",
                         sql::b64_lit(&text)
-                    )
+                    );
+                    (ok, true)
                 }
-                Outcome::Fail { error, retryable } => failure_row(&error, retryable, &b),
+                Outcome::Fail { error, retryable } => (failure_row(&error, retryable, &b), false),
             }
         };
+        // A group of completions alone: its answer's row count proves it
+        // (see `fenced_chunk`), with no read-back.
+        let mut all_complete = true;
         let rows: Vec<(Lease, String)> = p
             .finishes
             .into_iter()
-            .map(|f| (f.lease, row(f.outcome)))
+            .map(|f| {
+                let (text, completes) = row(f.outcome);
+                all_complete &= completes;
+                (f.lease, text)
+            })
             .collect();
         let retry = "(v.ok = 0 AND v.retryable = 1 AND STEP_TRACKER.retry_count < STEP_TRACKER.max_retries)";
         let set = format!(
@@ -184,7 +203,15 @@ impl Store for SnowflakeStore {
         );
         let cols =
             ", column4 AS ok, column5 AS retryable, column6 AS res, column7 AS err, column8 AS cut";
-        let (mut report, refused) = self.fenced("steps_finish", &set, cols, rows).await?;
+        let (mut report, refused) = self
+            .fenced(
+                "steps_finish",
+                &set,
+                cols,
+                rows,
+                all_complete.then_some(StepStatus::Completed),
+            )
+            .await?;
         if refused.is_empty() {
             return Ok(report);
         }
@@ -199,7 +226,9 @@ impl Store for SnowflakeStore {
                 (lease.clone(), failure_row(&why, false, &b))
             })
             .collect();
-        let (second, still) = self.fenced("steps_finish", &set, cols, again).await?;
+        let (second, still) = self
+            .fenced("steps_finish", &set, cols, again, Some(StepStatus::Failed))
+            .await?;
         report.applied.extend(second.applied);
         report.rejected.extend(second.rejected);
         report.rejected.extend(still.into_iter().map(|(l, _)| l));
@@ -214,6 +243,7 @@ impl Store for SnowflakeStore {
             "steps_release",
             "status = 'pending', claimed_by = NULL, run_at = SYSDATE()",
             leases,
+            Some(StepStatus::Pending),
         )
         .await
     }

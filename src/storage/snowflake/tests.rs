@@ -94,3 +94,30 @@ fn arrow_integers_of_any_width_and_decimals_decode() {
     assert_eq!(rows[0].int("c"), Some(12_345));
     assert_eq!(rows[1].text("d").as_deref(), Some("y"));
 }
+
+#[test]
+fn a_dml_row_count_is_read_only_from_a_column_named_for_it() {
+    let row = |pairs: &[(&str, Cell)]| {
+        Row(pairs
+            .iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v.clone()))
+            .collect())
+    };
+    let updated = row(&[
+        ("number of rows updated", Cell::Int(16)),
+        ("number of multi-joined rows updated", Cell::Int(0)),
+    ]);
+    assert_eq!(rows_reported(&[updated]), Some(16));
+    assert_eq!(
+        rows_reported(&[row(&[("number of rows updated", Cell::Text("3".into()))])]),
+        Some(3)
+    );
+    // A lost answer, or one naming no count, proves nothing: the callers read
+    // back instead of skipping on a guess.
+    assert_eq!(rows_reported(&[]), None);
+    assert_eq!(rows_reported(&[row(&[("step_id", Cell::Int(5))])]), None);
+    assert_eq!(
+        rows_reported(&[row(&[("number of rows updated", Cell::Null)])]),
+        None
+    );
+}
