@@ -90,7 +90,7 @@ fn an_idle_fleet_goes_quiet_and_wakes_for_work() {
 
     // A submit to a quiet pod starts there at once, after it declared the
     // normal interval again.
-    let id = submit(&c, &pods[1], json!({"type": "sleep", "args": {"ms": 1500}}));
+    let id = submit(&c, &pods[1], json!({"type": "sleep", "args": {"ms": 5000}}));
     let running = wait_for("the step to start", Duration::from_secs(10), || {
         let s = obs.step(&id);
         (s.status != StepStatus::Pending).then_some(s)
@@ -116,12 +116,19 @@ fn an_idle_fleet_goes_quiet_and_wakes_for_work() {
     // More work than the woken pod can run: the other pods take the rest at
     // their next wake.
     let ids: Vec<String> = (0..3)
-        .map(|_| submit(&c, &pods[2], json!({"type": "sleep", "args": {"ms": 4000}})))
+        // Each runs longer than the period, so the others must wake for them.
+        .map(|_| {
+            submit(
+                &c,
+                &pods[2],
+                json!({"type": "sleep", "args": {"ms": 20000}}),
+            )
+        })
         .collect();
     let claimers: HashSet<String> = ids
         .iter()
         .map(|id| {
-            obs.wait_completed(id, Duration::from_secs(60))
+            obs.wait_completed(id, Duration::from_secs(120))
                 .claimed_by
                 .unwrap_or_default()
         })
