@@ -8,7 +8,14 @@
 //! cargo bench --bench snowflake_fleet                 # the whole matrix (~15 min)
 //! cargo bench --bench snowflake_fleet -- --quick      # 150 ms only, 1/3/10 pods
 //! cargo bench --bench snowflake_fleet -- --latency 150 --pods 10 --settings economy
+//! cargo bench --bench snowflake_fleet -- --latency 50 --pods 3 --offered max   # the ceiling
 //! ```
+//!
+//! `--offered RATE` offers RATE steps/s instead; `--offered max` offers 1.25 ×
+//! what the fleet's handler slots could run (at most 300 steps/s), so the fleet, the table lock or
+//! the emulator saturates. Two columns say which: how much of the window
+//! STEP_TRACKER's lock was held, and the emulator's CPU (100 % = one core,
+//! all of it on this 2-core machine shared with the pods).
 //!
 //! Each run: `sleep` steps of 200 ms offered at a steady rate (half of what the
 //! fleet's handler slots could run, at most 25 steps/s, see `MAX_OFFERED`) for 20 s, submitted
@@ -109,6 +116,10 @@ const TUNED: Setup = Setup {
 };
 
 struct Outcome {
+    /// Fraction of the window STEP_TRACKER's lock was held (DML running).
+    lock_busy: f64,
+    /// Emulator CPU seconds per second of the window (1.0 = one core).
+    emulator_cpu: f64,
     steps_per_s: f64,
     offered: f64,
     p50: f64,
@@ -127,10 +138,39 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
+/// What the bench offers: steps/s, or `None` for the default (half the fleet's
+/// handler rate, at most [`MAX_OFFERED`]).
+#[derive(Clone, Copy)]
+enum Offer {
+    Default,
+    Rate(f64),
+    /// 1.25 × the fleet's handler rate (at most [`SATURATE_MAX`]): more than
+    /// it can run, to find its ceiling.
+    Saturate,
+}
+
+/// The most steps/s `--offered max` offers. Above it the fleet's own submits
+/// (one INSERT per batch every 250 ms, through the pods in turn) would load the
+/// emulator more than the claims and finishes under test; no fleet on the
+/// model reached it (BENCHMARKS.md, "capacity").
+const SATURATE_MAX: f64 = 300.0;
+
+fn lock_held(stats: &Value) -> f64 {
+    stats["lock_held_s"]["STEP_TRACKER"].as_f64().unwrap_or(0.0)
+}
+
+fn run(latency_ms: u64, pods: usize, s: Setup, offer: Offer) -> Outcome {
     let jitter = |ms: u64| format!("{ms}:{}", ms * 3 / 10);
     let (compile, exec) = (jitter(latency_ms / 3), jitter(latency_ms - latency_ms / 3));
-    let (mut child, port) = emulator::start(&["--compile-ms", &compile, "--latency-ms", &exec]);
+    // The translation cache (tests/snowflake/shapes.py) halves the emulator's
+    // CPU per statement, so the model, not the emulator, saturates first.
+    let (mut child, port) = emulator::start(&[
+        "--compile-ms",
+        &compile,
+        "--latency-ms",
+        &exec,
+        "--translation-cache",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let waits = Arc::new(Mutex::new(Vec::new()));
     let out = actix_rt::System::new().block_on(async {
@@ -167,7 +207,8 @@ fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
         let count = |fleet: &[(std::rc::Rc<Pod>, Arc<SnowflakeStore>)]| -> u64 {
             fleet.iter().map(|(_, s)| s.statement_count()).sum()
         };
-        let aborts0 = model_stats(port)["lock_aborts"].as_u64().unwrap_or(0);
+        let model0 = model_stats(port);
+        let aborts0 = model0["lock_aborts"].as_u64().unwrap_or(0);
         let stmts0 = count(&fleet);
         let ops = |fleet: &[(std::rc::Rc<Pod>, Arc<SnowflakeStore>)]| -> std::collections::BTreeMap<&'static str, u64> {
             let mut m = std::collections::BTreeMap::new();
@@ -180,7 +221,11 @@ fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
         };
         let ops0 = ops(&fleet);
         let handler_rate = pods as f64 * f64::from(s.capacity) * 1000.0 / STEP_MS as f64;
-        let offered = (handler_rate / 2.0).min(MAX_OFFERED);
+        let offered = match offer {
+            Offer::Default => (handler_rate / 2.0).min(MAX_OFFERED),
+            Offer::Rate(r) => r,
+            Offer::Saturate => (handler_rate * 1.25).min(SATURATE_MAX),
+        };
         let per_tick = offered / 4.0;
         let t0 = Instant::now();
         let mut submitted = 0.0f64;
@@ -219,7 +264,12 @@ fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
         let elapsed = t0.elapsed().as_secs_f64();
         let started_in_window = waits.lock().unwrap().len();
         let stmts = count(&fleet) - stmts0;
-        let aborts = model_stats(port)["lock_aborts"].as_u64().unwrap_or(0) - aborts0;
+        let model1 = model_stats(port);
+        let aborts = model1["lock_aborts"].as_u64().unwrap_or(0) - aborts0;
+        let lock_busy = (lock_held(&model1) - lock_held(&model0)) / elapsed;
+        let emulator_cpu = (model1["cpu_s"].as_f64().unwrap_or(0.0)
+            - model0["cpu_s"].as_f64().unwrap_or(0.0))
+            / elapsed;
         let by_op: Vec<(&'static str, u64)> = ops(&fleet)
             .into_iter()
             .map(|(op, n)| (op, n - ops0.get(op).copied().unwrap_or(0)))
@@ -230,6 +280,8 @@ fn run(latency_ms: u64, pods: usize, s: Setup) -> Outcome {
         }
         let mut w = waits.lock().unwrap().clone();
         Outcome {
+            lock_busy,
+            emulator_cpu,
             steps_per_s: started_in_window as f64 / elapsed,
             offered: accepted.get().min(sent) as f64 / elapsed,
             p50: pct(&mut w, 0.5),
@@ -269,16 +321,21 @@ fn main() {
         Some("tuned") => vec![TUNED],
         _ => vec![TODAY, ECONOMY, TUNED],
     };
+    let offer = match arg("--offered").as_deref() {
+        None => Offer::Default,
+        Some("max") => Offer::Saturate,
+        Some(r) => Offer::Rate(r.parse().expect("--offered: steps/s or max")),
+    };
     println!(
-        "| latency ms | pods | settings | offered steps/s | started steps/s | submit→start p50 / p99 s | statements/s | statements per 1,000 steps | lock-wait aborts |"
+        "| latency ms | pods | settings | offered steps/s | started steps/s | submit→start p50 / p99 s | statements/s | statements per 1,000 steps | lock-wait aborts | STEP_TRACKER lock busy | emulator CPU |"
     );
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &l in &latencies {
         for &n in &pod_counts {
             for &s in &setups {
-                let o = run(l, n, s);
+                let o = run(l, n, s, offer);
                 println!(
-                    "| {l} | {n} | {} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} | {:.0} | {} |",
+                    "| {l} | {n} | {} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} | {:.0} | {} | {:.0} % | {:.0} % |",
                     s.name,
                     o.offered,
                     o.steps_per_s,
@@ -286,7 +343,9 @@ fn main() {
                     o.p99,
                     o.stmts_per_s,
                     o.per_k,
-                    o.aborts
+                    o.aborts,
+                    o.lock_busy * 100.0,
+                    o.emulator_cpu * 100.0
                 );
                 eprintln!("  statements by operation: {:?}", o.by_op);
             }

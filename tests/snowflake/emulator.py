@@ -30,10 +30,13 @@ than max(M, N) rows as Snowflake does: M rows inline (`returned` = M, possibly 0
 snowflake-api 0.14 then answers "no rows"), the rest in chunks of N rows the
 client downloads from `/chunks/{id}` (`chunks`, `chunkHeaders`).
 
-Latency: `--latency-ms MEAN[:JITTER]` makes every statement take MEAN ± JITTER
-ms (compile + execute) in an asyncio sleep, so waiting statements stay
-concurrent; an UPDATE, DELETE or MERGE holds its table's lock for that time, so
-DML on one table runs one statement at a time and queues.
+Latency: `--compile-ms MEAN[:JITTER]` and `--latency-ms MEAN[:JITTER]` make
+every statement spend a compile time, then take at least an execution time
+(uniform in MEAN ± JITTER ms; the statement runs in DuckDB, then sleeps the rest
+in asyncio, so waiting statements stay concurrent); an UPDATE, DELETE or MERGE
+holds its table's lock while executing, so DML on one table runs one statement
+at a time and queues. `GET /debug/stats` reports how long each table's lock was
+held (`lock_held_s`) and the process's CPU seconds (`cpu_s`).
 
 Slow statements: `--delay-statement REGEX=MS[:COUNT]` holds the next COUNT
 statements matching REGEX for MS before running them; a session whose
@@ -74,6 +77,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -157,6 +161,7 @@ CATALOG = RWLock()
 TABLE_LOCKS: dict = {}
 TABLE_WAITERS: dict = {}
 MAX_WAITERS = 0
+LOCK_HELD_S: dict = {}
 # USER (upper case) -> the registered RSA public key (PEM bytes).
 RSA_KEYS: dict = {}
 SESSION_IDS = iter(range(1, 1 << 62))
@@ -474,16 +479,24 @@ async def query(request: Request) -> JSONResponse:
                 )
             finally:
                 TABLE_WAITERS[table] -= 1
+        held = time.monotonic()
         try:
+            # The modelled execution time is a floor: the statement runs (in
+            # DuckDB, a few ms), then sleeps whatever is left of it, so it
+            # takes max(modelled, real). A DML statement holds its table lock
+            # throughout. asyncio sleeps, so statements wait together.
+            modelled = 0.0
             if LATENCY[0] > 0:
-                # The modelled time a statement takes; a DML statement holds its
-                # table lock for it. asyncio sleeps, so statements wait together.
-                await asyncio.sleep(max(0.0, random.uniform(LATENCY[0] - LATENCY[1], LATENCY[0] + LATENCY[1])))
+                modelled = max(0.0, random.uniform(LATENCY[0] - LATENCY[1], LATENCY[0] + LATENCY[1]))
             resp = await _run(request, conn, kind)
+            left = modelled - (time.monotonic() - held)
+            if left > 0:
+                await asyncio.sleep(left)
         except Exception as e:  # plain-text 500s and anything unexpected
             return _error("261000", f"emulator failure: {e}")
         finally:
             if lock is not None:
+                LOCK_HELD_S[table] = LOCK_HELD_S.get(table, 0.0) + (time.monotonic() - held)
                 lock.release()
     finally:
         await CATALOG.release(exclusive)
@@ -560,6 +573,12 @@ async def stats(request: Request) -> JSONResponse:
         {
             **STATS,
             "max_waiters": MAX_WAITERS,
+            # Seconds each table's lock was held, summed: its busy fraction
+            # over a window is the difference over the window's length.
+            "lock_held_s": LOCK_HELD_S,
+            # This process's CPU seconds (all threads): when it grows by about
+            # a core's worth per second, the emulator, not the model, limits.
+            "cpu_s": time.process_time(),
             "arrivals": [t for t in ARRIVALS if t >= since],
         }
     )
@@ -616,12 +635,22 @@ def main() -> None:
         help="execution time of every statement, uniformly within MEAN +/- JITTER ms; DML holds its table lock meanwhile",
     )
     p.add_argument(
+        "--translation-cache",
+        action="store_true",
+        help="translate each statement shape (its text with the literals taken out) once, not every statement (shapes.py)",
+    )
+    p.add_argument(
         "--compile-ms",
         default="0",
         metavar="MEAN[:JITTER]",
         help="compilation time of every statement, uniformly within MEAN +/- JITTER ms, spent before it queues for a lock",
     )
     a = p.parse_args()
+    if a.translation_cache or os.environ.get("FLEET_Q_EMULATOR_TRANSLATION_CACHE") == "1":
+        import shapes
+
+        shapes.install()
+        STATS["translation_cache"] = shapes.stats
     global LATENCY
     mean, _, jitter = a.latency_ms.partition(":")
     LATENCY = (float(mean) / 1000.0, float(jitter or 0) / 1000.0)

@@ -125,17 +125,27 @@ pub(crate) async fn a_tick_fires_exactly_once(h: Harness) {
 /// on-time tick, `one` adds one step for the missed ticks, `all` fires the
 /// latest `catch_up_max` of them; the rest are counted as skipped.
 pub(crate) async fn catch_up_policies_after_an_hour_down(h: Harness) {
-    let mut ids = Vec::new();
-    for (name, policy) in [
-        ("c-skip", CatchUp::Skip),
-        ("c-one", CatchUp::One),
-        ("c-all", CatchUp::All),
-    ] {
-        let mut spec = ScheduleSpec::every(name, 60, "noop");
-        spec.catch_up = policy;
-        spec.catch_up_max = 10;
-        ids.push(h.a.schedule_put(spec).await.unwrap());
-    }
+    // The three must share their first tick: put them again if a minute
+    // boundary fell between the puts (it cannot fall twice in a row).
+    let ids = loop {
+        let mut ids = Vec::new();
+        for (name, policy) in [
+            ("c-skip", CatchUp::Skip),
+            ("c-one", CatchUp::One),
+            ("c-all", CatchUp::All),
+        ] {
+            let mut spec = ScheduleSpec::every(name, 60, "noop");
+            spec.catch_up = policy;
+            spec.catch_up_max = 10;
+            ids.push(h.a.schedule_put(spec).await.unwrap());
+        }
+        if ids.iter().all(|s| s.next_run_at == ids[0].next_run_at) {
+            break ids;
+        }
+        for s in &ids {
+            assert!(h.a.schedule_delete(&s.spec.name).await.unwrap());
+        }
+    };
     let t0 = ids[0].next_run_at.unwrap();
     // Down from before t0 until just after t0 + 1 h: 61 ticks due, the last on time.
     let now = t0 + secs(3600) + secs(1);
