@@ -426,12 +426,7 @@ fn twelve_pods_on_the_warehouse_model_survive_lock_wait_aborts() {
     assert_eq!(stats.counts.total(), 360, "{stats:?}");
     let rejoined = rejoined_processes(&f.pods);
     assert_duplicates_only_from_lost_pods(&f.rec, &ids, &HashSet::new(), &rejoined);
-    let model: Value = c
-        .get(format!("http://127.0.0.1:{port}/debug/stats"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let model = emulator::debug_stats(port, 0.0);
     eprintln!(
         "statements {}, lock-wait aborts {}, most waiters {}",
         model["statements"], model["lock_aborts"], model["max_waiters"]

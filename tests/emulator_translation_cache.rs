@@ -9,8 +9,6 @@
 #[path = "support/emulator.rs"]
 mod emulator;
 
-use std::sync::Arc;
-
 use fleet_q::storage::snowflake::SnowflakeStore;
 use fleet_q_actors::store::ClaimParams;
 use fleet_q_actors::testkit::Harness;
@@ -24,18 +22,11 @@ fn skip() -> Option<String> {
 
 async fn open() -> Harness {
     let py = emulator::python().expect("checked by skip()");
-    let emu = emulator::Emulator::start_with_args(&py, &["--translation-cache"]);
-    let s = emu.settings();
-    let a = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open a");
-    a.schema_init().await.expect("schema a");
-    let b = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open b");
-    b.schema_init().await.expect("schema b");
-    Harness {
-        a: Arc::new(a),
-        b: Arc::new(b),
-        guard: Box::new(emu),
-        lacks: Vec::new(),
-    }
+    emulator::harness(emulator::Emulator::start_with_args(
+        &py,
+        &["--translation-cache"],
+    ))
+    .await
 }
 
 fleet_q_actors::conformance_suite!(open, skip = skip);
@@ -77,11 +68,7 @@ fn repeated_statement_shapes_are_served_from_the_cache() {
         claimed
     });
     assert_eq!(claimed, 5, "every step inserted was claimed once");
-    let stats: serde_json::Value =
-        reqwest::blocking::get(format!("http://127.0.0.1:{}/debug/stats", emu.port))
-            .unwrap()
-            .json()
-            .unwrap();
+    let stats = emulator::debug_stats(emu.port, 0.0);
     let cache = &stats["translation_cache"];
     let hits = cache["hits"]
         .as_u64()

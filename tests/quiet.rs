@@ -209,13 +209,8 @@ fn period_with_a_wake_soon() -> u64 {
         .unwrap()
 }
 
-fn arrivals(c: &reqwest::blocking::Client, port: u16, since: f64) -> Vec<f64> {
-    let v: Value = c
-        .get(format!("http://127.0.0.1:{port}/debug/stats?since={since}"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+fn arrivals(port: u16, since: f64) -> Vec<f64> {
+    let v = emulator::debug_stats(port, since);
     v["arrivals"]
         .as_array()
         .unwrap()
@@ -268,12 +263,12 @@ fn a_quiet_fleet_leaves_the_warehouse_silent_for_five_minutes() {
         "the second quiet wake",
         Duration::from_secs(2 * period + 60),
         || {
-            let a = arrivals(&c, emu.port, second_wake);
+            let a = arrivals(emu.port, second_wake);
             // The whole second burst: past the window, with statements in it.
             (unix_now() > second_wake + window + 10.0 && !a.is_empty()).then_some(())
         },
     );
-    let times = arrivals(&c, emu.port, quiet_at);
+    let times = arrivals(emu.port, quiet_at);
     let (mut longest, mut at) = (0.0f64, 0.0f64);
     for w in times.windows(2) {
         if w[1] - w[0] > longest {

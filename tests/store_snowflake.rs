@@ -22,18 +22,7 @@ fn skip() -> Option<String> {
 
 async fn open() -> Harness {
     let py = emulator::python().expect("checked by skip()");
-    let emu = emulator::Emulator::start(&py);
-    let s = emu.settings();
-    let a = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open a");
-    a.schema_init().await.expect("schema a");
-    let b = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open b");
-    b.schema_init().await.expect("schema b");
-    Harness {
-        a: Arc::new(a),
-        b: Arc::new(b),
-        guard: Box::new(emu),
-        lacks: Vec::new(),
-    }
+    emulator::harness(emulator::Emulator::start(&py)).await
 }
 
 fleet_q_actors::conformance_suite!(open, skip = skip);

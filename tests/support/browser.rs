@@ -173,24 +173,19 @@ impl Browser {
     /// Waits (up to 15 s) for an element matching `css`.
     pub fn wait(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(el) = self.find(css) {
-                return el;
-            }
-            if Instant::now() > deadline {
-                let page = self.script("return document.body ? document.body.innerText : '';");
-                panic!(
-                    "no element {css} within 15 s on {}; the page says: {}",
-                    self.url(),
-                    page.as_str()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(600)
-                        .collect::<String>()
-                );
-            }
-            crate::support::pace(Duration::from_millis(50)); // poll interval
+        if let Some(el) = crate::support::poll_until(deadline, || self.find(css)) {
+            return el;
         }
+        let page = self.script("return document.body ? document.body.innerText : '';");
+        panic!(
+            "no element {css} within 15 s on {}; the page says: {}",
+            self.url(),
+            page.as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(600)
+                .collect::<String>()
+        );
     }
 
     /// The rendered text of the element matching `css`. The overview replaces
@@ -299,14 +294,12 @@ impl Browser {
     /// Waits until `check` holds on the page's text.
     pub fn wait_text(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let t = self.find(css).map(|_| self.text(css)).unwrap_or_default();
-            if check(&t) {
-                return t;
-            }
-            assert!(Instant::now() < deadline, "{what}: {css} says {t:?}");
-            crate::support::pace(Duration::from_millis(100)); // poll interval
-        }
+        let mut last = String::new();
+        let found = crate::support::poll_until(deadline, || {
+            last = self.find(css).map(|_| self.text(css)).unwrap_or_default();
+            check(&last).then(|| last.clone())
+        });
+        found.unwrap_or_else(|| panic!("{what}: {css} says {last:?}"))
     }
 }
 

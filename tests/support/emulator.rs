@@ -194,3 +194,29 @@ impl Drop for Emulator {
         }
     }
 }
+
+/// A conformance harness on `emu`: two store handles (two session pools, as
+/// two pods would have), each with the schema initialised.
+pub async fn harness(emu: Emulator) -> fleet_q_actors::testkit::Harness {
+    use fleet_q::storage::snowflake::SnowflakeStore;
+    use fleet_q_actors::Store;
+    let s = emu.settings();
+    let a = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open a");
+    a.schema_init().await.expect("schema a");
+    let b = SnowflakeStore::open(&s, fleet_q_actors::Backoff::default()).expect("open b");
+    b.schema_init().await.expect("schema b");
+    fleet_q_actors::testkit::Harness {
+        a: std::sync::Arc::new(a),
+        b: std::sync::Arc::new(b),
+        guard: Box::new(emu),
+        lacks: Vec::new(),
+    }
+}
+
+/// The emulator's `GET /debug/stats` (statement counts, lock-wait aborts,
+/// lock-held seconds, arrival times since `since`, Unix s).
+pub fn debug_stats(port: u16, since: f64) -> serde_json::Value {
+    reqwest::blocking::get(format!("http://127.0.0.1:{port}/debug/stats?since={since}"))
+        .and_then(|r| r.json())
+        .expect("GET /debug/stats")
+}

@@ -14,16 +14,24 @@ use serde_json::{json, Value};
 
 /// Polls `check` every few milliseconds until it returns `Some`, or panics with
 /// `what` after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
+pub fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    match poll_until(Instant::now() + limit, check) {
+        Some(v) => v,
+        None => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, or returns
+/// `None` once `deadline` has passed (for callers that build their own failure
+/// message). Every test wait for observable state goes through here.
+pub fn poll_until<T>(deadline: Instant, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20)); // poll interval
     }
 }
