@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo bench --bench snowflake
+//! cargo bench --bench snowflake -- "16 slots"   # only the rows naming 16 slots
 //! ```
 //!
 //! Absolute time on the emulator means nothing (it runs one statement at a time in
@@ -25,7 +26,7 @@ fn run(
     port: u16,
     capacity: u32,
     batch: u32,
-    economy: bool,
+    economy: Economy,
     n: usize,
 ) -> (f64, f64, Vec<(&'static str, u64)>) {
     let dir = tempfile::tempdir().unwrap();
@@ -44,11 +45,9 @@ fn run(
             pod_id: format!("bench-{capacity}"),
             max_capacity: capacity,
             claim_batch: batch,
-            // The Snowflake defaults of `fleet-q serve` (FLEET_Q_CLAIM_MIN_FREE and
-            // FLEET_Q_FINISH_LINGER_MS `auto`), or every freed slot claiming and
-            // every outcome written at once (the engine's own defaults).
-            claim_min_free: if economy { capacity.div_ceil(2) } else { 1 },
-            finish_linger: Duration::from_millis(if economy { 200 } else { 0 }),
+            claim_min_free: economy.min_free(capacity),
+            claim_ahead: economy.ahead(capacity),
+            finish_linger: economy.linger(),
             ledger_path: Some(dir.path().join("ledger.db")),
             ..Default::default() // default intervals: heartbeat 30 s, claim 5 s, …
         };
@@ -169,31 +168,97 @@ fn store_ops(port: u16) {
     }
 }
 
+/// Which statement economy settings a run uses.
+#[derive(Clone, Copy)]
+enum Economy {
+    /// The engine's own defaults: every freed slot claims, every outcome is
+    /// written at once, no claim-ahead.
+    Off,
+    /// The Snowflake defaults of `fleet-q serve` before claim-ahead
+    /// (`FLEET_Q_CLAIM_AHEAD=0`): min free half the capacity, linger 200 ms.
+    NoAhead,
+    /// The Snowflake defaults of `fleet-q serve` (every `auto`): claim-ahead
+    /// the capacity, min free the larger of half the capacity and the
+    /// claim-ahead, linger 200 ms.
+    Defaults,
+}
+
+impl Economy {
+    fn ahead(self, capacity: u32) -> u32 {
+        match self {
+            Economy::Defaults => capacity,
+            _ => 0,
+        }
+    }
+    fn min_free(self, capacity: u32) -> u32 {
+        match self {
+            Economy::Off => 1,
+            _ => capacity.div_ceil(2).max(self.ahead(capacity)),
+        }
+    }
+    fn linger(self) -> Duration {
+        match self {
+            Economy::Off => Duration::ZERO,
+            _ => Duration::from_millis(200),
+        }
+    }
+}
+
 fn main() {
     let (mut child, port) = emulator::start(&[]);
-    store_ops(port);
+    // `cargo bench --bench snowflake -- 16` runs only the rows whose label
+    // contains "16".
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if only.is_none() {
+        store_ops(port);
+    }
     for (label, capacity, batch, economy) in [
         (
             "defaults (8 slots, claim batch 100), no economy",
             8,
             100,
-            false,
+            Economy::Off,
+        ),
+        (
+            "defaults (8 slots, claim batch 100), economy without claim-ahead",
+            8,
+            100,
+            Economy::NoAhead,
         ),
         (
             "defaults (8 slots, claim batch 100), Snowflake economy defaults",
             8,
             100,
-            true,
+            Economy::Defaults,
         ),
-        ("seed production (16 slots), no economy", 16, 100, false),
+        (
+            "seed production (16 slots), no economy",
+            16,
+            100,
+            Economy::Off,
+        ),
+        (
+            "seed production (16 slots), economy without claim-ahead",
+            16,
+            100,
+            Economy::NoAhead,
+        ),
         (
             "seed production (16 slots), Snowflake economy defaults",
             16,
             100,
-            true,
+            Economy::Defaults,
         ),
-        ("tuned (1000 slots, claim batch 500)", 1000, 500, false),
+        (
+            "tuned (1000 slots, claim batch 500)",
+            1000,
+            500,
+            Economy::Off,
+        ),
     ] {
+        if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+            continue;
+        }
         let (per_k, rate, ops) = run(port, capacity, batch, economy, 1000);
         println!("snowflake {label}: {per_k:.1} statements per 1,000 steps ({rate:.0} steps/s on the emulator); by operation: {ops:?}");
     }

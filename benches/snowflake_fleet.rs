@@ -29,9 +29,14 @@
 //! Settings: `today` is the seed's production settings as they ran before the
 //! economy changes (max parallelism 20 × threshold 0.8 = 16 slots, claim batch
 //! 100, every freed slot claims, every outcome written at once); `economy` is
-//! the same with this version's Snowflake defaults (`FLEET_Q_CLAIM_MIN_FREE`
-//! half the capacity, `FLEET_Q_FINISH_LINGER_MS` 200); `tuned` is 100 slots,
-//! claim batch 200, min free 50, linger 200.
+//! the same with this version's Snowflake defaults (`FLEET_Q_CLAIM_AHEAD` the
+//! capacity, 16; `FLEET_Q_CLAIM_MIN_FREE` the larger of half the capacity and
+//! the claim-ahead, 16; `FLEET_Q_FINISH_LINGER_MS` 200); `tuned` is 100 slots,
+//! claim batch 200, min free 50, linger 200, no claim-ahead.
+//!
+//! `--claim-ahead N` sets every setup's claim-ahead to `N` and raises its min
+//! free to at least `N` (it keeps the setup's own min free otherwise:
+//! `--claim-ahead 0` on `economy` is min free 16 without claim-ahead).
 //!
 //! The emulator is one Python process: above a few hundred statements per
 //! second it, not the modelled warehouse, is the limit. The figures are the
@@ -93,6 +98,8 @@ struct Setup {
     batch: u32,
     min_free: u32,
     linger_ms: u64,
+    /// Claimed steps a pod may hold beyond its slots (`FLEET_Q_CLAIM_AHEAD`).
+    ahead: u32,
 }
 
 const TODAY: Setup = Setup {
@@ -101,13 +108,15 @@ const TODAY: Setup = Setup {
     batch: 100,
     min_free: 1,
     linger_ms: 0,
+    ahead: 0,
 };
 const ECONOMY: Setup = Setup {
     name: "economy",
     capacity: 16,
     batch: 100,
-    min_free: 8,
+    min_free: 16,
     linger_ms: 200,
+    ahead: 16,
 };
 const TUNED: Setup = Setup {
     name: "tuned",
@@ -115,6 +124,7 @@ const TUNED: Setup = Setup {
     batch: 200,
     min_free: 50,
     linger_ms: 200,
+    ahead: 0,
 };
 
 struct Outcome {
@@ -182,6 +192,7 @@ fn run(latency_ms: u64, pods: usize, s: Setup, offer: Offer) -> Outcome {
                 max_capacity: s.capacity,
                 claim_batch: s.batch,
                 claim_min_free: s.min_free,
+                claim_ahead: s.ahead,
                 finish_linger: Duration::from_millis(s.linger_ms),
                 ledger_path: Some(dir.path().join(format!("ledger-{i}.db"))),
                 // The seed's production intervals: heartbeat 30 s, claim 5 s.
@@ -312,6 +323,20 @@ fn main() {
         Some("economy") => vec![ECONOMY],
         Some("tuned") => vec![TUNED],
         _ => vec![TODAY, ECONOMY, TUNED],
+    };
+    let setups: Vec<Setup> = match arg("--claim-ahead") {
+        None => setups,
+        Some(a) => {
+            let ahead: u32 = a.parse().expect("--claim-ahead: steps");
+            setups
+                .into_iter()
+                .map(|s| Setup {
+                    ahead,
+                    min_free: s.min_free.max(ahead),
+                    ..s
+                })
+                .collect()
+        }
     };
     let offer = match arg("--offered").as_deref() {
         None => Offer::Default,

@@ -19,6 +19,7 @@ pub fn pod_config(s: &Settings) -> PodConfig {
         pod_id: s.pod_id.clone(),
         max_capacity: s.max_capacity(),
         claim_batch: s.claim_batch_size,
+        claim_ahead: s.claim_ahead,
         claim_min_free: s.claim_min_free,
         finish_linger: s.finish_linger,
         idle_poll_max: s.idle_poll_max,
@@ -118,7 +119,11 @@ pub async fn run(
     tracing::info!("shutdown signal received");
     let report = pod.shutdown().await;
     handle.stop(true).await;
-    tracing::info!(released = report.released, "stopped");
+    tracing::info!(
+        released = report.released,
+        released_waiting = report.released_waiting,
+        "stopped"
+    );
     Ok(())
 }
 

@@ -52,11 +52,18 @@ pub struct PodState {
     incarnation: RwLock<String>,
     generation: AtomicU32,
     max_capacity: u32,
-    /// Slots taken: reserved by the claimer when steps are claimed, released by the
-    /// executor when their outcome is handed to storage.
+    /// Claimed steps this pod may hold beyond `max_capacity`, waiting on the pod
+    /// for a slot (see [`crate::actors::executor`], "Claim-ahead").
+    claim_ahead: u32,
+    /// Steps held: reserved when steps are claimed (running or waiting for a
+    /// slot), released by the executor when their outcome is handed to
+    /// storage or they are given back.
     in_flight: AtomicU32,
     /// Steps running now, by id.
     pub running: DashMap<StepId, InFlight>,
+    /// Claimed steps waiting on this pod for a slot (claim-ahead), by id: held
+    /// by this pod, so self-reconciliation leaves them alone.
+    pub waiting: DashMap<StepId, Lease>,
     is_leader: AtomicBool,
     leader: RwLock<Option<Term>>,
     last_election_check: RwLock<Option<DateTime<Utc>>>,
@@ -96,8 +103,10 @@ impl PodState {
             incarnation: RwLock::new(uuid::Uuid::now_v7().simple().to_string()),
             generation: AtomicU32::new(0),
             max_capacity: max_capacity.max(1),
+            claim_ahead: 0,
             in_flight: AtomicU32::new(0),
             running: DashMap::new(),
+            waiting: DashMap::new(),
             is_leader: AtomicBool::new(false),
             leader: RwLock::new(None),
             last_election_check: RwLock::new(None),
@@ -153,14 +162,32 @@ impl PodState {
         self.max_capacity
     }
 
-    /// Slots in use.
+    /// Sets how many claimed steps may wait beyond capacity (before start).
+    pub(crate) fn with_claim_ahead(mut self, n: u32) -> Self {
+        self.claim_ahead = n;
+        self
+    }
+
+    /// Claimed steps this pod may hold beyond its capacity.
+    pub fn claim_ahead(&self) -> u32 {
+        self.claim_ahead
+    }
+
+    /// Steps held: running, waiting for a slot, or claimed and on their way to
+    /// the executor.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Free slots.
-    pub fn free_slots(&self) -> u32 {
-        self.max_capacity.saturating_sub(self.in_flight())
+    /// Steps running now (at most [`Self::max_capacity`]).
+    pub fn running_count(&self) -> u32 {
+        self.running.len() as u32
+    }
+
+    /// How many more steps a claim may take: capacity plus claim-ahead, less
+    /// the steps held.
+    pub fn claim_room(&self) -> u32 {
+        (self.max_capacity + self.claim_ahead).saturating_sub(self.in_flight())
     }
 
     pub(crate) fn reserve(&self, n: u32) {

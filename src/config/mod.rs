@@ -84,6 +84,8 @@ pub struct Settings {
     pub claim_interval: Duration,
     /// Most steps per claim.
     pub claim_batch_size: u32,
+    /// Claimed steps held beyond capacity (`auto` resolved).
+    pub claim_ahead: u32,
     /// Free slots before a finished step wakes a claim (`auto` resolved).
     pub claim_min_free: u32,
     /// How long an outcome may wait to share a write (`auto` resolved).
@@ -203,6 +205,7 @@ impl Settings {
             Key::HeartbeatIntervalSeconds => secs(self.heartbeat_interval),
             Key::ClaimIntervalSeconds => secs(self.claim_interval),
             Key::ClaimBatchSize => self.claim_batch_size.to_string(),
+            Key::ClaimAhead => self.claim_ahead.to_string(),
             Key::ClaimMinFree => self.claim_min_free.to_string(),
             Key::FinishLingerMs => self.finish_linger.as_millis().to_string(),
             Key::IdlePollMaxSeconds => self.idle_poll_max.map_or("off".to_string(), secs),

@@ -250,8 +250,22 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
     let claim_batch_size = p.num::<u32>(Key::ClaimBatchSize);
     let snowflake_mode = p.text(Key::StorageMode) == "snowflake";
     let capacity = ((f64::from(max_parallelism) * capacity_threshold).floor() as u32).max(1);
+    let claim_ahead = match p.text(Key::ClaimAhead).as_str() {
+        "auto" if snowflake_mode => capacity,
+        "auto" => 0,
+        raw => match raw.parse::<u32>() {
+            Ok(n) if n <= 10_000 => n,
+            _ => {
+                p.problem(
+                    Key::ClaimAhead,
+                    "must be `auto` or a whole number from 0 to 10000",
+                );
+                0
+            }
+        },
+    };
     let claim_min_free = match p.text(Key::ClaimMinFree).as_str() {
-        "auto" if snowflake_mode => capacity.div_ceil(2),
+        "auto" if snowflake_mode => capacity.div_ceil(2).max(claim_ahead),
         "auto" => 1,
         raw => match raw.parse::<u32>() {
             Ok(n) if (1..=10_000).contains(&n) => n,
@@ -480,6 +494,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         heartbeat_interval,
         claim_interval,
         claim_batch_size,
+        claim_ahead,
         claim_min_free,
         finish_linger,
         idle_poll_max,

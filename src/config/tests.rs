@@ -293,3 +293,39 @@ fn idle_quiet_mode_is_off_on_sqlite_and_on_for_snowflake_unless_set() {
         );
     }
 }
+
+#[test]
+fn claim_ahead_and_min_free_resolve_auto_by_store_and_refuse_bad_values() {
+    let s = load(&env(&[("FLEET_Q_MAX_PARALLELISM", "20")])).unwrap();
+    assert_eq!((s.claim_ahead, s.claim_min_free), (0, 1), "SQLite: off");
+    let snowflake = [
+        ("FLEET_Q_STORAGE_MODE", "snowflake"),
+        ("FLEET_Q_SNOWFLAKE_ACCOUNT", "acme"),
+        ("FLEET_Q_SNOWFLAKE_USER", "u"),
+        ("FLEET_Q_SNOWFLAKE_DATABASE", "db"),
+        ("FLEET_Q_SNOWFLAKE_PASSWORD", "pw"),
+        ("FLEET_Q_MAX_PARALLELISM", "20"),
+    ];
+    let s = load(&env(&snowflake)).unwrap();
+    // 20 x 0.8 = 16 slots: claim-ahead 16, min free the larger of 8 and 16.
+    assert_eq!((s.claim_ahead, s.claim_min_free), (16, 16));
+    let mut off = snowflake.to_vec();
+    off.push(("FLEET_Q_CLAIM_AHEAD", "0"));
+    let s = load(&env(&off)).unwrap();
+    assert_eq!((s.claim_ahead, s.claim_min_free), (0, 8));
+    assert_eq!(
+        s.entries()
+            .iter()
+            .find(|e| e.0 == "FLEET_Q_CLAIM_AHEAD")
+            .unwrap()
+            .1,
+        "0"
+    );
+    for bad in ["-1", "10001", "lots"] {
+        let e = load(&env(&[("FLEET_Q_CLAIM_AHEAD", bad)])).unwrap_err();
+        assert!(e.to_string().contains("FLEET_Q_CLAIM_AHEAD"), "{bad}: {e}");
+        assert_eq!(e.0.len(), 1, "{e}");
+    }
+    let s = load(&env(&[("FLEET_Q_CLAIM_AHEAD", "5")])).unwrap();
+    assert_eq!(crate::serve::pod_config(&s).claim_ahead, 5);
+}

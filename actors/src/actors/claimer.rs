@@ -1,6 +1,8 @@
 //! ClaimerActor: decides when this pod takes work.
 //!
-//! It claims `min(free slots, batch)` steps; while batches come back full it claims
+//! It claims `min(room, batch)` steps, where the room is the pod's free slots
+//! plus its claim-ahead room (`PodState::claim_room`: capacity + claim-ahead −
+//! steps held; see the executor's "Claim-ahead"); while batches come back full it claims
 //! again at once (a busy pod drains a backlog at store speed), otherwise it waits the
 //! claim interval. A local submit or a freed slot wakes it early, so an idle pod
 //! starts a locally submitted step within milliseconds. When the store says a
@@ -42,8 +44,9 @@ pub struct ClaimerConfig {
     pub interval: Duration,
     /// Most steps per claim (default 100, `FLEET_Q_CLAIM_BATCH_SIZE`).
     pub batch: u32,
-    /// Slots that must be free before a freed slot wakes a claim (default 1,
-    /// `FLEET_Q_CLAIM_MIN_FREE`), unless nothing runs. Above 1 it is
+    /// Room (free slots plus claim-ahead room) that must be free before a
+    /// freed slot wakes a claim (default 1, `FLEET_Q_CLAIM_MIN_FREE`), unless
+    /// nothing is held. Above 1 it is
     /// hysteresis: claims wait until several slots are free and take them
     /// together, so a busy pod sends fewer, larger claims (on Snowflake each
     /// claim is two statements behind the table lock). A local submit, the
@@ -327,7 +330,7 @@ impl ClaimerActor {
             self.schedule(ctx, idle);
             return;
         }
-        let Some(limit) = claim_limit(self.state.free_slots(), self.cfg.batch) else {
+        let Some(limit) = claim_limit(self.state.claim_room(), self.cfg.batch) else {
             // No free slot: woken by SlotFreed; the tick is a safety net.
             self.schedule(ctx, idle);
             return;
@@ -357,11 +360,11 @@ impl ClaimerActor {
                             let wanted = std::mem::take(&mut act.again);
                             let slots = std::mem::take(&mut act.slot_again) || full;
                             let enough = slot_claim_due(
-                                act.state.free_slots(),
+                                act.state.claim_room(),
                                 act.state.in_flight(),
                                 act.cfg.min_free,
                             );
-                            if wanted || (slots && act.state.free_slots() > 0 && enough) {
+                            if wanted || (slots && act.state.claim_room() > 0 && enough) {
                                 act.try_claim(ctx);
                             } else if act.state.quiet.period().is_some()
                                 && act.empty_streak >= act.probe_every
@@ -412,13 +415,13 @@ pub fn register_metrics() {
     std::sync::LazyLock::force(&QUIET);
 }
 
-/// How many steps to ask for: `min(free slots, batch)`, or `None` with no slot free.
+/// How many steps to ask for: `min(room, batch)`, or `None` with no room.
 fn claim_limit(free: u32, batch: u32) -> Option<u32> {
     (free > 0).then(|| free.min(batch.max(1)))
 }
 
-/// Whether a freed slot should wake a claim: when at least `min_free` slots
-/// are free (capped by the pod's capacity), or when nothing runs.
+/// Whether a freed slot should wake a claim: when at least `min_free` of room
+/// is free (capped by capacity + claim-ahead), or when nothing is held.
 fn slot_claim_due(free: u32, in_flight: u32, min_free: u32) -> bool {
     in_flight == 0 || free >= min_free.min(free + in_flight).max(1)
 }
@@ -491,7 +494,7 @@ impl Handler<ClaimTriggered> for ClaimerActor {
         if msg.0 == crate::messages::ClaimTrigger::SlotFreed
             && (self.state.quiet.is_quiet()
                 || !slot_claim_due(
-                    self.state.free_slots(),
+                    self.state.claim_room(),
                     self.state.in_flight(),
                     self.cfg.min_free,
                 ))

@@ -7,8 +7,32 @@
 //! the slot is freed and the claimer woken at once. On shutdown it drains: running
 //! steps get the grace period, the rest are cancelled and their leases returned for
 //! release.
+//!
+//! # Claim-ahead
+//!
+//! A pod may hold up to `claim_ahead` claimed steps beyond its capacity
+//! (`PodConfig::claim_ahead`, `FLEET_Q_CLAIM_AHEAD`). Steps that find no free
+//! slot wait here, in claim order, and start the moment a slot frees, with no
+//! claim round trip in between. On Snowflake a claim is two statements behind
+//! the table lock and takes hundreds of milliseconds; without claim-ahead a
+//! pod either claims for every few freed slots or leaves slots idle while a
+//! larger claim is in flight. With it, claims are larger and rarer and the
+//! slots stay busy.
+//!
+//! Waiting steps are claimed in the store (`status = 'claimed'` by this pod):
+//! - they count against a queue's `max_concurrency`, and another pod cannot
+//!   take them while they wait (the cost for long steps: a step can wait up to
+//!   `claim_ahead / capacity` step durations on a busy pod while another pod
+//!   has a free slot);
+//! - self-reconciliation treats them as held ([`PodState::waiting`]);
+//! - a waiting step never starts while this pod's heartbeat is unhealthy, nor
+//!   under an identity the pod has since left (rejoined after being marked
+//!   down): it is given back instead, or, under a left identity, left to
+//!   recovery, which already requeued it;
+//! - on shutdown they are given back first ([`TakeWaiting`]), before running
+//!   steps get their grace, so other pods start them at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +83,12 @@ static IN_USE: LazyLock<IntGauge> = LazyLock::new(|| {
         "Steps running now on this process.",
     )
 });
+static WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
+    metrics::gauge(
+        "fleet_q_steps_waiting_local",
+        "Claimed steps waiting on this process for a free slot (claim-ahead, FLEET_Q_CLAIM_AHEAD).",
+    )
+});
 static MAX: LazyLock<IntGauge> = LazyLock::new(|| {
     metrics::gauge(
         "fleet_q_capacity_max",
@@ -74,6 +104,7 @@ pub fn register_metrics() {
     LazyLock::force(&DURATION);
     LazyLock::force(&WAIT);
     LazyLock::force(&IN_USE);
+    LazyLock::force(&WAITING);
     LazyLock::force(&MAX);
 }
 
@@ -117,6 +148,8 @@ pub struct ExecutorPool {
     runtime: tokio::runtime::Handle,
     tasks: HashMap<StepId, tokio::task::AbortHandle>,
     idle_waiters: Vec<oneshot::Sender<()>>,
+    /// Claimed steps waiting for a slot, in claim order (claim-ahead).
+    waiting: VecDeque<Step>,
 }
 
 impl ExecutorPool {
@@ -137,7 +170,78 @@ impl ExecutorPool {
             runtime,
             tasks: HashMap::new(),
             idle_waiters: Vec::new(),
+            waiting: VecDeque::new(),
         }
+    }
+
+    /// Starts `step` if a slot is free and none waits before it; else it waits.
+    fn accept(&mut self, step: Step, ctx: &mut Context<Self>) {
+        if self.waiting.is_empty() && self.state.running_count() < self.state.max_capacity() {
+            return self.start_step(step, ctx);
+        }
+        let Some(lease) = Lease::of(&step) else {
+            self.state.release_slots(1);
+            return;
+        };
+        self.state.waiting.insert(lease.step_id, lease);
+        self.waiting.push_back(step);
+        WAITING.set(self.waiting.len() as i64);
+    }
+
+    /// Starts waiting steps while slots are free. A waiting step claimed under
+    /// an identity this pod has left is dropped (recovery requeued it when that
+    /// identity was marked down); while the heartbeat is unhealthy every
+    /// waiting step is given back instead of started. During shutdown nothing
+    /// starts: [`TakeWaiting`] and [`Drain`] give the steps back.
+    fn start_waiting(&mut self, ctx: &mut Context<Self>) {
+        if self.state.shutting_down() {
+            return;
+        }
+        if !self.waiting.is_empty() && !self.state.heartbeat_healthy() {
+            let leases = self.take_waiting();
+            if !leases.is_empty() {
+                tracing::warn!(
+                    steps = leases.len(),
+                    "heartbeat unhealthy: giving back the claimed steps waiting for a slot"
+                );
+                self.storage.do_send(super::storage::ReleaseSteps(leases));
+            }
+            return;
+        }
+        let me = self.state.pod_id();
+        while self.state.running_count() < self.state.max_capacity() {
+            let Some(step) = self.waiting.pop_front() else {
+                break;
+            };
+            let id = step.step_id;
+            if step.claimed_by.as_deref() != Some(me.as_str()) {
+                tracing::warn!(step_id = %id, claimed_by = ?step.claimed_by, pod_id = %me,
+                    "dropping a waiting step claimed under an identity this pod has left; recovery requeued it");
+                self.state.waiting.remove(&id);
+                self.state.release_slots(1);
+                continue;
+            }
+            // Into `running` before out of `waiting`: self-reconciliation
+            // checks `waiting` first, so it always finds the step in one.
+            self.start_step(step, ctx);
+            self.state.waiting.remove(&id);
+        }
+        WAITING.set(self.waiting.len() as i64);
+    }
+
+    /// Removes every waiting step, frees its slot and returns its lease (to be
+    /// released without spending a retry).
+    fn take_waiting(&mut self) -> Vec<Lease> {
+        let mut leases = Vec::with_capacity(self.waiting.len());
+        for step in self.waiting.drain(..) {
+            if let Some((_, lease)) = self.state.waiting.remove(&step.step_id) {
+                leases.push(lease);
+            }
+        }
+        self.state.waiting.clear();
+        self.state.release_slots(leases.len() as u32);
+        WAITING.set(0);
+        leases
     }
 
     fn start_step(&mut self, step: Step, ctx: &mut Context<Self>) {
@@ -180,7 +284,7 @@ impl ExecutorPool {
             addr.do_send(StepDone { lease, outcome });
         });
         self.tasks.insert(step_id, task.abort_handle());
-        IN_USE.set(i64::from(self.state.in_flight()));
+        IN_USE.set(i64::from(self.state.running_count()));
     }
 
     fn done(&mut self, lease: Lease, outcome: Outcome, ctx: &mut Context<Self>) {
@@ -230,11 +334,12 @@ impl ExecutorPool {
                 counted_as: outcome_kind,
             });
             self.state.release_slots(1);
+            self.start_waiting(ctx);
             if let Some(c) = &self.claimer {
                 c.do_send(ClaimTriggered(ClaimTrigger::SlotFreed));
             }
         }
-        IN_USE.set(i64::from(self.state.in_flight()));
+        IN_USE.set(i64::from(self.state.running_count()));
         if self.state.running.is_empty() {
             for w in self.idle_waiters.drain(..) {
                 let _ = w.send(());
@@ -331,7 +436,7 @@ impl Handler<RunSteps> for ExecutorPool {
         let mut steps = msg.0.into_iter();
         let started = guarded(self, ctx, |act, ctx| {
             for step in steps.by_ref() {
-                act.start_step(step, ctx);
+                act.accept(step, ctx);
             }
         });
         if started.is_none() {
@@ -361,8 +466,23 @@ impl Handler<StepDone> for ExecutorPool {
     }
 }
 
+/// Takes every claimed step waiting for a slot (claim-ahead) and returns their
+/// leases, to be released at once. Sent at shutdown, after claiming stopped and
+/// before [`Drain`], so other pods start them while running steps finish.
+#[derive(Message)]
+#[rtype(result = "Vec<Lease>")]
+pub struct TakeWaiting;
+
+impl Handler<TakeWaiting> for ExecutorPool {
+    type Result = Vec<Lease>;
+    fn handle(&mut self, _: TakeWaiting, _: &mut Context<Self>) -> Vec<Lease> {
+        self.take_waiting()
+    }
+}
+
 /// Waits up to `grace` for running steps to finish, then cancels the rest and
-/// returns their leases (to be released without spending a retry).
+/// returns their leases, with those of any step still waiting for a slot (to
+/// be released without spending a retry).
 #[derive(Message)]
 #[rtype(result = "Vec<Lease>")]
 pub struct Drain {
@@ -383,7 +503,8 @@ impl Handler<Drain> for ExecutorPool {
             let _ = tokio::time::timeout(msg.grace, rx).await;
         };
         Box::pin(wait.into_actor(self).map(|_, act, _| {
-            let mut leases = Vec::new();
+            // Steps a claim delivered after TakeWaiting.
+            let mut leases = act.take_waiting();
             let ids: Vec<StepId> = act.state.running.iter().map(|e| *e.key()).collect();
             for id in ids {
                 if let Some((_, f)) = act.state.running.remove(&id) {

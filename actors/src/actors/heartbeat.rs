@@ -182,7 +182,7 @@ impl HeartbeatActor {
         let params = HeartbeatParams {
             pod_id: self.state.pod_id(),
             status: PodStatus::Up,
-            capacity_in_use: self.state.in_flight(),
+            capacity_in_use: self.state.running_count(),
             max_capacity: self.state.max_capacity(),
             meta: self.state.heartbeat_meta(&self.cfg.meta),
             incarnation: self.state.incarnation(),

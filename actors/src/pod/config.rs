@@ -13,6 +13,9 @@ pub struct PodConfig {
     pub max_capacity: u32,
     /// Most steps per claim.
     pub claim_batch: u32,
+    /// Claimed steps the pod may hold beyond `max_capacity`, waiting for a
+    /// slot (default 0); see `executor`, "Claim-ahead".
+    pub claim_ahead: u32,
     /// Free slots before a finished step wakes a claim; see
     /// `claimer::ClaimerConfig::min_free`.
     pub claim_min_free: u32,
@@ -81,6 +84,7 @@ impl Default for PodConfig {
             pod_id: format!("pod-{}", uuid::Uuid::now_v7().simple()),
             max_capacity: 8,
             claim_batch: crate::defaults::CLAIM_BATCH,
+            claim_ahead: 0,
             claim_min_free: 1,
             finish_linger: Duration::ZERO,
             heartbeat_interval: crate::defaults::HEARTBEAT_INTERVAL,
@@ -122,6 +126,12 @@ impl PodConfig {
         }
         if self.max_capacity == 0 {
             problems.push("max_capacity must be at least 1".into());
+        }
+        if self.claim_ahead > 10_000 {
+            problems.push(format!(
+                "claim_ahead ({}) must be at most 10000",
+                self.claim_ahead
+            ));
         }
         if self.handler_threads == 0 {
             problems.push("handler_threads must be at least 1".into());

@@ -3,9 +3,10 @@
 //! [`Pod::start`] must be called inside a running actix system (e.g. from
 //! `#[actix::main]` or `actix_web::main`). Step handlers run on a runtime of their
 //! own (a dedicated thread pool), so a slow or CPU-bound handler never stalls the
-//! actors. [`Pod::shutdown`] is the graceful path: stop claiming, let running steps
-//! finish within the grace period, release the rest without spending a retry, write
-//! the remaining outcomes, and send a final `down` heartbeat.
+//! actors. [`Pod::shutdown`] is the graceful path: stop claiming, release the
+//! claimed steps waiting for a slot (claim-ahead), let running steps finish within
+//! the grace period, release the rest without spending a retry, write the
+//! remaining outcomes, and send a final `down` heartbeat.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::claimer::{ClaimerActor, ClaimerConfig};
-use crate::actors::executor::{Drain, ExecutorConfig, ExecutorPool, SetClaimer};
+use crate::actors::executor::{Drain, ExecutorConfig, ExecutorPool, SetClaimer, TakeWaiting};
 use crate::actors::heartbeat::{FinalHeartbeat, HeartbeatActor, HeartbeatConfig};
 use crate::actors::leader::{LeaderConfig, LeaderElector};
 use crate::actors::recovery::{RecoveryActor, RecoveryConfig, RecoveryError, RunRecovery};
@@ -27,7 +28,9 @@ use crate::records::{PodRecord, QueueStats};
 use crate::search::{BulkAction, SearchPage, SearchParams, StepFilter};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
-use crate::store::{Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError};
+use crate::store::{
+    Backoff, CancelOutcome, Inserted, Lease, PageParams, RetryOutcome, Store, StoreError,
+};
 use crate::supervision::RestartBudget;
 
 /// Most steps one bulk store call changes (each chunk is its own transaction).
@@ -67,6 +70,9 @@ pub enum PodError {
 pub struct ShutdownReport {
     /// Steps still running at the end of the grace period, released to pending.
     pub released: usize,
+    /// Claimed steps that were waiting for a slot (claim-ahead), released to
+    /// pending at the start of shutdown.
+    pub released_waiting: usize,
     /// Whether the final `down` heartbeat was written.
     pub final_heartbeat: bool,
 }
@@ -156,12 +162,15 @@ impl Pod {
         cfg.validate()?;
         crate::metrics::register_all();
         crate::metrics::allow_type_labels(handlers.types().iter().map(String::as_str));
-        let state = Arc::new(PodState::new(
-            cfg.pod_id.clone(),
-            cfg.max_capacity,
-            cfg.restart_budget,
-            crate::quiet::Quiet::new(cfg.idle_poll_max, &cfg.pod_id, cfg.heartbeat_interval),
-        ));
+        let state = Arc::new(
+            PodState::new(
+                cfg.pod_id.clone(),
+                cfg.max_capacity,
+                cfg.restart_budget,
+                crate::quiet::Quiet::new(cfg.idle_poll_max, &cfg.pod_id, cfg.heartbeat_interval),
+            )
+            .with_claim_ahead(cfg.claim_ahead),
+        );
         let ledger = Ledger::open_or_memory(cfg.ledger_path.as_deref(), cfg.recovery_cycles_kept);
         let rt = Arc::new(HandlerRuntime::start(cfg.handler_threads)?);
 
@@ -588,6 +597,27 @@ impl Pod {
         self.ledger.recent(limit).await
     }
 
+    /// Releases `leases` to pending without spending a retry (shutdown), and
+    /// logs what happened to `what`.
+    async fn release(&self, leases: Vec<Lease>, what: &str) {
+        if leases.is_empty() {
+            return;
+        }
+        match self.storage.send(ReleaseSteps(leases)).await {
+            Ok(Ok(r)) => tracing::info!(
+                released = r.applied.len(),
+                fenced = r.rejected.len(),
+                "released {what}"
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not release {what}; recovery will requeue them")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not release {what}; recovery will requeue them")
+            }
+        }
+    }
+
     /// Graceful shutdown; see the module docs.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.state.begin_shutdown();
@@ -596,6 +626,12 @@ impl Pod {
             grace_ms = self.cfg.shutdown_grace.as_millis() as u64,
             "shutting down: claiming stopped, draining"
         );
+        // Claimed steps still waiting for a slot go back first, so other pods
+        // start them while running steps finish.
+        let waiting = self.executor.send(TakeWaiting).await.unwrap_or_default();
+        let released_waiting = waiting.len();
+        self.release(waiting, "claimed steps that were waiting for a slot")
+            .await;
         let leftover = self
             .executor
             .send(Drain {
@@ -607,23 +643,10 @@ impl Pod {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.storage.send(Flush)).await;
         let mut report = ShutdownReport {
             released: leftover.len(),
+            released_waiting,
             ..Default::default()
         };
-        if !leftover.is_empty() {
-            match self.storage.send(ReleaseSteps(leftover)).await {
-                Ok(Ok(r)) => tracing::info!(
-                    released = r.applied.len(),
-                    fenced = r.rejected.len(),
-                    "released unfinished steps"
-                ),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "could not release unfinished steps; recovery will requeue them")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not release unfinished steps; recovery will requeue them")
-                }
-            }
-        }
+        self.release(leftover, "unfinished steps").await;
         report.final_heartbeat = matches!(self.heartbeat.send(FinalHeartbeat).await, Ok(Ok(())));
         // The ledger is scratch for this run of the pod.
         self.ledger.remove_files();

@@ -29,7 +29,7 @@ pub(crate) async fn health(st: web::Data<AppState>) -> HttpResponse {
         pod_id: s.pod_id().to_string(),
         status: if healthy { "healthy" } else { "unhealthy" },
         uptime_seconds: s.uptime().as_secs_f64(),
-        current_capacity: s.in_flight(),
+        current_capacity: s.running_count(),
         max_capacity: s.max_capacity(),
         is_leader: s.is_leader(),
         version: env!("CARGO_PKG_VERSION"),

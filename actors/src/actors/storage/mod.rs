@@ -383,7 +383,10 @@ impl StorageActor {
             let strays: Vec<Lease> = held
                 .into_iter()
                 .filter(|h| {
-                    !act.state.running.contains_key(&h.lease.step_id)
+                    // `waiting` before `running`: a step moves from the first
+                    // to the second, entering one before leaving the other.
+                    !act.state.waiting.contains_key(&h.lease.step_id)
+                        && !act.state.running.contains_key(&h.lease.step_id)
                         && !busy.contains(&h.lease.step_id)
                         && (now - h.claimed_at).to_std().unwrap_or_default() > grace
                 })
