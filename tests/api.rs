@@ -435,6 +435,7 @@ fn metrics_after_real_traffic_and_openapi_covering_every_route() {
         "fleet_q_claim_batch_size",
         "fleet_q_capacity_in_use",
         "fleet_q_capacity_max",
+        "fleet_q_steps_waiting_local",
         "fleet_q_is_leader",
         "fleet_q_leadership_changes_total",
         "fleet_q_recovery_cycles_total",
