@@ -24,18 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_q::storage::sqlite::{SqliteOptions, SqliteStore};
-use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, StepSpec, Store};
+use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, Store};
 
+/// `n` validated `noop` steps.
 fn noop_steps(n: usize) -> Vec<NewStep> {
-    (0..n)
-        .map(|_| {
-            NewStep::new(StepSpec {
-                step_type: "noop".into(),
-                ..Default::default()
-            })
-            .expect("valid")
-        })
-        .collect()
+    fleet_q_actors::testkit::steps("noop", n)
 }
 
 fn pod_config(dir: &Path, id: &str) -> PodConfig {

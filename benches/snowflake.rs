@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_q::storage::snowflake::SnowflakeStore;
-use fleet_q_actors::{HandlerRegistry, NewStep, Pod, PodConfig, StepSpec, Store};
+use fleet_q_actors::testkit::steps;
+use fleet_q_actors::{HandlerRegistry, Pod, PodConfig, Store};
 
 /// Statements per 1,000 steps for a pod with `capacity` slots and `batch` claims.
 fn run(
@@ -59,16 +60,7 @@ fn run(
         let before = store.statement_count();
         let ops_before = store.statements_by_op();
         let t0 = Instant::now();
-        let steps: Vec<NewStep> = (0..n)
-            .map(|_| {
-                NewStep::new(StepSpec {
-                    step_type: "noop".into(),
-                    ..Default::default()
-                })
-                .unwrap()
-            })
-            .collect();
-        pod.submit(steps).await.unwrap();
+        pod.submit(steps("noop", n)).await.unwrap();
         loop {
             if store.queue_stats().await.unwrap().counts.completed >= done_before + n as u64 {
                 break;
@@ -123,16 +115,7 @@ fn store_ops(port: u16) {
         let t0 = Instant::now();
         for _ in 0..rounds {
             rt.block_on(async {
-                let steps: Vec<NewStep> = (0..batch)
-                    .map(|_| {
-                        NewStep::new(StepSpec {
-                            step_type: "noop".into(),
-                            ..Default::default()
-                        })
-                        .unwrap()
-                    })
-                    .collect();
-                store.steps_insert(steps).await.unwrap();
+                store.steps_insert(steps("noop", batch)).await.unwrap();
                 let claimed = store
                     .steps_claim(fleet_q_actors::ClaimParams {
                         pod_id: "bench".into(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fleet_q::storage::sqlite::{SqliteOptions, SqliteStore};
+use fleet_q_actors::testkit::steps;
 use fleet_q_actors::*;
 use serde_json::{json, Value};
 use support::{client, wait_for, Observer, PodProc};
@@ -116,18 +117,6 @@ where
     }
 }
 
-fn gate_steps(n: usize) -> Vec<NewStep> {
-    (0..n)
-        .map(|_| {
-            NewStep::new(StepSpec {
-                step_type: "gate".into(),
-                ..Default::default()
-            })
-            .unwrap()
-        })
-        .collect()
-}
-
 /// How many steps `pod_id` holds claimed, by the store.
 async fn held(store: &SqliteStore, pod_id: &str) -> usize {
     store.steps_held(pod_id, 1000).await.unwrap().0.len()
@@ -165,7 +154,7 @@ async fn start_holding(
     store.schema_init().await.unwrap();
     let pod = Rc::new(Pod::start(cfg, store.clone(), h).unwrap());
     let ids: Vec<StepId> = pod
-        .submit(gate_steps(n))
+        .submit(steps("gate", n))
         .await
         .unwrap()
         .iter()

@@ -94,20 +94,14 @@ impl Fleet {
     }
 }
 
-fn python() -> Option<std::path::PathBuf> {
-    let py = emulator::python();
-    if py.is_none() {
-        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
-    }
-    py
-}
-
 // The emulator runs one statement at a time: heartbeats get more slack.
 const SLACK: (&str, &str) = ("FLEET_Q_DEAD_POD_THRESHOLD_SECONDS", "6");
 
 #[test]
 fn three_pods_on_snowflake_survive_a_sigkill_and_lose_nothing() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let mut f = Fleet::start(emulator::Emulator::start(&py), "sf", 3, &[SLACK]);
     let leader = wait_for("a leader", Duration::from_secs(30), || {
         (0..3).find(|i| f.pods[*i].is_leader())
@@ -135,7 +129,9 @@ fn three_pods_on_snowflake_survive_a_sigkill_and_lose_nothing() {
 /// 503 meanwhile, sessions log in again, and every step completes.
 #[test]
 fn a_snowflake_outage_is_survived_and_loses_nothing() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -234,7 +230,9 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
 /// least one kill of the leader in every run), while steps are outstanding.
 #[test]
 fn snowflake_chaos_loses_nothing() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let mut f = Fleet::start(emulator::Emulator::start(&py), "sc", 3, &[SLACK]);
     let c = client();
     let bodies: Vec<Value> = (0..600)
@@ -269,7 +267,9 @@ fn snowflake_chaos_loses_nothing() {
 /// the emulator) and verifies every step.
 #[test]
 fn fleet_q_bench_runs_on_snowflake() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let emu = emulator::Emulator::start(&py);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-q"));
     cmd.args([
@@ -304,7 +304,9 @@ fn fleet_q_bench_runs_on_snowflake() {
 /// fleet's.
 #[test]
 fn a_non_leader_answers_scrapes_without_a_statement() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let f = Fleet::start(
         emulator::Emulator::start(&py),
         "ss",
@@ -351,15 +353,20 @@ fn a_non_leader_answers_scrapes_without_a_statement() {
     );
     let t0 = std::time::Instant::now();
     let mut scrapes = 0;
-    // Scrape for over 6 s: past the 2 s response cache three times at least.
-    while t0.elapsed() < Duration::from_secs(6) {
-        let q = c.get(other.url("/admin/queue")).send().unwrap();
-        assert_eq!(q.status().as_u16(), 200);
-        let m = c.get(other.url("/metrics")).send().unwrap().text().unwrap();
-        assert!(m.contains("fleet_q_pending_steps"));
-        scrapes += 2;
-        pace(Duration::from_millis(100)); // the scrape cadence under test
-    }
+    // Scrape back to back until the pod has read the shared row three more
+    // times (its 2 s refresh), so the scrapes span several refreshes.
+    wait_for(
+        "three refreshes of the shared statistics",
+        Duration::from_secs(60),
+        || {
+            let q = c.get(other.url("/admin/queue")).send().unwrap();
+            assert_eq!(q.status().as_u16(), 200);
+            let m = c.get(other.url("/metrics")).send().unwrap().text().unwrap();
+            assert!(m.contains("fleet_q_pending_steps"));
+            scrapes += 2;
+            (calls("stats_shared") >= before.2 + 3.0).then_some(())
+        },
+    );
     let elapsed = t0.elapsed().as_secs_f64();
     let after = (
         calls("queue_stats"),
@@ -390,7 +397,9 @@ fn a_non_leader_answers_scrapes_without_a_statement() {
 /// earlier run was on a pod presumed dead; the emulator counts the aborts.
 #[test]
 fn twelve_pods_on_the_warehouse_model_survive_lock_wait_aborts() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let emu = emulator::Emulator::start_with_args(
         &py,
         &[

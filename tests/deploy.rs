@@ -519,6 +519,36 @@ fn dependency_stage(dockerfile: &str) -> Vec<(String, String)> {
 /// without compiling; `cargo metadata` does not check targets). A
 /// target declared in Cargo.toml but not stubbed makes cargo refuse the manifest
 /// here exactly as it would in `docker build`.
+/// Every `[[bin]]`, `[[bench]]`, `[[test]]` and `[[example]]` the workspace's
+/// manifests declare, as paths from the workspace root (read with a TOML
+/// parser, independently of docker/stub-targets.sh).
+fn declared_targets() -> Vec<String> {
+    let mut paths = Vec::new();
+    for (dir, manifest) in [("", "Cargo.toml"), ("actors/", "actors/Cargo.toml")] {
+        let text = std::fs::read_to_string(root().join(manifest)).unwrap();
+        let m: toml::Table = text.parse().unwrap();
+        for (kind, default_dir) in [
+            ("bin", "src/bin"),
+            ("bench", "benches"),
+            ("test", "tests"),
+            ("example", "examples"),
+        ] {
+            for t in m.get(kind).and_then(|v| v.as_array()).into_iter().flatten() {
+                let path = match t.get("path").and_then(|p| p.as_str()) {
+                    Some(p) => p.to_string(),
+                    None => format!("{default_dir}/{}.rs", t["name"].as_str().unwrap()),
+                };
+                paths.push(format!("{dir}{path}"));
+            }
+        }
+    }
+    assert!(
+        paths.iter().any(|p| p == "benches/history.rs"),
+        "the benches are declared: {paths:?}"
+    );
+    paths
+}
+
 #[test]
 fn the_dockerfile_dependency_stage_replays_with_cargo() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
@@ -556,6 +586,16 @@ fn the_dockerfile_dependency_stage_replays_with_cargo() {
             "RUN" => {
                 for seg in args.split("&&") {
                     let seg = seg.trim();
+                    if seg.starts_with("cargo fetch") {
+                        // The stand-ins are in place: one for every target the
+                        // manifests declare, whatever the stub script parsed.
+                        for path in declared_targets() {
+                            assert!(
+                                workdir.join(&path).is_file(),
+                                "the dependency stage has no stand-in for {path}"
+                            );
+                        }
+                    }
                     let seg = if seg.starts_with("cargo build") {
                         "cargo fetch --locked".to_string()
                     } else {

@@ -14,14 +14,8 @@ use fleet_q_actors::store::ClaimParams;
 use fleet_q_actors::testkit::Harness;
 use fleet_q_actors::{NewStep, StepSpec, Store};
 
-fn skip() -> Option<String> {
-    emulator::python()
-        .is_none()
-        .then(|| "python3 is missing, so the Snowflake protocol peer cannot run".to_string())
-}
-
 async fn open() -> Harness {
-    let py = emulator::python().expect("checked by skip()");
+    let py = emulator::python().expect("checked by emulator::skip()");
     emulator::harness(emulator::Emulator::start_with_args(
         &py,
         &["--translation-cache"],
@@ -29,15 +23,14 @@ async fn open() -> Harness {
     .await
 }
 
-fleet_q_actors::conformance_suite!(open, skip = skip);
+fleet_q_actors::conformance_suite!(open, skip = emulator::skip);
 
 /// The cache is really used: repeated claims and inserts of one shape are
 /// served from it (a cache that never hit would make the suite above prove
 /// nothing).
 #[test]
 fn repeated_statement_shapes_are_served_from_the_cache() {
-    let Some(py) = emulator::python() else {
-        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
+    let Some(py) = emulator::python_or_skip() else {
         return;
     };
     let emu = emulator::Emulator::start_with_args(&py, &["--translation-cache"]);

@@ -16,14 +16,6 @@ use fleet_q_actors::{StepStatus, Store};
 use serde_json::{json, Value};
 use support::*;
 
-fn python() -> Option<std::path::PathBuf> {
-    let py = emulator::python();
-    if py.is_none() {
-        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
-    }
-    py
-}
-
 fn quiet(p: &PodProc) -> bool {
     p.health().is_some_and(|h| h["quiet"] == json!(true))
 }
@@ -226,7 +218,9 @@ fn arrivals(port: u16, since: f64) -> Vec<f64> {
 /// starts at once on the pod that took it. About eight minutes.
 #[test]
 fn a_quiet_fleet_leaves_the_warehouse_silent_for_five_minutes() {
-    let Some(py) = python() else { return };
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
     let emu = emulator::Emulator::start(&py);
     let period = period_with_a_wake_soon();
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
@@ -153,7 +153,7 @@ metadata = { from = "schedule" }
     assert_eq!(s["paused"], json!(true));
 }
 
-/// `overlap: skip` with a 3 s step every second: sampled every 100 ms, never
+/// `overlap: skip` with a 3 s step every second: sampled at every poll, never
 /// more than one run pending or running; ticks in between are skipped and
 /// counted.
 #[test]
@@ -178,19 +178,20 @@ args = { ms = 3000 }
         .as_str()
         .unwrap()
         .to_string();
-    let until = Instant::now() + Duration::from_secs(12);
+    // Sampled at every poll until the schedule has fired twice and skipped
+    // four ticks: never more than one run live.
     let mut most = 0;
-    while Instant::now() < until {
+    let s = wait_for("two fires and four skips", Duration::from_secs(60), || {
         let live = fired(&db, &id)
             .iter()
             .filter(|(_, s)| s == "pending" || s == "claimed")
             .count();
         most = most.max(live);
         assert!(live <= 1, "{live} runs live at once");
-        pace(Duration::from_millis(100)); // the sampling period
-    }
+        let s = schedule(&c, &pod, "slow");
+        (s["fires"].as_u64()? >= 2 && s["skipped"].as_u64()? >= 4).then_some(s)
+    });
     assert_eq!(most, 1, "the schedule ran");
-    let s = schedule(&c, &pod, "slow");
     assert!(s["fires"].as_u64().unwrap() >= 2, "{s}");
     assert!(s["skipped"].as_u64().unwrap() >= 4, "{s}");
     // The leader's metrics count the same fires and skips, and each fire's lag.

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use fleet_q::config::{load, Sources};
 use fleet_q::storage::snowflake::SnowflakeStore;
-use fleet_q_actors::{HandlerRegistry, NewStep, Pod, StepSpec, Store};
+use fleet_q_actors::testkit::steps;
+use fleet_q_actors::{HandlerRegistry, Pod, Store};
 
 const STEPS: usize = 600;
 
@@ -58,16 +59,7 @@ fn statements(emu: &emulator::Emulator, name: &str, extra: &[(&str, &str)]) -> (
         }
         let done_before = watcher.queue_stats().await.unwrap().counts.completed;
         let before = store.statement_count();
-        let steps: Vec<NewStep> = (0..STEPS)
-            .map(|_| {
-                NewStep::new(StepSpec {
-                    step_type: "noop".into(),
-                    ..Default::default()
-                })
-                .unwrap()
-            })
-            .collect();
-        pod.submit(steps).await.unwrap();
+        pod.submit(steps("noop", STEPS)).await.unwrap();
         // Progress is read through a store of its own: the pod's store counts
         // only the pod's statements.
         let deadline = Instant::now() + Duration::from_secs(240);
@@ -86,8 +78,7 @@ fn statements(emu: &emulator::Emulator, name: &str, extra: &[(&str, &str)]) -> (
 
 #[test]
 fn the_snowflake_defaults_at_least_halve_statements_per_step_at_production_settings() {
-    let Some(py) = emulator::python() else {
-        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
+    let Some(py) = emulator::python_or_skip() else {
         return;
     };
     let emu = emulator::Emulator::start(&py);

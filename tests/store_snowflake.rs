@@ -13,19 +13,12 @@ use fleet_q::storage::snowflake::SnowflakeStore;
 use fleet_q_actors::testkit::Harness;
 use fleet_q_actors::Store;
 
-/// The cases skip only when python3 is missing (and say so); .ci/run installs it.
-fn skip() -> Option<String> {
-    emulator::python()
-        .is_none()
-        .then(|| "python3 is missing, so the Snowflake protocol peer cannot run".to_string())
-}
-
 async fn open() -> Harness {
-    let py = emulator::python().expect("checked by skip()");
+    let py = emulator::python().expect("checked by emulator::skip()");
     emulator::harness(emulator::Emulator::start(&py)).await
 }
 
-fleet_q_actors::conformance_suite!(open, skip = skip);
+fleet_q_actors::conformance_suite!(open, skip = emulator::skip);
 
 fn fleet_q(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-q"));
@@ -44,8 +37,7 @@ fn fleet_q(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
 /// wrong key is refused.
 #[test]
 fn key_pair_authentication_and_fleet_q_check_and_schema() {
-    let Some(py) = emulator::python() else {
-        eprintln!("skipped: python3 is missing, so the Snowflake protocol peer cannot run");
+    let Some(py) = emulator::python_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -42,6 +42,24 @@ pub fn python() -> Option<PathBuf> {
     .clone()
 }
 
+const MISSING: &str = "python3 is missing, so the Snowflake protocol peer cannot run";
+
+/// Why the Snowflake cases cannot run on this machine (for the conformance
+/// suite's `skip`), or `None` when they can; .ci/run installs python3.
+pub fn skip() -> Option<String> {
+    python().is_none().then(|| MISSING.to_string())
+}
+
+/// [`python`], saying on stderr that the calling test is skipped when there is
+/// none.
+pub fn python_or_skip() -> Option<PathBuf> {
+    let py = python();
+    if py.is_none() {
+        eprintln!("skipped: {MISSING}");
+    }
+    py
+}
+
 /// A running emulator; killed on drop.
 pub struct Emulator {
     pub port: u16,

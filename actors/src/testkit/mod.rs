@@ -22,6 +22,20 @@ use crate::store::Store;
 
 pub mod cases;
 
+/// A validated step of type `t` with no arguments.
+pub fn step(t: &str) -> crate::step::NewStep {
+    crate::step::NewStep::new(crate::step::StepSpec {
+        step_type: t.into(),
+        ..Default::default()
+    })
+    .expect("valid step")
+}
+
+/// `n` validated steps of type `t` with no arguments.
+pub fn steps(t: &str, n: usize) -> Vec<crate::step::NewStep> {
+    (0..n).map(|_| step(t)).collect()
+}
+
 /// Outcomes for `claimed`, for tests that drive a store by hand: the first
 /// `failing` fail for good, the rest complete.
 pub fn finishes(claimed: &[crate::step::Step], failing: usize) -> crate::store::FinishParams {

@@ -28,13 +28,7 @@ pub(super) const IMMEDIATE: Backoff = Backoff {
     jitter: 0.0,
 };
 
-pub(super) fn step(t: &str) -> NewStep {
-    NewStep::new(StepSpec {
-        step_type: t.into(),
-        ..Default::default()
-    })
-    .expect("valid step")
-}
+pub(super) use super::step;
 
 pub(super) fn step_with(f: impl FnOnce(&mut StepSpec)) -> NewStep {
     let mut spec = StepSpec {
