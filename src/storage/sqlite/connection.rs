@@ -53,9 +53,10 @@ impl SqliteStore {
                 .map_err(|e| map_err("open", e))?;
         }
         count_statements(&mut conn, statements.clone());
-        let writer = Writer::start(conn, commits, options.queue.max(1), identity);
+        let writer = Writer::start(conn, commits, options.queue.max(1), identity)?;
         Ok(SqliteStore {
             claim_turn: AtomicUsize::new(0),
+            prune_size: AtomicU64::new(prune::SLICE_MAX),
             known_queues: Arc::new(Mutex::new(HashSet::new())),
             _checkpointer: checkpointer,
             readers: Arc::new(ReaderPool {

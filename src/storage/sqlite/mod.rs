@@ -55,7 +55,7 @@ use rows::*;
 pub use schema::schema_ddl;
 use schema::*;
 use totals::Totals;
-use writer::{clock_ms, Writer};
+use writer::{clock_ms, yielded, Writer};
 
 /// Settings of the embedded store.
 #[derive(Clone, Debug)]
@@ -86,6 +86,9 @@ pub struct SqliteStore {
     statements: Arc<AtomicU64>,
     /// Which eligible queue a claim serves first (rotates per claim).
     claim_turn: AtomicUsize,
+    /// Rows the next prune slice tries (see `prune`): grows while slices
+    /// complete, halves when one yields to a write.
+    prune_size: AtomicU64,
     /// Queue names known to have a row (see `claim::ensure_queues`).
     known_queues: Arc<Mutex<HashSet<String>>>,
     /// Stops the checkpoint thread when the store goes.
@@ -102,6 +105,11 @@ pub(crate) fn map_err(op: &'static str, e: rusqlite::Error) -> StoreError {
             if matches!(f.code, DatabaseBusy | DatabaseLocked | SystemIoFailure) =>
         {
             StoreError::transient(op, format!("database busy: {e}"))
+        }
+        // Only the writer's progress handler interrupts statements, and only
+        // a yielding job's (see `writer`).
+        rusqlite::Error::SqliteFailure(f, _) if f.code == OperationInterrupted => {
+            StoreError::transient(op, writer::YIELDED)
         }
         _ => StoreError::fatal(op, e.to_string()),
     }

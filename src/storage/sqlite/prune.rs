@@ -1,11 +1,29 @@
 //! Retention: deleting expired rows in slices the writer runs only when no
-//! other write waits.
+//! other write waits, and abandons the moment one is sent.
 
 use super::*;
 
-/// Rows one prune slice deletes: ~0.15 ms of writer time here (BENCHMARKS.md,
-/// History), the most a write waits behind pruning.
-pub(super) const PRUNE_SLICE: u64 = 64;
+/// The largest prune slice, in rows: a few milliseconds of writer time, which
+/// no write waits for (a slice yields to it), so it is bounded by what one
+/// slice's commit adds to a write that arrives during it (its WAL pages), and
+/// by the work thrown away when a slice yields late in its run.
+pub(super) const SLICE_MAX: u64 = 512;
+
+/// The smallest prune slice, in rows (~0.05 ms here): one of this size is not
+/// interrupted, so pruning moves on even when writes arrive faster than any
+/// larger slice can finish between them.
+pub(super) const SLICE_MIN: u64 = 16;
+
+/// The next slice size after one of `size` rows completed or yielded: double
+/// while slices complete (up to [`SLICE_MAX`]), halve when one yielded (down to
+/// [`SLICE_MIN`]). So slices settle at what fits in the writer's idle gaps.
+pub(super) fn next_slice(size: u64, yielded: bool) -> u64 {
+    if yielded {
+        (size / 2).max(SLICE_MIN)
+    } else {
+        size.saturating_mul(2).clamp(SLICE_MIN, SLICE_MAX)
+    }
+}
 
 /// One prune slice: deletes up to `want` expired rows in step id order, after
 /// the id `after`. Returns the rows deleted and the last id deleted (where the

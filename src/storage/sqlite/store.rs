@@ -478,25 +478,45 @@ impl Store for SqliteStore {
     }
 
     async fn steps_prune(&self, p: PruneParams) -> Result<u64, StoreError> {
-        // A chunk of `p.limit` rows is deleted in slices of at most PRUNE_SLICE
-        // rows, each a background job of the writer: it runs alone, only when
-        // no submit, claim or other write is queued, so one of those waits for
-        // at most one slice (~0.1 ms), never for a chunk. Each slice resumes
-        // after the last id the previous one deleted.
+        // A chunk of `p.limit` rows is deleted in slices, each a background
+        // job of the writer: it runs alone, only when no submit, claim or
+        // other write is queued, and yields to one sent while it runs (its
+        // statement is interrupted and rolled back; see `writer`). So a write
+        // waits for microseconds, not for a slice. The slice size adapts
+        // (`prune::next_slice`): doubling while slices complete, halving when
+        // one yields, and at the floor a slice runs to its end, so pruning
+        // progresses however busy the writer is. Each slice resumes after the
+        // last id the previous one deleted.
         let mut total = 0u64;
         let mut after: Vec<u8> = Vec::new(); // below every id
         loop {
-            let want = (u64::from(p.limit) - total).min(PRUNE_SLICE);
+            let size = self.prune_size.load(Ordering::Relaxed);
+            let want = (u64::from(p.limit) - total).min(size);
             if want == 0 {
                 return Ok(total);
             }
-            let from = std::mem::take(&mut after);
-            let (n, last) = self
+            let from = after.clone();
+            let slice = move |c: &Connection, now: i64, totals: &mut Totals| {
+                prune_slice(c, now, totals, p.retention, want, from)
+            };
+            // A slice at the floor does not yield: it always finishes.
+            let outcome = self
                 .writer
-                .write_background("steps_prune", move |c, now, totals| {
-                    prune_slice(c, now, totals, p.retention, want, from)
-                })
-                .await?;
+                .write_background("steps_prune", size > SLICE_MIN, slice)
+                .await;
+            let (n, last) = match outcome {
+                Ok(done) => {
+                    self.prune_size
+                        .store(next_slice(size, false), Ordering::Relaxed);
+                    done
+                }
+                Err(e) if yielded(&e) => {
+                    self.prune_size
+                        .store(next_slice(size, true), Ordering::Relaxed);
+                    continue; // nothing was deleted: the same rows, fewer of them
+                }
+                Err(e) => return Err(e),
+            };
             total += n;
             if n < want {
                 return Ok(total); // nothing more has expired

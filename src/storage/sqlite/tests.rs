@@ -1,5 +1,6 @@
 //! Unit tests of the pure helpers.
 
+use super::prune::{next_slice, SLICE_MAX, SLICE_MIN};
 use super::{id_floor, id_val, pow2_chunks};
 use fleet_q_actors::StepId;
 use rusqlite::types::Value;
@@ -33,4 +34,33 @@ fn chunks_are_powers_of_two_covering_every_row() {
         assert_eq!(c.iter().map(|(_, l)| l).sum::<usize>(), n);
         assert!(c.iter().all(|(_, l)| l.is_power_of_two() && *l <= 128));
     }
+}
+
+#[test]
+fn prune_slices_halve_on_yield_and_double_on_completion_within_bounds() {
+    let mut size = SLICE_MAX;
+    let mut halvings = 0;
+    while size > SLICE_MIN {
+        size = next_slice(size, true);
+        halvings += 1;
+    }
+    assert_eq!(size, SLICE_MIN);
+    assert_eq!(halvings, 5, "512 → 16 in five yields");
+    assert_eq!(
+        next_slice(SLICE_MIN, true),
+        SLICE_MIN,
+        "never below the floor"
+    );
+    let mut doublings = 0;
+    while size < SLICE_MAX {
+        size = next_slice(size, false);
+        doublings += 1;
+    }
+    assert_eq!(doublings, 5);
+    assert_eq!(
+        next_slice(SLICE_MAX, false),
+        SLICE_MAX,
+        "never above the cap"
+    );
+    assert_eq!(next_slice(0, false), SLICE_MIN);
 }

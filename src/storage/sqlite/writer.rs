@@ -8,12 +8,17 @@
 //! that fails rolls back alone; callers are answered only after the commit, so an
 //! answer always describes durable state.
 //!
+//! Background work (pruning) never shares a transaction with other jobs: it runs
+//! alone, only when nothing else is queued, and a *yielding* background job is
+//! interrupted as soon as another job is sent (see [`YieldState`]), so writes
+//! do not wait behind it.
+//!
 //! Several processes on one file coordinate through SQLite's own locking:
 //! `BEGIN IMMEDIATE` takes the write lock up front (waiting up to the busy timeout),
 //! so two processes never interleave inside a transaction.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +54,60 @@ pub(crate) trait WriteJob: Send {
     /// Background work (pruning) runs in a transaction of its own, only when no
     /// other job is queued: see [`Writer::write_background`].
     fn background(&self) -> bool;
+    /// A background job that yields: interrupted (and rolled back) as soon as
+    /// another job is sent. See [`Writer::write_background`].
+    fn yields(&self) -> bool;
+}
+
+/// The error message a yielding job is answered with when it was interrupted
+/// because another job was sent: nothing it did was kept.
+pub(crate) const YIELDED: &str = "yielded to a write";
+
+/// True when `e` is a yielding job's answer for having been interrupted.
+pub(crate) fn yielded(e: &StoreError) -> bool {
+    e.kind == fleet_q_actors::StoreErrorKind::Transient && e.message == YIELDED
+}
+
+/// Shared by the handles and the writer thread: lets a background job yield
+/// to writes sent while it runs.
+///
+/// Why: a write that arrives while a prune slice runs used to wait for the
+/// whole slice, and that wait was most of the submit p99 while pruning
+/// (BENCHMARKS.md, History). Now SQLite's progress handler, called every
+/// [`YIELD_CHECK_OPS`] VM instructions of the writer's statements, interrupts a
+/// yielding job the moment a foreground job has been sent: the job's statement
+/// and transaction roll back, the write runs at once, and the job is answered
+/// [`YIELDED`] (its caller retries it, smaller). Only a yielding job's own
+/// statements are ever interrupted: the handler is armed just around its
+/// `run`, never during a commit or another job.
+#[derive(Default)]
+struct YieldState {
+    /// Foreground jobs sent and not yet taken by the writer. Counted before
+    /// the send and uncounted when the writer takes the job, so it may read
+    /// one high for an instant (a slice yields needlessly), never low while
+    /// a job waits.
+    sent: AtomicIsize,
+    /// Set by the writer while a yielding job runs.
+    armed: AtomicBool,
+}
+
+/// How many SQLite VM instructions run between two looks at [`YieldState`]:
+/// a few microseconds of work, and a relaxed atomic load per look.
+const YIELD_CHECK_OPS: i32 = 256;
+
+/// Uncounts a foreground job if its send did not complete (the channel closed,
+/// or the caller stopped waiting for room in it).
+struct SentGuard<'a> {
+    state: &'a YieldState,
+    taken: bool,
+}
+
+impl Drop for SentGuard<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.state.sent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Job<T, F> {
@@ -56,6 +115,7 @@ struct Job<T, F> {
     out: Option<Result<T, StoreError>>,
     tx: oneshot::Sender<Result<T, StoreError>>,
     background: bool,
+    yields: bool,
 }
 
 impl<T, F> WriteJob for Job<T, F>
@@ -78,6 +138,10 @@ where
         self.background
     }
 
+    fn yields(&self) -> bool {
+        self.yields
+    }
+
     fn reply(self: Box<Self>, commit: Result<(), StoreError>) {
         let answer = match (commit, self.out) {
             (Err(e), _) => Err(e),
@@ -94,22 +158,37 @@ where
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn WriteJob>>,
     identity: Arc<super::identity::FileIdentity>,
+    yielding: Arc<YieldState>,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`. The thread ends when every handle is gone.
     pub(crate) fn start(
-        conn: Connection,
+        mut conn: Connection,
         commits: Arc<AtomicU64>,
         queue: usize,
         identity: Arc<super::identity::FileIdentity>,
-    ) -> Writer {
+    ) -> Result<Writer, StoreError> {
+        let yielding = Arc::new(YieldState::default());
+        let state = yielding.clone();
+        conn.progress_handler(
+            YIELD_CHECK_OPS,
+            Some(move || {
+                state.armed.load(Ordering::Relaxed) && state.sent.load(Ordering::Relaxed) > 0
+            }),
+        )
+        .map_err(|e| map_err("open", e))?;
         let (tx, rx) = mpsc::channel(queue);
+        let state = yielding.clone();
         std::thread::Builder::new()
             .name("fleet-q-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, commits))
+            .spawn(move || writer_loop(conn, rx, commits, &state))
             .expect("spawn the SQLite writer thread");
-        Writer { tx, identity }
+        Ok(Writer {
+            tx,
+            identity,
+            yielding,
+        })
     }
 
     /// Runs `work` in the next group transaction and returns its result once the
@@ -137,27 +216,41 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
     {
-        self.send(op, work, false).await
+        self.send(op, work, false, false).await
     }
 
     /// [`Writer::write_counted`] for background work (pruning): the job waits
     /// until no other job is queued and runs alone in its transaction, so a
-    /// submit or claim never shares a commit with it and waits at most for the
-    /// one background job running when it arrives. Keep such jobs short (a
-    /// fraction of a millisecond): that is the latency they add to others.
+    /// submit or claim never shares a commit with it.
+    ///
+    /// With `yields`, a write sent while the job runs interrupts it within a
+    /// few microseconds: its transaction rolls back and it is answered with an
+    /// error [`yielded`] recognises, so the write waits for no more than that
+    /// (and for a commit already under way), however long the job would have
+    /// run; the caller decides how to retry (the pruner halves its slice).
+    /// Without, a write waits for the job to end: keep such jobs short (a
+    /// fraction of a millisecond). Either way `work` must leave no effect
+    /// outside the transaction.
     pub(crate) async fn write_background<T, F>(
         &self,
         op: &'static str,
+        yields: bool,
         work: F,
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
     {
-        self.send(op, work, true).await
+        self.send(op, work, true, yields).await
     }
 
-    async fn send<T, F>(&self, op: &'static str, work: F, background: bool) -> Result<T, StoreError>
+    async fn send<T, F>(
+        &self,
+        op: &'static str,
+        work: F,
+        background: bool,
+        yields: bool,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
@@ -170,11 +263,24 @@ impl Writer {
             out: None,
             tx,
             background,
+            yields,
+        });
+        // A foreground job is counted before it is sent, so a yielding job
+        // running meanwhile steps aside for it.
+        let mut guard = (!background).then(|| {
+            self.yielding.sent.fetch_add(1, Ordering::Relaxed);
+            SentGuard {
+                state: &self.yielding,
+                taken: false,
+            }
         });
         self.tx
             .send(job)
             .await
             .map_err(|_| StoreError::fatal(op, "the SQLite writer has stopped"))?;
+        if let Some(g) = guard.as_mut() {
+            g.taken = true; // the writer uncounts it when it takes it
+        }
         rx.await
             .map_err(|_| StoreError::fatal(op, "the SQLite writer dropped the request"))?
     }
@@ -184,6 +290,7 @@ fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
     commits: Arc<AtomicU64>,
+    yielding: &YieldState,
 ) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
     let mut background: VecDeque<Box<dyn WriteJob>> = VecDeque::new();
@@ -201,6 +308,7 @@ fn writer_loop(
             if job.background() {
                 background.push_back(job);
             } else {
+                yielding.sent.fetch_sub(1, Ordering::Relaxed);
                 group.push(job);
             }
         };
@@ -220,7 +328,7 @@ fn writer_loop(
                 None => continue,
             }
         }
-        let commit = run_group(&conn, &mut group);
+        let commit = run_group(&conn, &mut group, yielding);
         commits.fetch_add(1, Ordering::Relaxed);
         for job in group.drain(..) {
             job.reply(commit.clone());
@@ -253,7 +361,11 @@ fn next_job(rx: &mut mpsc::Receiver<Box<dyn WriteJob>>) -> Option<Box<dyn WriteJ
     }
 }
 
-fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+fn run_group(
+    conn: &Connection,
+    group: &mut [Box<dyn WriteJob>],
+    yielding: &YieldState,
+) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| map_err("begin", e))?;
     // Read the clock after taking the write lock: transactions from every process
@@ -264,8 +376,18 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
     for job in group.iter_mut() {
         let mut mine = Totals::default();
         if single {
-            // One job: the transaction itself is its savepoint.
-            if job.run(conn, now, &mut mine).is_err() {
+            // One job: the transaction itself is its savepoint. A yielding
+            // job (always alone: it is background work) may be interrupted
+            // only while it runs, never in the commit below.
+            let arm = job.yields();
+            if arm {
+                yielding.armed.store(true, Ordering::Relaxed);
+            }
+            let ran = job.run(conn, now, &mut mine);
+            if arm {
+                yielding.armed.store(false, Ordering::Relaxed);
+            }
+            if ran.is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Ok(()); // the job's own error is its answer
             }
@@ -298,5 +420,182 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
             let _ = conn.execute_batch("ROLLBACK");
             Err(map_err("commit", e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::identity::FileIdentity;
+
+    /// A writer on a real SQLite file with one table `t (x)`.
+    fn writer(dir: &tempfile::TempDir) -> Writer {
+        let path = dir.path().join("writer.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
+            .expect("schema");
+        Writer::start(
+            conn,
+            Arc::new(AtomicU64::new(0)),
+            64,
+            Arc::new(FileIdentity::of(&path)),
+        )
+        .expect("writer")
+    }
+
+    /// A statement that runs for minutes unless interrupted.
+    const ENDLESS: &str = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c \
+                           WHERE n < 4000000000) SELECT count(*) FROM c";
+
+    /// Counts rows of `t` equal to `x`, through the writer.
+    async fn count(w: &Writer, x: i64) -> i64 {
+        w.write("count", move |c, _| {
+            c.query_row("SELECT count(*) FROM t WHERE x = ?1", [x], |r| r.get(0))
+                .map_err(|e| map_err("count", e))
+        })
+        .await
+        .expect("count")
+    }
+
+    /// Runs `job` on the writer; once it signalled that it started, sends a
+    /// foreground insert. Returns the job's answer and the insert's.
+    async fn race<F>(
+        w: &Writer,
+        yields: bool,
+        job: F,
+    ) -> (Result<i64, StoreError>, Result<(), StoreError>)
+    where
+        F: FnOnce(&Connection) -> Result<i64, StoreError> + Send + 'static,
+    {
+        let (started_tx, started) = oneshot::channel::<()>();
+        let work = move |c: &Connection, _: i64, _: &mut Totals| {
+            let _ = started_tx.send(());
+            job(c)
+        };
+        let bg = {
+            let w = w.clone();
+            tokio::spawn(async move { w.write_background("bg", yields, work).await })
+        };
+        started.await.expect("the background job started");
+        let fg = w
+            .write("fg", |c, _| {
+                c.execute("INSERT INTO t (x) VALUES (1)", [])
+                    .map(|_| ())
+                    .map_err(|e| map_err("fg", e))
+            })
+            .await;
+        // Deadline: an interrupt that never comes would leave ENDLESS running.
+        let bg = tokio::time::timeout(Duration::from_secs(120), bg)
+            .await
+            .expect("the background job ended")
+            .expect("join");
+        (bg, fg)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_yielding_job_steps_aside_for_a_write_and_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir);
+        let (bg, fg) = race(&w, true, |c| {
+            // A change before the long statement: it must roll back too.
+            c.execute("INSERT INTO t (x) VALUES (2)", [])
+                .map_err(|e| map_err("bg", e))?;
+            c.query_row(ENDLESS, [], |r| r.get(0))
+                .map_err(|e| map_err("bg", e))
+        })
+        .await;
+        fg.expect("the write ran");
+        let e = bg.expect_err("the yielding job was interrupted");
+        assert!(yielded(&e), "answered as yielded: {e:?}");
+        assert_eq!(count(&w, 1).await, 1, "the write committed");
+        assert_eq!(
+            count(&w, 2).await,
+            0,
+            "the yielding job's insert rolled back"
+        );
+        // The writer goes on: a yielding job with no write to yield to completes.
+        let n = w
+            .write_background("bg", true, |c, _, _| {
+                c.execute("INSERT INTO t (x) VALUES (3)", [])
+                    .map_err(|e| map_err("bg", e))?;
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .map_err(|e| map_err("bg", e))
+            })
+            .await
+            .expect("an uncontended yielding job completes");
+        assert_eq!(n, 2);
+        assert_eq!(count(&w, 3).await, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_and_foreground_jobs_are_never_interrupted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir);
+        // A background job that does not yield runs to its end (about a
+        // second of work) while a write waits for it.
+        let (bg, fg) = race(&w, false, |c| {
+            c.query_row(
+                "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c \
+                 WHERE n < 3000000) SELECT count(*) FROM c",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| map_err("bg", e))
+        })
+        .await;
+        assert_eq!(bg.expect("not interrupted"), 3_000_000);
+        fg.expect("the write ran after it");
+        // Foreground jobs sent while another foreground job runs do not
+        // interrupt it either.
+        let long = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.write("fg", |c, _| {
+                    c.query_row(
+                        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c \
+                         WHERE n < 3000000) SELECT count(*) FROM c",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(|e| map_err("fg", e))
+                })
+                .await
+            })
+        };
+        let others: Vec<_> = (0..20)
+            .map(|_| {
+                let w = w.clone();
+                tokio::spawn(async move { count(&w, 1).await })
+            })
+            .collect();
+        assert_eq!(
+            long.await.expect("join").expect("not interrupted"),
+            3_000_000
+        );
+        for o in others {
+            assert_eq!(o.await.expect("join"), 1);
+        }
+    }
+
+    #[test]
+    fn the_sent_count_is_uncounted_when_a_send_fails() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let w = writer(&dir);
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx); // a writer that stopped
+        let stopped = Writer {
+            tx,
+            identity: w.identity.clone(),
+            yielding: w.yielding.clone(),
+        };
+        let r = rt.block_on(stopped.write("fg", |_, _| Ok(())));
+        assert!(r.is_err());
+        assert_eq!(w.yielding.sent.load(Ordering::Relaxed), 0);
+        rt.block_on(w.write("fg", |_, _| Ok(()))).expect("write");
+        assert_eq!(w.yielding.sent.load(Ordering::Relaxed), 0);
     }
 }

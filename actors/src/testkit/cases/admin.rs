@@ -147,8 +147,8 @@ pub(crate) async fn prune_deletes_only_old_finished_steps(h: Harness) {
     assert_eq!(left, vec![StepStatus::Claimed, StepStatus::Pending]);
 }
 
-/// A prune chunk larger than a backend's internal slice (SQLite deletes 64 rows
-/// per writer job) deletes exactly the expired rows even when live rows sit
+/// A prune chunk (larger than a backend's internal slice, where it has one)
+/// deletes exactly the expired rows even when live rows sit
 /// between them in id order, returns its limit while more remain, and leaves
 /// the counts exact.
 pub(crate) async fn prune_chunks_step_over_live_rows(h: Harness) {
