@@ -41,19 +41,42 @@ impl SqliteStore {
         .map_err(|e| map_err("open", e))?;
         let statements = Arc::new(AtomicU64::new(0));
         let identity = Arc::new(identity::FileIdentity::of(&path));
-        // Checkpoints run on their own thread (see [`checkpoint`]); if that
-        // cannot start, the writer keeps SQLite's automatic checkpoints.
+        // Checkpoints run on their own thread (see [`checkpoint`]); if its
+        // connection cannot be opened, the writer keeps SQLite's automatic
+        // checkpoints. A restarted WAL is cut back to WAL_LIMIT_BYTES.
         let commits = Arc::new(AtomicU64::new(0));
-        let checkpointer = Connection::open(&path)
+        let checkpoint_conn = Connection::open(&path)
             .and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
-            .ok()
-            .and_then(|c| checkpoint::Checkpointer::start(c, commits.clone()).ok());
-        if checkpointer.is_some() {
+            .ok();
+        if checkpoint_conn.is_some() {
             conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
                 .map_err(|e| map_err("open", e))?;
         }
+        conn.query_row(
+            &format!(
+                "PRAGMA journal_size_limit = {}",
+                checkpoint::WAL_LIMIT_BYTES
+            ),
+            [],
+            |_| Ok(()),
+        )
+        .map_err(|e| map_err("open", e))?;
         count_statements(&mut conn, statements.clone());
-        let writer = Writer::start(conn, commits, options.queue.max(1), identity)?;
+        let writer = Writer::start(conn, commits.clone(), options.queue.max(1), identity)?;
+        let checkpointer = match checkpoint_conn {
+            Some(c) => Some(
+                checkpoint::Checkpointer::start(
+                    c,
+                    commits,
+                    writer.clone(),
+                    options.wal_restart_bytes,
+                )
+                .map_err(|e| {
+                    StoreError::fatal("open", format!("start the checkpoint thread: {e}"))
+                })?,
+            ),
+            None => None,
+        };
         Ok(SqliteStore {
             claim_turn: AtomicUsize::new(0),
             prune_size: AtomicU64::new(prune::SLICE_MAX),

@@ -66,6 +66,11 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// Write jobs that may wait for the writer before callers are made to wait.
     pub queue: usize,
+    /// WAL size past which the checkpointer makes the WAL restart, even if
+    /// that costs the writer one short checkpoint of its own (see
+    /// `checkpoint`). Writes that never pause (a large prune backlog) would
+    /// otherwise grow the WAL file without bound.
+    pub wal_restart_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -74,6 +79,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             readers: 4,
             queue: 4096,
+            wal_restart_bytes: 256 << 20,
         }
     }
 }

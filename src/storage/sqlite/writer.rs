@@ -57,6 +57,9 @@ pub(crate) trait WriteJob: Send {
     /// A background job that yields: interrupted (and rolled back) as soon as
     /// another job is sent. See [`Writer::write_background`].
     fn yields(&self) -> bool;
+    /// A background job run outside any transaction (a checkpoint: SQLite
+    /// refuses one inside a transaction). See [`Writer::checkpoint_blocking`].
+    fn bare(&self) -> bool;
 }
 
 /// The error message a yielding job is answered with when it was interrupted
@@ -116,6 +119,7 @@ struct Job<T, F> {
     tx: oneshot::Sender<Result<T, StoreError>>,
     background: bool,
     yields: bool,
+    bare: bool,
 }
 
 impl<T, F> WriteJob for Job<T, F>
@@ -140,6 +144,10 @@ where
 
     fn yields(&self) -> bool {
         self.yields
+    }
+
+    fn bare(&self) -> bool {
+        self.bare
     }
 
     fn reply(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -244,6 +252,32 @@ impl Writer {
         self.send(op, work, true, yields).await
     }
 
+    /// Runs a `PASSIVE` checkpoint on the writer's own connection, as a
+    /// background job outside any transaction, and waits for it: the
+    /// checkpointer's hand-off that lets the WAL restart (see
+    /// [`super::checkpoint`]). Returns the WAL's frames and those checkpointed.
+    /// Blocks the calling thread: call it from a plain thread, never from
+    /// async code.
+    pub(crate) fn checkpoint_blocking(&self) -> Result<(i64, i64), StoreError> {
+        let op = "wal_checkpoint";
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(Job {
+            work: Some(|c: &Connection, _: i64, _: &mut Totals| {
+                super::checkpoint::passive(c).map_err(|e| map_err(op, e))
+            }),
+            out: None,
+            tx,
+            background: true,
+            yields: false,
+            bare: true,
+        });
+        self.tx
+            .blocking_send(job)
+            .map_err(|_| StoreError::fatal(op, "the SQLite writer has stopped"))?;
+        rx.blocking_recv()
+            .map_err(|_| StoreError::fatal(op, "the SQLite writer dropped the request"))?
+    }
+
     async fn send<T, F>(
         &self,
         op: &'static str,
@@ -264,6 +298,7 @@ impl Writer {
             tx,
             background,
             yields,
+            bare: false,
         });
         // A foreground job is counted before it is sent, so a yielding job
         // running meanwhile steps aside for it.
@@ -366,6 +401,13 @@ fn run_group(
     group: &mut [Box<dyn WriteJob>],
     yielding: &YieldState,
 ) -> Result<(), StoreError> {
+    if let [job] = group {
+        if job.bare() {
+            // Outside any transaction; its own result is its answer.
+            let _ = job.run(conn, clock_ms(), &mut Totals::default());
+            return Ok(());
+        }
+    }
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| map_err("begin", e))?;
     // Read the clock after taking the write lock: transactions from every process
