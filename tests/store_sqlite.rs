@@ -25,17 +25,48 @@ async fn open() -> Harness {
 
 fleet_q_actors::conformance_suite!(open);
 
+/// A runtime for one test: current-thread, or with two workers where
+/// submitters must run beside the store's callers.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = if workers > 1 {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().unwrap()
+}
+
+/// Claims up to `limit` steps as pod `p` and finishes them: the first
+/// `failing` fail for good, the rest complete. Returns what was claimed.
+async fn claim_and_finish(
+    s: &SqliteStore,
+    limit: u32,
+    failing: usize,
+) -> Vec<fleet_q_actors::Step> {
+    let claimed = s
+        .steps_claim(fleet_q_actors::ClaimParams {
+            pod_id: "p".into(),
+            limit,
+            queues: None,
+        })
+        .await
+        .unwrap();
+    s.steps_finish(fleet_q_actors::testkit::finishes(&claimed, failing))
+        .await
+        .unwrap();
+    claimed
+}
+
 /// A file written before STEP_TOTALS existed gets it filled once from the steps
 /// it holds, so stats are right from the first call after an upgrade.
 #[test]
 fn an_older_file_gets_its_totals_from_its_steps() {
-    use fleet_q_actors::{ClaimParams, NewStep, StepSpec};
+    use fleet_q_actors::{NewStep, StepSpec};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet-q.db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(1);
     rt.block_on(async {
         let s = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
         s.schema_init().await.unwrap();
@@ -50,17 +81,7 @@ fn an_older_file_gets_its_totals_from_its_steps() {
             })
             .collect();
         s.steps_insert(steps).await.unwrap();
-        let claimed = s
-            .steps_claim(ClaimParams {
-                pod_id: "p".into(),
-                limit: 4,
-                queues: None,
-            })
-            .await
-            .unwrap();
-        s.steps_finish(fleet_q_actors::testkit::finishes(&claimed, 1))
-            .await
-            .unwrap();
+        claim_and_finish(&s, 4, 1).await;
         let before = s.queue_stats().await.unwrap();
         assert_eq!(
             (
@@ -95,12 +116,9 @@ fn an_older_file_gets_its_totals_from_its_steps() {
 /// under one name.
 #[test]
 fn statistics_stay_bounded_and_exact_with_more_types_than_they_list() {
-    use fleet_q_actors::{ClaimParams, NewStep, StatusCounts, StepSpec, OTHER_TYPES, STATS_TYPES};
+    use fleet_q_actors::{NewStep, StatusCounts, StepSpec, OTHER_TYPES, STATS_TYPES};
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(1);
     rt.block_on(async {
         let s = SqliteStore::open(dir.path().join("types.db"), SqliteOptions::default()).unwrap();
         s.schema_init().await.unwrap();
@@ -115,17 +133,7 @@ fn statistics_stay_bounded_and_exact_with_more_types_than_they_list() {
             })
             .collect();
         s.steps_insert(steps).await.unwrap();
-        let claimed = s
-            .steps_claim(ClaimParams {
-                pod_id: "p".into(),
-                limit: 600,
-                queues: None,
-            })
-            .await
-            .unwrap();
-        s.steps_finish(fleet_q_actors::testkit::finishes(&claimed, 100))
-            .await
-            .unwrap();
+        claim_and_finish(&s, 600, 100).await;
         let stats = s.queue_stats().await.unwrap();
         let want = StatusCounts {
             pending: (n - 600) as u64,
@@ -154,10 +162,7 @@ fn statistics_stay_bounded_and_exact_with_more_types_than_they_list() {
 #[test]
 fn statements_are_counted_by_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(1);
     rt.block_on(async {
         let s = SqliteStore::open(dir.path().join("fleet-q.db"), SqliteOptions::default()).unwrap();
         s.schema_init().await.unwrap();
@@ -184,14 +189,10 @@ fn pruning_completes_and_counts_exactly_under_a_stream_of_writes() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
 
-    use fleet_q_actors::testkit::{finishes, steps};
-    use fleet_q_actors::{ClaimParams, NewStep, PruneParams, StatusCounts, StepSpec};
+    use fleet_q_actors::testkit::steps;
+    use fleet_q_actors::{NewStep, PruneParams, StatusCounts, StepSpec};
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         let s = Arc::new(
             SqliteStore::open(dir.path().join("prune.db"), SqliteOptions::default()).unwrap(),
@@ -211,16 +212,7 @@ fn pruning_completes_and_counts_exactly_under_a_stream_of_writes() {
                 })
                 .collect();
             s.steps_insert(batch).await.unwrap();
-            let claimed = s
-                .steps_claim(ClaimParams {
-                    pod_id: "p".into(),
-                    limit: 500,
-                    queues: None,
-                })
-                .await
-                .unwrap();
-            assert_eq!(claimed.len(), 500);
-            s.steps_finish(finishes(&claimed, 20)).await.unwrap();
+            assert_eq!(claim_and_finish(&s, 500, 20).await.len(), 500);
         }
         // Wait, by the store's clock, until every finished row is past a
         // 100 ms retention.
@@ -303,11 +295,7 @@ fn wal_peak_under_writes(restart: u64) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.db");
     let wal = dir.path().join("wal.db-wal");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         let options = SqliteOptions {
             wal_restart_bytes: restart,
@@ -335,9 +323,14 @@ fn wal_peak_under_writes(restart: u64) -> u64 {
             })
             .collect();
         let mut peak = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while !submitters.iter().all(|t| t.is_finished()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the submitters finish"
+            );
             peak = peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await; // poll interval
         }
         for t in submitters {
             t.await.unwrap();
