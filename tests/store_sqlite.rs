@@ -278,19 +278,30 @@ fn pruning_completes_and_counts_exactly_under_a_stream_of_writes() {
 /// the WAL only when a transaction begins with every frame checkpointed, which
 /// a checkpointer on another thread never sees while commits keep landing
 /// during its passes; past `wal_restart_bytes` the checkpointer hands its last
-/// pass to the writer so the WAL restarts.
+/// pass to the writer so the WAL restarts; once writes pause, the file is cut
+/// back to the threshold.
 #[test]
 fn the_wal_stays_bounded_under_writes_that_never_pause() {
     // Without the hand-off this WAL grew to 178 MB here; with it the peak
     // is the 1 MiB threshold plus the writes of one checkpoint period and
     // the chase (29 MB here, at ~70 MB/s of WAL).
-    let peak = wal_peak_under_writes(1 << 20);
+    let peak = wal_peak_under_writes(1 << 20, false);
     assert!(peak <= 48 << 20, "WAL peaked at {peak} bytes");
 }
 
+/// A reader in another process that holds a snapshot keeps the WAL from
+/// restarting: writes go on regardless (the hand-off backs off instead of
+/// repeating every period), and once the reader lets go the file is cut back.
+#[test]
+fn a_reader_holding_the_wal_back_does_not_stop_writes_or_the_cut_back() {
+    wal_peak_under_writes(1 << 20, true);
+}
+
 /// Writes ~64 MiB of WAL with two submitters back to back, on a store whose
-/// WAL restarts past `restart` bytes: the WAL file's largest size seen.
-fn wal_peak_under_writes(restart: u64) -> u64 {
+/// WAL restarts past `restart` bytes, with another connection holding a read
+/// snapshot meanwhile if `hold_reader`; then checks that the file is cut back
+/// once writes pause. Returns the WAL file's largest size seen.
+fn wal_peak_under_writes(restart: u64, hold_reader: bool) -> u64 {
     use fleet_q_actors::{NewStep, StepSpec};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.db");
@@ -303,6 +314,18 @@ fn wal_peak_under_writes(restart: u64) -> u64 {
         };
         let s = Arc::new(SqliteStore::open(&path, options).unwrap());
         s.schema_init().await.unwrap();
+        s.steps_insert(fleet_q_actors::testkit::steps("small", 1))
+            .await
+            .unwrap();
+        let reader = hold_reader.then(|| {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch("BEGIN").unwrap();
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM STEP_TRACKER", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 1, "the reader's snapshot");
+            c
+        });
         let padding = "x".repeat(2000);
         let submitters: Vec<_> = (0..2)
             .map(|_| {
@@ -336,7 +359,27 @@ fn wal_peak_under_writes(restart: u64) -> u64 {
             t.await.unwrap();
         }
         let stats = s.queue_stats().await.unwrap();
-        assert_eq!(stats.counts.pending, 10_000, "every submit kept");
-        peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0))
+        assert_eq!(stats.counts.pending, 10_001, "every submit kept");
+        drop(reader);
+        let peak = peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        // Once writes pause, the WAL restarts and the file is cut back to the
+        // threshold (journal_size_limit): the disk it took comes back.
+        let limit = restart.min(64 << 20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            s.steps_insert(fleet_q_actors::testkit::steps("small", 1))
+                .await
+                .unwrap();
+            let now = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if now <= limit + (64 << 10) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL file is cut back to {limit} bytes; it is {now}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval
+        }
+        peak
     })
 }

@@ -24,6 +24,12 @@
 //! restarts, and `journal_size_limit` (set on the writer) truncates the file
 //! back to [`WAL_LIMIT_BYTES`].
 //!
+//! A reader elsewhere holding an old snapshot (another process, or the
+//! `sqlite3` shell in a transaction) keeps the WAL from restarting whatever
+//! this thread does: a hand-off that cannot checkpoint every frame backs off
+//! ([`HANDOFF_BACKOFF`], doubling to [`MAX_HANDOFF_BACKOFF`]) instead of
+//! repeating every period, and the WAL restarts once the reader lets go.
+//!
 //! The hand-off costs the writer a checkpoint with its two syncs: 5–15 ms on
 //! the benchmark machine, which a submit arriving then waits for. Restarting
 //! at 32 MiB instead (every ~0.4 s while pruning flat out) raised the submit
@@ -33,7 +39,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -51,6 +57,22 @@ const MAX_CHASE: usize = 8;
 
 /// The size a restarted WAL file is truncated back to.
 pub(crate) const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
+/// The `journal_size_limit` for a store restarting its WAL past
+/// `restart_bytes`: [`WAL_LIMIT_BYTES`], or the threshold if that is lower.
+pub(crate) fn wal_limit(restart_bytes: u64) -> i64 {
+    i64::try_from(restart_bytes)
+        .unwrap_or(i64::MAX)
+        .min(WAL_LIMIT_BYTES)
+}
+
+/// The first pause before another hand-off when the last one did not make the
+/// WAL restart (another process's reader or writer can hold it back);
+/// each further miss doubles it, up to [`MAX_HANDOFF_BACKOFF`]. So a WAL that
+/// cannot restart costs the writer one short checkpoint a minute, not one per
+/// [`PERIOD`].
+const HANDOFF_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_HANDOFF_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A `PASSIVE` checkpoint of `conn`'s database: the WAL's frames and how many
 /// of them are now in the database file.
@@ -84,6 +106,9 @@ impl Checkpointer {
             .name("fleet-q-sqlite-checkpoint".into())
             .spawn(move || {
                 let mut seen = commits.load(Ordering::Relaxed);
+                // After a hand-off that could not checkpoint every frame:
+                // when it ran, and how long to wait before the next.
+                let mut backoff: Option<(Instant, Duration)> = None;
                 // Ends when the store (and with it the sender) is gone.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(PERIOD) {
                     let now = commits.load(Ordering::Relaxed);
@@ -92,7 +117,21 @@ impl Checkpointer {
                     }
                     seen = now;
                     match passive(&conn) {
-                        Ok((frames, _)) if frames >= restart_frames.max(1) => restart(&conn, &writer, frames),
+                        Ok((frames, _)) if frames >= restart_frames.max(1) => {
+                            if let Some((at, wait)) = backoff {
+                                if at.elapsed() < wait {
+                                    continue;
+                                }
+                            }
+                            backoff = if restart(&conn, &writer, frames) {
+                                None
+                            } else {
+                                let wait = backoff.map_or(HANDOFF_BACKOFF, |(_, w)| {
+                                    (w * 2).min(MAX_HANDOFF_BACKOFF)
+                                });
+                                Some((Instant::now(), wait))
+                            };
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::debug!(error = %e, "WAL checkpoint failed; retrying after the next commit")
@@ -107,12 +146,14 @@ impl Checkpointer {
 }
 
 /// Chases the writer until a pass finds few new frames, then has the writer
-/// run the last pass itself, so its next transaction restarts the WAL.
-fn restart(conn: &Connection, writer: &Writer, mut frames: i64) {
+/// run the last pass itself, so its next transaction restarts the WAL. False
+/// when the writer's pass could not checkpoint every frame (a reader in
+/// another process still needs them), so the WAL cannot restart yet.
+fn restart(conn: &Connection, writer: &Writer, mut frames: i64) -> bool {
     for _ in 0..MAX_CHASE {
         match passive(conn) {
             // Fewer frames than before: the WAL restarted meanwhile.
-            Ok((now, _)) if now < frames => return,
+            Ok((now, _)) if now < frames => return true,
             Ok((now, _)) => {
                 let fresh = now - frames;
                 frames = now;
@@ -122,11 +163,15 @@ fn restart(conn: &Connection, writer: &Writer, mut frames: i64) {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "WAL checkpoint failed; retrying after the next commit");
-                return;
+                return false;
             }
         }
     }
-    if let Err(e) = writer.checkpoint_blocking() {
-        tracing::debug!(error = %e, "the writer's WAL checkpoint failed; retrying later");
+    match writer.checkpoint_blocking() {
+        Ok((log, done)) => done >= log,
+        Err(e) => {
+            tracing::debug!(error = %e, "the writer's WAL checkpoint failed; retrying later");
+            false
+        }
     }
 }

@@ -43,7 +43,8 @@ impl SqliteStore {
         let identity = Arc::new(identity::FileIdentity::of(&path));
         // Checkpoints run on their own thread (see [`checkpoint`]); if its
         // connection cannot be opened, the writer keeps SQLite's automatic
-        // checkpoints. A restarted WAL is cut back to WAL_LIMIT_BYTES.
+        // checkpoints. A restarted WAL is cut back to WAL_LIMIT_BYTES (or the
+        // restart threshold, if lower).
         let commits = Arc::new(AtomicU64::new(0));
         let checkpoint_conn = Connection::open(&path)
             .and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
@@ -55,7 +56,7 @@ impl SqliteStore {
         conn.query_row(
             &format!(
                 "PRAGMA journal_size_limit = {}",
-                checkpoint::WAL_LIMIT_BYTES
+                checkpoint::wal_limit(options.wal_restart_bytes)
             ),
             [],
             |_| Ok(()),

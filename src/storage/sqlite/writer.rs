@@ -363,8 +363,11 @@ fn writer_loop(
                 None => continue,
             }
         }
+        let bare = matches!(group.as_slice(), [job] if job.bare());
         let commit = run_group(&conn, &mut group, yielding);
-        commits.fetch_add(1, Ordering::Relaxed);
+        if !bare {
+            commits.fetch_add(1, Ordering::Relaxed); // a checkpoint commits nothing
+        }
         for job in group.drain(..) {
             job.reply(commit.clone());
         }
