@@ -297,7 +297,7 @@ fn a_reader_holding_the_wal_back_does_not_stop_writes_or_the_cut_back() {
     wal_peak_under_writes(1 << 20, true);
 }
 
-/// Writes ~64 MiB of WAL with two submitters back to back, on a store whose
+/// Writes ~64 MiB of WAL with eight submitters back to back, on a store whose
 /// WAL restarts past `restart` bytes, with another connection holding a read
 /// snapshot meanwhile if `hold_reader`; then checks that the file is cut back
 /// once writes pause. Returns the WAL file's largest size seen.
@@ -327,7 +327,8 @@ fn wal_peak_under_writes(restart: u64, hold_reader: bool) -> u64 {
             c
         });
         let padding = "x".repeat(2000);
-        let submitters: Vec<_> = (0..2)
+        // Eight submitters keep the writer's queue from ever emptying.
+        let submitters: Vec<_> = (0..8)
             .map(|_| {
                 let (s, padding) = (s.clone(), padding.clone());
                 tokio::spawn(async move {
@@ -339,7 +340,7 @@ fn wal_peak_under_writes(restart: u64, hold_reader: bool) -> u64 {
                         })
                         .unwrap()
                     };
-                    for _ in 0..2500 {
+                    for _ in 0..625 {
                         s.steps_insert(vec![big(), big()]).await.unwrap();
                     }
                 })

@@ -18,8 +18,8 @@
 //! the file stayed that size afterwards. So once the WAL holds
 //! `SqliteOptions::wal_restart_bytes` (256 MiB by default), this thread checkpoints again until the frames added
 //! during one pass are few ([`HANDOFF_FRAMES`]), then hands the last pass to
-//! the writer itself ([`Writer::checkpoint_blocking`], a background job that
-//! waits for a moment with no other write queued): with nothing written
+//! the writer itself ([`Writer::checkpoint_blocking`], a job the writer runs
+//! alone, before its next group): with nothing written
 //! between that checkpoint and the writer's next transaction, the WAL
 //! restarts, and `journal_size_limit` (set on the writer) truncates the file
 //! back to [`WAL_LIMIT_BYTES`].

@@ -57,8 +57,9 @@ pub(crate) trait WriteJob: Send {
     /// A background job that yields: interrupted (and rolled back) as soon as
     /// another job is sent. See [`Writer::write_background`].
     fn yields(&self) -> bool;
-    /// A background job run outside any transaction (a checkpoint: SQLite
-    /// refuses one inside a transaction). See [`Writer::checkpoint_blocking`].
+    /// A job run alone, outside any transaction (a checkpoint: SQLite refuses
+    /// one inside a transaction), ahead of queued writes. See
+    /// [`Writer::checkpoint_blocking`].
     fn bare(&self) -> bool;
 }
 
@@ -252,8 +253,9 @@ impl Writer {
         self.send(op, work, true, yields).await
     }
 
-    /// Runs a `PASSIVE` checkpoint on the writer's own connection, as a
-    /// background job outside any transaction, and waits for it: the
+    /// Runs a `PASSIVE` checkpoint on the writer's own connection, alone and
+    /// outside any transaction, before the writer's next group (however many
+    /// writes are queued), and waits for it: the
     /// checkpointer's hand-off that lets the WAL restart (see
     /// [`super::checkpoint`]). Returns the WAL's frames and those checkpointed.
     /// Blocks the calling thread: call it from a plain thread, never from
@@ -356,6 +358,16 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // A checkpoint hand-off runs first, alone: it is rare (once per
+        // `wal_restart_bytes` of WAL) and must not starve behind writes that
+        // never pause, since those are what it is for.
+        if let Some(i) = background.iter().position(|job| job.bare()) {
+            let mut alone = vec![background.remove(i).expect("found above")];
+            let done = run_group(&conn, &mut alone, yielding);
+            for job in alone {
+                job.reply(done.clone());
+            }
+        }
         // Foreground jobs first, together; a background job only alone.
         if group.is_empty() {
             match background.pop_front() {
@@ -363,11 +375,8 @@ fn writer_loop(
                 None => continue,
             }
         }
-        let bare = matches!(group.as_slice(), [job] if job.bare());
         let commit = run_group(&conn, &mut group, yielding);
-        if !bare {
-            commits.fetch_add(1, Ordering::Relaxed); // a checkpoint commits nothing
-        }
+        commits.fetch_add(1, Ordering::Relaxed);
         for job in group.drain(..) {
             job.reply(commit.clone());
         }
@@ -620,6 +629,56 @@ mod tests {
         for o in others {
             assert_eq!(o.await.expect("join"), 1);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_hand_off_runs_ahead_of_writes_that_never_pause() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        // More writers than the queue holds: it never empties while they run.
+        let flood: Vec<_> = (0..256)
+            .map(|_| {
+                let (w, stop, written) = (w.clone(), stop.clone(), written.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        w.write("fg", |c, _| {
+                            c.execute("INSERT INTO t (x) VALUES (5)", [])
+                                .map(|_| ())
+                                .map_err(|e| map_err("fg", e))
+                        })
+                        .await
+                        .expect("write");
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        while written.load(Ordering::Relaxed) < 2000 {
+            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
+        }
+        let (tx, done) = oneshot::channel();
+        let handle = w.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(handle.checkpoint_blocking());
+        });
+        // Deadline: a hand-off that waited for a pause would wait for ever.
+        let outcome = tokio::time::timeout(Duration::from_secs(30), done).await;
+        let still_flooding = flood.iter().all(|t| !t.is_finished());
+        stop.store(true, Ordering::Relaxed);
+        for t in flood {
+            t.await.expect("join");
+        }
+        let (frames, done) = outcome
+            .expect("the hand-off ran while writes never paused")
+            .expect("answered")
+            .expect("checkpoint");
+        assert!(still_flooding, "the writes were still coming");
+        assert!(
+            frames >= 0 && done >= 0,
+            "a WAL checkpoint: {frames} {done}"
+        );
     }
 
     #[test]
