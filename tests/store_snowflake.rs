@@ -824,3 +824,19 @@ async fn answers_that_prove_their_outcome_skip_the_read_back() {
         assert_eq!(now, want);
     }
 }
+
+/// A login that reaches no server (the warehouse is down while a pod starts)
+/// is a transient failure the retry policy retries, not a fatal one that
+/// stops the pod; a wrong key stays fatal
+/// (`key_pair_authentication_and_fleet_q_check_and_schema`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_reaches_no_server_is_transient() {
+    let Some(py) = emulator::python() else { return };
+    let mut emu = emulator::Emulator::start_with_args(&py, &[]);
+    let settings = emu.settings();
+    emu.stop();
+    let a = SnowflakeStore::open(&settings, fleet_q_actors::Backoff::default()).unwrap();
+    let e = a.schema_init().await.expect_err("nothing listens");
+    assert_eq!(e.kind, fleet_q_actors::StoreErrorKind::Transient, "{e}");
+    assert!(e.message.contains("at login"), "{e}");
+}

@@ -63,6 +63,19 @@ pub(super) fn never_sent(e: &SnowflakeApiError) -> bool {
     }
 }
 
+/// True when `e` (a login error, whose type the client keeps private) was
+/// caused by an I/O failure underneath: the connection was refused or reset.
+fn transport_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Classifies a client error: network, server and lock-wait failures are
 /// transient; authentication and SQL errors are fatal.
 pub(super) fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
@@ -87,6 +100,12 @@ pub(super) fn classify(op: &'static str, e: SnowflakeApiError) -> StoreError {
                 || SESSION_LOST.contains(&code.as_str()) =>
         {
             StoreError::transient(op, format!("Snowflake error {code}: {e}"))
+        }
+        // A login that never got an answer (refused, reset) is the network,
+        // not the credentials: a pod starting during a blip retries it. A
+        // login carries no side effects, so resending it is safe.
+        E::AuthError(inner) if transport_failure(inner) => {
+            StoreError::transient(op, format!("Snowflake unavailable at login: {e}"))
         }
         E::AuthError(_) => StoreError::fatal(op, format!("Snowflake authentication failed: {e}")),
         _ => StoreError::fatal(op, e.to_string()),
