@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,13 +111,14 @@ fn start_pods(o: &BenchOpts) -> Result<Pods, String> {
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut urls = Vec::new();
-    let mut children = Vec::new();
-    for i in 0..o.pods.max(1) {
+    let spawn = |i: usize| -> Result<(Child, String, PathBuf), String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
+        // The pod's log, kept for the error if it never becomes healthy.
+        let log = dir.path().join(format!("pod-{i}.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&exe);
         cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
             .env("FLEET_Q_POD_ID", format!("bench-{i}"))
@@ -127,7 +129,7 @@ fn start_pods(o: &BenchOpts) -> Result<Pods, String> {
             .env("FLEET_Q_LOG_LEVEL", "WARN")
             .env_remove("FLEET_Q_ADMIN_TOKEN")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file);
         if o.store == "sqlite" {
             cmd.env("FLEET_Q_STORAGE_MODE", "sqlite")
                 .env("FLEET_Q_SQLITE_DB_PATH", dir.path().join("bench.db"));
@@ -137,18 +139,24 @@ fn start_pods(o: &BenchOpts) -> Result<Pods, String> {
         for (k, v) in &o.pod_env() {
             cmd.env(k, v);
         }
-        children.push(
-            cmd.spawn()
-                .map_err(|e| format!("cannot start a pod: {e}"))?,
-        );
-        urls.push(format!("http://127.0.0.1:{port}"));
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start a pod: {e}"))?;
+        Ok((child, format!("http://127.0.0.1:{port}"), log))
+    };
+    let mut pods = Vec::new();
+    for i in 0..o.pods.max(1) {
+        pods.push(spawn(i)?);
     }
     let client = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    for u in &urls {
+    for (i, pod) in pods.iter_mut().enumerate() {
+        // A pod whose port another process took between our pick and its
+        // bind exits at once: it gets a new port, a few times.
+        let mut respawns = 0;
         loop {
             let ok = client
-                .get(format!("{u}/health"))
+                .get(format!("{}/health", pod.1))
                 .send()
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())
@@ -156,17 +164,40 @@ fn start_pods(o: &BenchOpts) -> Result<Pods, String> {
             if ok {
                 break;
             }
+            let exited = pod.0.try_wait().ok().flatten();
+            let log = || std::fs::read_to_string(&pod.2).unwrap_or_default();
+            if let Some(status) = exited {
+                let text = log();
+                if text.contains("in use") && respawns < 3 {
+                    respawns += 1;
+                    *pod = spawn(i)?;
+                    continue;
+                }
+                return Err(format!("pod {} exited ({status}): {}", pod.1, tail(&text)));
+            }
             if Instant::now() > deadline {
-                return Err(format!("pod {u} did not become healthy"));
+                return Err(format!(
+                    "pod {} did not become healthy in 60 s: {}",
+                    pod.1,
+                    tail(&log())
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    let (children, urls): (Vec<Child>, Vec<String>) =
+        pods.into_iter().map(|(c, u, _)| (c, u)).unzip();
     Ok(Pods {
         urls,
         children,
         _dir: Some(dir),
     })
+}
+
+/// The last lines of a pod's log, for an error message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// Sums of selected series over every pod's `/metrics`.
