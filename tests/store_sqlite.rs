@@ -289,6 +289,93 @@ fn the_wal_stays_bounded_under_writes_that_never_pause() {
     assert!(peak <= 48 << 20, "WAL peaked at {peak} bytes");
 }
 
+/// The WAL stays bounded when other work saturates every CPU. Routine
+/// checkpoint passes run at idle CPU priority and so are starved here; the
+/// restart that bounds the WAL is run by the checkpointer's own thread, at
+/// normal priority, which learns the WAL's size from the file itself.
+#[test]
+fn the_wal_stays_bounded_while_other_work_saturates_the_cpus() {
+    let hogs = CpuHogs::start(2 * std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let peak = wal_peak_under_writes(1 << 20, false);
+    drop(hogs);
+    assert!(peak <= 48 << 20, "WAL peaked at {peak} bytes");
+}
+
+/// Threads that spin at normal priority until dropped.
+struct CpuHogs {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHogs {
+    fn start(n: usize) -> CpuHogs {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        CpuHogs { stop, threads }
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Routine checkpoint passes run on a thread in the `SCHED_IDLE` policy, so a
+/// woken request thread never waits for one (see the checkpoint module).
+/// Read from `/proc`, as an operator would see it.
+#[cfg(target_os = "linux")]
+#[test]
+fn routine_checkpoints_run_at_idle_cpu_priority() {
+    const SCHED_IDLE: &str = "5";
+    let dir = tempfile::tempdir().unwrap();
+    let _store = SqliteStore::open(dir.path().join("idle.db"), SqliteOptions::default()).unwrap();
+    // The scheduling policy of each thread of this process named `name`
+    // (field 41 of its stat; the name, field 2, is in parentheses).
+    let policies = |name: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            if let Some((_, rest)) = stat.rsplit_once(')') {
+                if let Some(policy) = rest.split_whitespace().nth(38) {
+                    out.push(policy.to_string());
+                }
+            }
+        }
+        out
+    };
+    // Tests running alongside open stores too: each helper lowers its own
+    // priority as it starts, so wait until every one has.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen = policies("fq-sqlite-ckpt");
+        if !seen.is_empty() && seen.iter().all(|p| p == SCHED_IDLE) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint helper threads' policies: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10)); // poll interval
+    }
+}
+
 /// A reader in another process that holds a snapshot keeps the WAL from
 /// restarting: writes go on regardless (the hand-off backs off instead of
 /// repeating every period), and once the reader lets go the file is cut back.

@@ -1,14 +1,27 @@
 //! The WAL checkpointer: copies committed pages from the WAL into the database
-//! file on its own thread and connection, so the writer rarely does.
+//! file on threads and connections of its own, so the writer rarely does.
 //!
 //! Why: by default SQLite checkpoints inside the commit that takes the WAL past
 //! 1,000 pages, on the committing connection: our one writer thread. Measured
 //! while the leader pruned a million rows (`cargo bench --bench history`), those
 //! commits took 5–15 ms instead of under one, and every submit queued behind
 //! them waited as long. Here the writer's connection has automatic checkpoints
-//! off, and this thread runs a `PASSIVE` checkpoint (which never blocks readers
-//! or the writer) whenever the writer committed since the last look, at most
-//! every [`PERIOD`].
+//! off, and a `PASSIVE` checkpoint (which never blocks readers or the writer)
+//! runs whenever the writer committed since the last look, at most every
+//! [`PERIOD`].
+//!
+//! **Routine passes run at idle CPU priority.** A pass copies megabytes while
+//! the leader prunes (15–20 ms of CPU every period, here). On a small node the
+//! pruning writer holds one core, the pass the other, and a request thread
+//! woken meanwhile (a submit's answer) waited for one of them to be
+//! descheduled: measured with a probe in the history bench on 2 vCPUs, most
+//! submits slower than 0.6 ms while pruning were waiting outside the writer
+//! during a pass. So routine passes run on a helper thread with the `SCHED_IDLE`
+//! policy (Linux; elsewhere, or where refused, at normal priority), which any
+//! woken thread preempts at once: the submit p99 while pruning fell from
+//! 0.9–1.6 ms to 0.45–1.0 ms (BENCHMARKS.md, History). The cost is that
+//! a pod whose CPUs are saturated by other work checkpoints slowly; what bounds
+//! the WAL then is the next part, which never runs at idle priority.
 //!
 //! **Keeping the WAL bounded.** SQLite restarts the WAL from its beginning only
 //! when a write transaction begins with every frame already checkpointed. Under
@@ -16,19 +29,24 @@
 //! always lands during a checkpoint taken here, so that never happens: measured
 //! while pruning a million rows, the WAL grew to 100,000 frames (400 MB) and
 //! the file stayed that size afterwards. So once the WAL holds
-//! `SqliteOptions::wal_restart_bytes` (256 MiB by default), this thread checkpoints again until the frames added
-//! during one pass are few ([`HANDOFF_FRAMES`]), then hands the last pass to
-//! the writer itself ([`Writer::checkpoint_blocking`], a job the writer runs
-//! alone, before its next group): with nothing written
-//! between that checkpoint and the writer's next transaction, the WAL
-//! restarts, and `journal_size_limit` (set on the writer) truncates the file
-//! back to [`WAL_LIMIT_BYTES`].
+//! `SqliteOptions::wal_restart_bytes` (256 MiB by default), the checkpointer's
+//! own thread (normal priority) checkpoints until the frames added during one
+//! pass are few ([`HANDOFF_FRAMES`]), then hands the last pass to the writer
+//! itself ([`Writer::checkpoint_blocking`], a job the writer runs alone,
+//! before its next group): with nothing written between that checkpoint and
+//! the writer's next transaction, the WAL restarts, and `journal_size_limit`
+//! (set on the writer) truncates the file back to [`WAL_LIMIT_BYTES`]. It
+//! learns the WAL's size from the helper's last pass, or from the WAL file's
+//! length when the helper is starved of CPU (a stat per period with new
+//! commits, not a pass).
 //!
 //! A reader elsewhere holding an old snapshot (another process, or the
 //! `sqlite3` shell in a transaction) keeps the WAL from restarting whatever
 //! this thread does: a hand-off that cannot checkpoint every frame backs off
 //! ([`HANDOFF_BACKOFF`], doubling to [`MAX_HANDOFF_BACKOFF`]) instead of
 //! repeating every period, and the WAL restarts once the reader lets go.
+//! A pass that finds another connection checkpointing (the helper, or another
+//! process's pod) is *busy*: it learned nothing and is tried again next period.
 //!
 //! The hand-off costs the writer a checkpoint with its two syncs: 5–15 ms on
 //! the benchmark machine, which a submit arriving then waits for. Restarting
@@ -37,7 +55,8 @@
 //! happens every few seconds of a flat-out prune and never in normal running,
 //! where the WAL restarts on its own between writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -74,33 +93,73 @@ pub(crate) fn wal_limit(restart_bytes: u64) -> i64 {
 const HANDOFF_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_HANDOFF_BACKOFF: Duration = Duration::from_secs(60);
 
-/// A `PASSIVE` checkpoint of `conn`'s database: the WAL's frames and how many
-/// of them are now in the database file.
-pub(crate) fn passive(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+/// What one `PASSIVE` checkpoint pass found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pass {
+    /// Another connection was checkpointing: nothing was done or learned.
+    pub(crate) busy: bool,
+    /// Frames in the WAL (-1 when busy).
+    pub(crate) log: i64,
+    /// Of those, frames now in the database file (-1 when busy).
+    pub(crate) done: i64,
+}
+
+impl Pass {
+    /// Every frame in the WAL is in the database file: the writer's next
+    /// transaction restarts the WAL.
+    pub(crate) fn complete(&self) -> bool {
+        !self.busy && self.done >= self.log
+    }
+}
+
+/// A `PASSIVE` checkpoint of `conn`'s database.
+pub(crate) fn passive(conn: &Connection) -> rusqlite::Result<Pass> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
+        Ok(Pass {
+            busy: r.get::<_, i64>(0)? != 0,
+            log: r.get(1)?,
+            done: r.get(2)?,
+        })
     })
 }
 
-/// Keeps the checkpointer thread alive; dropping it stops the thread.
+/// The name of the thread that runs routine passes at idle priority (at most
+/// 15 bytes: Linux keeps no more of a thread's name).
+pub(crate) const IDLE_THREAD: &str = "fq-sqlite-ckpt";
+
+/// Keeps the checkpointer alive; dropping it stops both its threads.
 pub(crate) struct Checkpointer {
     _stop: mpsc::Sender<()>,
 }
 
 impl Checkpointer {
-    /// Starts checkpointing the database `conn` is open on; `commits` counts the
+    /// Starts checkpointing the database `conn` and `idle` are open on (`idle`
+    /// runs the routine passes, at idle priority); `commits` counts the
     /// writer's commits and `writer` takes the hand-off passes. The writer's
     /// connection must have automatic checkpoints off.
     pub(crate) fn start(
         conn: Connection,
+        idle: Connection,
         commits: Arc<AtomicU64>,
         writer: Writer,
         restart_bytes: u64,
     ) -> std::io::Result<Self> {
         let page: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap_or(4096);
-        let restart_frames = i64::try_from(restart_bytes).unwrap_or(i64::MAX) / page.max(512);
+            .unwrap_or(4096)
+            .max(512);
+        let restart_frames = (i64::try_from(restart_bytes).unwrap_or(i64::MAX) / page).max(1);
+        let wal = PathBuf::from(format!("{}-wal", conn.path().unwrap_or_default()));
+        // The helper's last count of WAL frames, and its wake-ups (one kept
+        // at most: a kick while it is busy is merged with the one waiting).
+        let seen_frames = Arc::new(AtomicI64::new(0));
+        let (kick, kicks) = mpsc::sync_channel::<()>(1);
+        let helper = {
+            let seen_frames = seen_frames.clone();
+            std::thread::Builder::new()
+                .name(IDLE_THREAD.into())
+                .spawn(move || routine_passes(&idle, &kicks, &seen_frames))?
+        };
         let (tx, rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("fleet-q-sqlite-checkpoint".into())
@@ -116,62 +175,140 @@ impl Checkpointer {
                         continue;
                     }
                     seen = now;
+                    let frames = seen_frames
+                        .load(Ordering::Relaxed)
+                        .max(frames_in_file(&wal, page));
+                    let waiting = backoff.is_some_and(|(at, wait)| at.elapsed() < wait);
+                    if frames < restart_frames || waiting {
+                        let _ = kick.try_send(()); // full: a pass is due anyway
+                        continue;
+                    }
+                    // The WAL is past the threshold (or its file says it may
+                    // be): this thread takes over, at normal priority.
                     match passive(&conn) {
-                        Ok((frames, _)) if frames >= restart_frames.max(1) => {
-                            if let Some((at, wait)) = backoff {
-                                if at.elapsed() < wait {
-                                    continue;
-                                }
+                        Ok(p) if p.busy => {} // the helper is mid-pass: next period
+                        Ok(p) if p.log < restart_frames => {
+                            // It restarted since the estimate.
+                            seen_frames.store(p.log, Ordering::Relaxed);
+                        }
+                        Ok(p) => match restart(&conn, &writer, p.log) {
+                            Restart::Done => {
+                                backoff = None;
+                                seen_frames.store(0, Ordering::Relaxed);
                             }
-                            backoff = if restart(&conn, &writer, frames) {
-                                None
-                            } else {
+                            Restart::Busy => {}
+                            Restart::HeldBack => {
                                 let wait = backoff.map_or(HANDOFF_BACKOFF, |(_, w)| {
                                     (w * 2).min(MAX_HANDOFF_BACKOFF)
                                 });
-                                Some((Instant::now(), wait))
-                            };
-                        }
-                        Ok(_) => {}
+                                backoff = Some((Instant::now(), wait));
+                            }
+                        },
                         Err(e) => {
                             tracing::debug!(error = %e, "WAL checkpoint failed; retrying after the next commit")
                         }
                     }
                 }
-                // A last full pass so a clean shutdown leaves little WAL behind.
+                // A last full pass so a clean shutdown leaves little WAL
+                // behind, once the helper has finished its own.
+                drop(kick);
+                let _ = helper.join();
                 let _ = passive(&conn);
             })?;
         Ok(Checkpointer { _stop: tx })
     }
 }
 
+/// The helper thread: lowers its own CPU priority, then runs one pass per
+/// kick until the checkpointer is gone, recording the WAL's frames.
+fn routine_passes(conn: &Connection, kicks: &mpsc::Receiver<()>, seen_frames: &AtomicI64) {
+    if let Err(e) = lower_priority() {
+        tracing::debug!(error = %e, "WAL checkpoints run at normal CPU priority");
+    }
+    while kicks.recv().is_ok() {
+        match passive(conn) {
+            Ok(p) if !p.busy => seen_frames.store(p.log, Ordering::Relaxed),
+            Ok(_) => {} // the checkpointer's own pass: it knows
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL checkpoint failed; retrying after the next commit")
+            }
+        }
+    }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` policy: it runs only on a CPU
+/// nothing else wants, and any woken thread preempts it at once. Lowering a
+/// thread's own priority needs no privilege.
+#[cfg(target_os = "linux")]
+pub(crate) fn lower_priority() -> Result<(), String> {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    )
+    .map_err(|e| format!("cannot lower the checkpoint thread's priority: {e:?}"))
+}
+
+/// Elsewhere the passes keep normal priority.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn lower_priority() -> Result<(), String> {
+    Err("idle CPU priority is set on Linux only".into())
+}
+
+/// The most frames the WAL file at `wal` can hold, from its length: at least
+/// the frames in use since the file last grew (it only shrinks when the WAL
+/// restarts), so it shows growth the helper, starved of CPU, has not reported.
+fn frames_in_file(wal: &Path, page: i64) -> i64 {
+    const WAL_HEADER: i64 = 32;
+    const FRAME_HEADER: i64 = 24;
+    let len = std::fs::metadata(wal).map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX));
+    (len - WAL_HEADER).max(0) / (page + FRAME_HEADER)
+}
+
+/// How a restart attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Restart {
+    /// The WAL restarted, or the writer's pass checkpointed every frame.
+    Done,
+    /// Another connection was checkpointing: try again next period.
+    Busy,
+    /// The writer's pass could not checkpoint every frame (a reader in another
+    /// process still needs them): back off.
+    HeldBack,
+}
+
 /// Chases the writer until a pass finds few new frames, then has the writer
-/// run the last pass itself, so its next transaction restarts the WAL. False
-/// when the writer's pass could not checkpoint every frame (a reader in
-/// another process still needs them), so the WAL cannot restart yet.
-fn restart(conn: &Connection, writer: &Writer, mut frames: i64) -> bool {
+/// run the last pass itself, so its next transaction restarts the WAL.
+fn restart(conn: &Connection, writer: &Writer, mut frames: i64) -> Restart {
     for _ in 0..MAX_CHASE {
         match passive(conn) {
+            Ok(p) if p.busy => return Restart::Busy,
             // Fewer frames than before: the WAL restarted meanwhile.
-            Ok((now, _)) if now < frames => return true,
-            Ok((now, _)) => {
-                let fresh = now - frames;
-                frames = now;
+            Ok(p) if p.log < frames => return Restart::Done,
+            Ok(p) => {
+                let fresh = p.log - frames;
+                frames = p.log;
                 if fresh <= HANDOFF_FRAMES {
                     break;
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "WAL checkpoint failed; retrying after the next commit");
-                return false;
+                return Restart::Busy;
             }
         }
     }
     match writer.checkpoint_blocking() {
-        Ok((log, done)) => done >= log,
+        Ok(p) if p.busy => Restart::Busy,
+        Ok(p) if p.complete() => Restart::Done,
+        Ok(_) => Restart::HeldBack,
         Err(e) => {
             tracing::debug!(error = %e, "the writer's WAL checkpoint failed; retrying later");
-            false
+            Restart::HeldBack
         }
     }
 }

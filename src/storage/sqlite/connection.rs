@@ -46,8 +46,12 @@ impl SqliteStore {
         // checkpoints. A restarted WAL is cut back to WAL_LIMIT_BYTES (or the
         // restart threshold, if lower).
         let commits = Arc::new(AtomicU64::new(0));
-        let checkpoint_conn = Connection::open(&path)
-            .and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
+        let open_checkpoint = || {
+            Connection::open(&path).and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
+        };
+        // One connection for the checkpointer's thread, one for its helper.
+        let checkpoint_conn = open_checkpoint()
+            .and_then(|c| open_checkpoint().map(|idle| (c, idle)))
             .ok();
         if checkpoint_conn.is_some() {
             conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
@@ -65,9 +69,10 @@ impl SqliteStore {
         count_statements(&mut conn, statements.clone());
         let writer = Writer::start(conn, commits.clone(), options.queue.max(1), identity)?;
         let checkpointer = match checkpoint_conn {
-            Some(c) => Some(
+            Some((c, idle)) => Some(
                 checkpoint::Checkpointer::start(
                     c,
+                    idle,
                     commits,
                     writer.clone(),
                     options.wal_restart_bytes,

@@ -257,10 +257,10 @@ impl Writer {
     /// outside any transaction, before the writer's next group (however many
     /// writes are queued), and waits for it: the
     /// checkpointer's hand-off that lets the WAL restart (see
-    /// [`super::checkpoint`]). Returns the WAL's frames and those checkpointed.
+    /// [`super::checkpoint`]). Returns what the pass found.
     /// Blocks the calling thread: call it from a plain thread, never from
     /// async code.
-    pub(crate) fn checkpoint_blocking(&self) -> Result<(i64, i64), StoreError> {
+    pub(crate) fn checkpoint_blocking(&self) -> Result<super::checkpoint::Pass, StoreError> {
         let op = "wal_checkpoint";
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Job {
@@ -670,14 +670,14 @@ mod tests {
         for t in flood {
             t.await.expect("join");
         }
-        let (frames, done) = outcome
+        let pass = outcome
             .expect("the hand-off ran while writes never paused")
             .expect("answered")
             .expect("checkpoint");
         assert!(still_flooding, "the writes were still coming");
         assert!(
-            frames >= 0 && done >= 0,
-            "a WAL checkpoint: {frames} {done}"
+            !pass.busy && pass.log >= 0 && pass.done >= 0,
+            "a WAL checkpoint: {pass:?}"
         );
     }
 
