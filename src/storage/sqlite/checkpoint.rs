@@ -318,3 +318,84 @@ fn restart(conn: &Connection, writer: &Writer, mut frames: i64) -> Restart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::identity::FileIdentity;
+
+    /// While another connection checkpoints (here a `RESTART` checkpoint
+    /// waiting, lock held, for a reader with an old snapshot), a pass is
+    /// *busy*: it reports no frames, and a restart attempt is told to try
+    /// again, not that the WAL restarted (a busy pass reports -1 frames,
+    /// which once read as "fewer frames than before").
+    #[test]
+    fn a_pass_while_another_connection_checkpoints_is_busy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("busy.db");
+        let open = || {
+            let c = Connection::open(&path).expect("open");
+            c.busy_timeout(Duration::from_secs(5))
+                .expect("busy timeout");
+            c
+        };
+        let w = open();
+        w.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+             CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
+        )
+        .expect("schema");
+        // A reader holding a snapshot older than the WAL's end.
+        let reader = open();
+        reader.execute_batch("BEGIN").expect("begin");
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 1);
+        w.execute_batch("INSERT INTO t VALUES (2)").expect("write");
+        // RESTART takes the checkpoint lock, then waits in its busy handler
+        // for that reader (each call says so, and retries for up to ~10 s).
+        static WAITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn wait_for_reader(calls: i32) -> bool {
+            WAITING.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1)); // the busy handler's back-off
+            calls < 10_000
+        }
+        let restarting = {
+            let mut c = open();
+            c.busy_handler(Some(wait_for_reader)).expect("busy handler");
+            std::thread::spawn(move || {
+                c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !WAITING.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the RESTART checkpoint never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1)); // poll interval
+        }
+        let ours = open();
+        let pass = passive(&ours).expect("pass");
+        assert!(pass.busy, "{pass:?}");
+        assert_eq!((pass.log, pass.done), (-1, -1));
+        assert!(!pass.complete());
+        let writer = Writer::start(
+            w,
+            Arc::new(AtomicU64::new(0)),
+            8,
+            Arc::new(FileIdentity::of(&path)),
+        )
+        .expect("writer");
+        // The RESTART is still waiting for the reader.
+        assert_eq!(restart(&ours, &writer, 2), Restart::Busy);
+        reader.execute_batch("COMMIT").expect("let go");
+        restarting
+            .join()
+            .expect("join")
+            .expect("restart checkpoint");
+        let pass = passive(&ours).expect("pass");
+        assert!(pass.complete(), "{pass:?}");
+    }
+}
