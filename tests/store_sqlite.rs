@@ -228,7 +228,7 @@ fn pruning_completes_and_counts_exactly_under_a_stream_of_writes() {
                 std::time::Instant::now() < deadline,
                 "the store clock moves"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
         }
         // Submits back to back, from before the prune starts until it ended.
         let stop = Arc::new(AtomicBool::new(false));
