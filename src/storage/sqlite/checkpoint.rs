@@ -174,6 +174,12 @@ impl Checkpointer {
                 // After a hand-off that could not checkpoint every frame:
                 // when it ran, and how long to wait before the next.
                 let mut backoff: Option<(Instant, Duration)> = None;
+                // The WAL file's size in frames when a pass last found the
+                // WAL itself smaller than that: the file says nothing new
+                // until it grows past it (another process's writer without
+                // a journal_size_limit can leave the file long), so routine
+                // passes stay on the helper instead of moving here.
+                let mut file_floor = 0;
                 // Ends when the store (and with it the sender) is gone.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(PERIOD) {
                     let now = commits.load(Ordering::Relaxed);
@@ -181,9 +187,12 @@ impl Checkpointer {
                         continue;
                     }
                     seen = now;
-                    let frames = seen_frames
-                        .load(Ordering::Relaxed)
-                        .max(frames_in_file(&wal, page));
+                    let in_file = frames_in_file(&wal, page);
+                    if in_file < file_floor {
+                        file_floor = 0; // the file was cut back
+                    }
+                    let from_file = if in_file > file_floor { in_file } else { 0 };
+                    let frames = seen_frames.load(Ordering::Relaxed).max(from_file);
                     let waiting = backoff.is_some_and(|(at, wait)| at.elapsed() < wait);
                     if frames < restart_frames || waiting {
                         let _ = kick.try_send(()); // full: a pass is due anyway
@@ -194,8 +203,10 @@ impl Checkpointer {
                     match passive(&conn) {
                         Ok(p) if p.busy => {} // the helper is mid-pass: next period
                         Ok(p) if p.log < restart_frames => {
-                            // It restarted since the estimate.
+                            // It restarted since the estimate, or the file
+                            // is longer than the WAL in it.
                             seen_frames.store(p.log, Ordering::Relaxed);
+                            file_floor = in_file;
                         }
                         Ok(p) => match restart(&conn, &writer, p.log) {
                             Restart::Done => {
