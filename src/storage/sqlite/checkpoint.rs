@@ -19,7 +19,14 @@
 //! during a pass. So routine passes run on a helper thread with the `SCHED_IDLE`
 //! policy (Linux; elsewhere, or where refused, at normal priority), which any
 //! woken thread preempts at once: the submit p99 while pruning fell from
-//! 0.9–1.6 ms to 0.45–1.0 ms (BENCHMARKS.md, History). The cost is that
+//! 0.9–1.6 ms to 0.45–1.0 ms (BENCHMARKS.md, History). "At once" holds while
+//! the helper runs user code. Inside a pass's `fsync`, a kernel without full
+//! preemption (`PREEMPT_NONE`, as on the benchmark VM) lets the woken thread
+//! run only at the writeback's next preemption point, measured 0.9–1.9 ms
+//! apart there. The kernel counts the helper's CPU as idle and places woken
+//! threads on it: the largest single part of the tail that remains (17 of
+//! 44 delayed wake-ups in one traced run; kernel workers converting and
+//! discarding WAL blocks were 15). The cost is that
 //! a pod whose CPUs are saturated by other work checkpoints slowly; what bounds
 //! the WAL then is the next part, which never runs at idle priority.
 //!
@@ -254,8 +261,9 @@ fn routine_passes(conn: &Connection, kicks: &mpsc::Receiver<()>, seen_frames: &A
 }
 
 /// Puts the calling thread in the `SCHED_IDLE` policy: it runs only on a CPU
-/// nothing else wants, and any woken thread preempts it at once. Lowering a
-/// thread's own priority needs no privilege.
+/// nothing else wants, and any woken thread preempts it (at once in user
+/// code; in the kernel, at its next preemption point: see the module docs).
+/// Lowering a thread's own priority needs no privilege.
 #[cfg(target_os = "linux")]
 pub(crate) fn lower_priority() -> Result<(), String> {
     use thread_priority::{
