@@ -1,8 +1,9 @@
 //! Promises that hostile conditions used to break, each tried on real pod
 //! processes over real HTTP and real SQLite files: a write outage that reads do not
 //! hide, a recovery ledger that cannot be written, a database file deleted under a
-//! running pod, pods with different heartbeat settings on one store, stalled
-//! request bodies, client-chosen metric labels, and the ledger files a pod leaves.
+//! running pod, a full disk under it, pods with different heartbeat settings on
+//! one store, stalled request bodies, client-chosen metric labels, and the ledger
+//! files a pod leaves.
 
 mod support;
 
@@ -218,6 +219,140 @@ fn a_deleted_database_file_makes_the_pod_refuse_writes() {
     assert!(pod.log_text().contains("was deleted"));
     // Liveness does not depend on the store.
     assert_eq!(get_json(&c, &pod, "/health").0, 200);
+}
+
+/// A file system of its own, small enough to fill: a tmpfs of `bytes` (root on
+/// this machine kind can mount one), unmounted on drop.
+struct SmallDisk {
+    at: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(at: &Path, bytes: u64) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount runs")
+            .success();
+        assert!(ok, "mount a tmpfs on {} (needs root)", at.display());
+        SmallDisk {
+            at: at.to_path_buf(),
+        }
+    }
+
+    /// Writes zeros to `name` until the file system refuses more (ENOSPC).
+    fn fill(&self, name: &str) -> PathBuf {
+        let path = self.at.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        let mut small = false;
+        loop {
+            match f.write(if small { &chunk[..512] } else { &chunk }) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) && !small => small = true,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazy: a pod still holding a file on it lets go when it is killed.
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// A full disk under the database: a write that does not fit is refused with
+/// 503 and a detail that says so, stores nothing, and the pod lives on,
+/// unready; when space is freed it takes writes again without a restart, and
+/// every step it accepted completes.
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_the_pod_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // Declared before the pod, so the pod is killed before the unmount.
+    let disk = SmallDisk::mount(&dir.path().join("disk"), 8 << 20);
+    let db = disk.at.join("full.db");
+    let mut pod = PodProc::start(dir.path(), &db, "full", &[]);
+    let c = client();
+    let mut accepted: Vec<String> = (0..5)
+        .map(|i| submit(&c, &pod, json!({"type": "noop", "args": {"i": i}})))
+        .collect();
+    wait_for("ready", Duration::from_secs(20), || {
+        (get_json(&c, &pod, "/ready").0 == 200).then_some(())
+    });
+    let filler = disk.fill("filler");
+
+    // Steps with 64 KiB of args each: new pages, which the WAL takes until its
+    // file can grow no further (and which no checkpoint can then copy into
+    // the database file, so the WAL cannot restart either).
+    let big = "x".repeat(64 << 10);
+    let mut refused = None;
+    for i in 0..200 {
+        let r = c
+            .post(pod.url("/submit"))
+            .json(&json!({"type": "noop", "args": {"i": i, "big": big}}))
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        match status {
+            201 => accepted.push(body["step_id"].as_str().unwrap().to_string()),
+            _ => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("a full disk refuses a submit within 200 tries");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error_type"], json!("database_error"));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("disk is full"), "{detail}");
+    assert!(
+        !detail.contains("INSERT") && !detail.contains("full.db"),
+        "{detail}"
+    );
+
+    // A write failed: the pod is unready until one succeeds (and it stays
+    // alive to say so).
+    let why = wait_for("unready on a full disk", Duration::from_secs(30), || {
+        let (s, b) = get_json(&c, &pod, "/ready");
+        (s == 503).then_some(b)
+    });
+    assert_eq!(why["status"], json!("not_ready"), "{why}");
+    assert_eq!(get_json(&c, &pod, "/health").0, 200);
+    assert!(pod.child.try_wait().unwrap().is_none(), "the pod exited");
+    assert!(pod.log_text().contains("disk is full"));
+
+    // Space comes back: no restart needed.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("ready once space returns", Duration::from_secs(30), || {
+        (get_json(&c, &pod, "/ready").0 == 200).then_some(())
+    });
+    accepted.push(submit(&c, &pod, json!({"type": "noop"})));
+    for id in &accepted {
+        wait_for(
+            &format!("step {id} completed"),
+            Duration::from_secs(30),
+            || {
+                let (s, b) = get_json(&c, &pod, &format!("/status/{id}"));
+                (s == 200 && b["status"] == json!("completed")).then_some(())
+            },
+        );
+    }
+    let (_, q) = get_json(&c, &pod, "/admin/queue");
+    assert_eq!(
+        q["completed_steps"],
+        json!(accepted.len()),
+        "exactly the accepted steps are stored: {q}"
+    );
+    pod.kill9();
 }
 
 /// A pod that heartbeats every 4 s among pods with a 3 s dead threshold is judged

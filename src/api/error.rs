@@ -101,7 +101,12 @@ impl ApiError {
     /// A store failure: 503 `database_error`; details stay in the logs.
     pub fn store(e: &StoreError, req: &HttpRequest) -> Self {
         tracing::warn!(error = %e, path = req.path(), "store error answering a request");
-        let detail = if e.is_transient() {
+        let detail = if crate::storage::sqlite::disk_full(e) {
+            format!(
+                "the database's disk is full ({}); retry once space is freed",
+                e.operation
+            )
+        } else if e.is_transient() {
             format!("the database is unavailable ({}); retry later", e.operation)
         } else {
             format!(

@@ -101,9 +101,24 @@ pub struct SqliteStore {
     _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
-/// Maps a SQLite error to a store error: lock contention is transient, the rest
-/// fatal. The message is SQLite's, which names objects but never holds SQL text
-/// or values.
+/// How the message of a store error for a full disk begins (see [`disk_full`]).
+const DISK_FULL: &str = "disk full";
+
+/// True when `e` is the SQLite store's error for a full disk: the API then
+/// says so instead of pointing at the logs.
+pub fn disk_full(e: &StoreError) -> bool {
+    e.is_transient() && e.message.starts_with(DISK_FULL)
+}
+
+/// Maps a SQLite error to a store error: lock contention and a full disk are
+/// transient, the rest fatal. The message is SQLite's, which names objects but
+/// never holds SQL text or values.
+///
+/// A full disk (`SQLITE_FULL`) is transient because freeing space is all it
+/// takes, and a failed commit stored nothing: SQLite rolls the transaction
+/// back, so the store's retries and the client's resend are safe. Small
+/// writes can still fit in the WAL file's existing length while larger ones
+/// fail (README, "The embedded store").
 pub(crate) fn map_err(op: &'static str, e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::*;
     match &e {
@@ -111,6 +126,9 @@ pub(crate) fn map_err(op: &'static str, e: rusqlite::Error) -> StoreError {
             if matches!(f.code, DatabaseBusy | DatabaseLocked | SystemIoFailure) =>
         {
             StoreError::transient(op, format!("database busy: {e}"))
+        }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == DiskFull => {
+            StoreError::transient(op, format!("{DISK_FULL}: {e}"))
         }
         // Only the writer's progress handler interrupts statements, and only
         // a yielding job's (see `writer`).

@@ -1,7 +1,7 @@
 //! Unit tests of the pure helpers.
 
 use super::prune::{next_slice, SLICE_MAX, SLICE_MIN};
-use super::{id_floor, id_val, pow2_chunks};
+use super::{disk_full, id_floor, id_val, map_err, pow2_chunks};
 use fleet_q_actors::StepId;
 use rusqlite::types::Value;
 
@@ -63,4 +63,20 @@ fn prune_slices_halve_on_yield_and_double_on_completion_within_bounds() {
         "never above the cap"
     );
     assert_eq!(next_slice(0, false), SLICE_MIN);
+}
+
+#[test]
+fn a_full_disk_is_transient_and_named_and_other_errors_are_not_taken_for_it() {
+    let sqlite = |code: i32| {
+        map_err(
+            "commit",
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        )
+    };
+    let full = sqlite(rusqlite::ffi::SQLITE_FULL);
+    assert!(full.is_transient() && disk_full(&full), "{full}");
+    let busy = sqlite(rusqlite::ffi::SQLITE_BUSY);
+    assert!(busy.is_transient() && !disk_full(&busy), "{busy}");
+    let corrupt = sqlite(rusqlite::ffi::SQLITE_CORRUPT);
+    assert!(!corrupt.is_transient() && !disk_full(&corrupt), "{corrupt}");
 }
