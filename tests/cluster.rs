@@ -1,6 +1,6 @@
 //! Pod processes sharing one SQLite file: exactly-once processing, SIGKILL of a
-//! worker and of the leader, graceful SIGTERM, and a zombie (SIGSTOP) pod whose
-//! late results are fenced. Steps run through the `http` handler against a
+//! worker and of the leader, graceful SIGTERM, a zombie (SIGSTOP) pod whose
+//! late results are fenced, and a leader paused past its lease. Steps run through the `http` handler against a
 //! recording service, so every execution is observed.
 
 mod support;
@@ -278,4 +278,97 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
         .unwrap();
     assert_eq!(new.status, PodStatus::Up);
     assert!(new.birth_ts > old.birth_ts);
+}
+
+/// The leader paused past its lease (SIGSTOP): the next eldest pod takes over
+/// and recovers the step the paused leader held. On resume the old leader's
+/// late result is fenced, it learns it was marked down and rejoins under a new
+/// identity, younger than the new leader, so leadership does not move back.
+#[test]
+fn a_paused_leader_is_replaced_and_does_not_take_leadership_back_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.db");
+    let rec = Recorder::start();
+    let env = rec_env(&rec);
+    let mut lenv = env.clone();
+    lenv.push(("FLEET_Q_MAX_PARALLELISM", "1".into()));
+    lenv.push(("FLEET_Q_CAPACITY_THRESHOLD", "1".into()));
+    let leader = PodProc::start(dir.path(), &db, "paused", &lenv);
+    wait_for("the first pod to lead", Duration::from_secs(15), || {
+        leader.is_leader().then_some(())
+    });
+    let next = PodProc::start(dir.path(), &db, "next", &env);
+    // The submitting pod's claimer wakes at once; the other claims on its 1 s
+    // tick, so the leader almost always takes the step submitted to it.
+    let c = client();
+    let (id, first) = (0..5)
+        .find_map(|_| {
+            let id = submit(
+                &c,
+                &leader,
+                json!({"type": "rec", "args": {"sleep_ms": 4000}, "max_retries": 3}),
+            );
+            let first = wait_for("the step's first run", Duration::from_secs(20), || {
+                rec.executions().get(&id).map(|v| v[0].clone())
+            });
+            (first.pod_id == leader.id).then_some((id, first))
+        })
+        .expect("the leader claimed none of five steps it was submitted");
+    leader.stop();
+    wait_for("the next pod to lead", Duration::from_secs(30), || {
+        next.is_leader().then_some(())
+    });
+    let rerun = wait_for(
+        "the paused leader's step to run again",
+        Duration::from_secs(30),
+        || {
+            let calls = rec.executions().get(&id).cloned()?;
+            calls.iter().find(|c| c.pod_id == next.id).cloned()
+        },
+    );
+    assert!(rerun.attempt > first.attempt);
+    let obs = Observer::open(&db);
+    wait_for("the re-run to complete", Duration::from_secs(30), || {
+        (obs.step(&id).status == StepStatus::Completed).then_some(())
+    });
+    leader.cont();
+    let h = wait_for(
+        "the old leader to rejoin and count its late result as fenced",
+        Duration::from_secs(30),
+        || {
+            let h = leader.health()?;
+            (h["fenced_results"].as_u64()? >= 1
+                && h["pod_id"] == json!(format!("{}-r1", leader.id))
+                && h["heartbeat_healthy"] == json!(true))
+            .then_some(h)
+        },
+    );
+    assert_eq!(h["is_leader"], json!(false), "{h}");
+    assert!(
+        next.is_leader(),
+        "leadership stays with the pod that took it"
+    );
+    let s = obs.step(&id);
+    assert_eq!(s.status, StepStatus::Completed);
+    assert_eq!(s.attempt, rerun.attempt);
+    assert_eq!(
+        s.result.as_ref().unwrap()["pod"],
+        json!(next.id),
+        "the re-run's result stands"
+    );
+    let rows = obs.block(obs.store.pods_list()).unwrap();
+    let old = rows.iter().find(|p| p.pod_id == leader.id).unwrap();
+    assert_eq!(old.status, PodStatus::Down);
+    let rejoined = rows
+        .iter()
+        .find(|p| p.pod_id == format!("{}-r1", leader.id))
+        .unwrap();
+    let taker = rows.iter().find(|p| p.pod_id == next.id).unwrap();
+    assert!(
+        rejoined.birth_ts > taker.birth_ts,
+        "the rejoined pod is younger than the leader, so the eldest-live rule keeps it out"
+    );
+    // Work submitted to the rejoined pod still runs.
+    let late = submit(&c, &leader, json!({"type": "rec", "args": {}}));
+    obs.wait_completed(&late, Duration::from_secs(30));
 }
