@@ -1,9 +1,9 @@
 //! Promises that hostile conditions used to break, each tried on real pod
 //! processes over real HTTP and real SQLite files: a write outage that reads do not
-//! hide, a recovery ledger that cannot be written, a database file deleted under a
-//! running pod, a full disk under it, pods with different heartbeat settings on
-//! one store, stalled request bodies, client-chosen metric labels, and the ledger
-//! files a pod leaves.
+//! hide, a recovery ledger that cannot be written, a database file, its WAL or
+//! its index deleted under a running pod, a full disk under it, pods with
+//! different heartbeat settings on one store, stalled request bodies,
+//! client-chosen metric labels, and the ledger files a pod leaves.
 
 mod support;
 
@@ -219,6 +219,68 @@ fn a_deleted_database_file_makes_the_pod_refuse_writes() {
     assert!(pod.log_text().contains("was deleted"));
     // Liveness does not depend on the store.
     assert_eq!(get_json(&c, &pod, "/health").0, 200);
+}
+
+/// Deleting the WAL or its index under a running pod (a "clean-up" gone wrong)
+/// must lose nothing: the pod refuses writes from then on, saves every commit
+/// still in the deleted WAL into the database file, and after a SIGKILL and a
+/// restart every step it accepted is there.
+#[test]
+fn a_deleted_wal_or_index_is_refused_and_loses_no_accepted_step() {
+    for suffix in ["-wal", "-shm"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("wal.db");
+        let name = format!("del{suffix}");
+        let mut pod = PodProc::start(dir.path(), &db, &name, &[]);
+        let c = client();
+        // Long steps, so none finishes (and nothing else commits) meanwhile.
+        let long = json!({"type": "sleep", "args": {"ms": 3_600_000}});
+        let mut accepted: Vec<String> = (0..20).map(|_| submit(&c, &pod, long.clone())).collect();
+        let mut file = db.clone().into_os_string();
+        file.push(suffix);
+        std::fs::remove_file(PathBuf::from(&file)).unwrap();
+        // Submits sent before the pod notices may still be accepted (into the
+        // WAL it holds); the first one after it noticed is refused.
+        let refused = (0..50)
+            .find_map(|_| {
+                let r = c.post(pod.url("/submit")).json(&long).send().unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().unwrap();
+                if status == 201 {
+                    accepted.push(body["step_id"].as_str().unwrap().to_string());
+                    None
+                } else {
+                    Some((status, body))
+                }
+            })
+            .expect("a submit is refused once the file is gone");
+        assert_eq!(refused.0, 503, "{suffix}: {}", refused.1);
+        assert_eq!(refused.1["error_type"], json!("database_error"));
+        wait_for("unready", Duration::from_secs(20), || {
+            (get_json(&c, &pod, "/ready").0 == 503).then_some(())
+        });
+        wait_for("the rescue checkpoint", Duration::from_secs(20), || {
+            pod.log_text()
+                .contains("every commit in the deleted WAL is now in the database file")
+                .then_some(())
+        });
+        assert!(
+            !Path::new(&file).exists(),
+            "{suffix}: the pod created the deleted file again"
+        );
+        // The worst way to stop, then a new pod on the same path.
+        pod.kill9();
+        let obs = Observer::open(&db);
+        let stats = obs.stats();
+        assert_eq!(
+            stats.counts.total(),
+            accepted.len() as u64,
+            "{suffix}: every accepted step survives: {stats:?}"
+        );
+        for id in &accepted {
+            assert_eq!(obs.step(id).step_type(), "sleep");
+        }
+    }
 }
 
 /// A file system of its own, small enough to fill: a tmpfs of `bytes` (root on

@@ -40,6 +40,12 @@ impl SqliteStore {
         )
         .map_err(|e| map_err("open", e))?;
         let statements = Arc::new(AtomicU64::new(0));
+        // A first read opens the WAL and its index (creating them), so the
+        // identity records all three files.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| map_err("open", e))?;
         let identity = Arc::new(identity::FileIdentity::of(&path));
         // Checkpoints run on their own thread (see [`checkpoint`]); if its
         // connection cannot be opened, the writer keeps SQLite's automatic
@@ -67,7 +73,12 @@ impl SqliteStore {
         )
         .map_err(|e| map_err("open", e))?;
         count_statements(&mut conn, statements.clone());
-        let writer = Writer::start(conn, commits.clone(), options.queue.max(1), identity)?;
+        let writer = Writer::start(
+            conn,
+            commits.clone(),
+            options.queue.max(1),
+            identity.clone(),
+        )?;
         let checkpointer = match checkpoint_conn {
             Some((c, idle)) => Some(
                 checkpoint::Checkpointer::start(
@@ -94,6 +105,7 @@ impl SqliteStore {
                 max_idle: options.readers.max(1),
                 idle: Mutex::new(Vec::new()),
                 statements: statements.clone(),
+                identity,
             }),
             path,
             writer,
@@ -129,6 +141,9 @@ pub(super) struct ReaderPool {
     pub(super) max_idle: usize,
     pub(super) idle: Mutex<Vec<Connection>>,
     pub(super) statements: Arc<AtomicU64>,
+    /// Checked before a new connection opens: one opened after the WAL was
+    /// deleted would create a new, empty one (see [`identity`]).
+    pub(super) identity: Arc<identity::FileIdentity>,
 }
 
 impl ReaderPool {
@@ -136,6 +151,7 @@ impl ReaderPool {
         if let Some(c) = self.idle.lock().expect("reader pool lock").pop() {
             return Ok(c);
         }
+        self.identity.check_before_open()?;
         let mut c = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

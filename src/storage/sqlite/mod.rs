@@ -14,7 +14,7 @@
 //!   the store's clock, common to every process that shares it.
 //!
 //! Layout: `connection` (open, reader pool, statement counting), `writer` (the
-//! group-commit thread), `checkpoint`, `identity` (a deleted or replaced file),
+//! group-commit thread), `checkpoint`, `identity` (a deleted or replaced file, WAL or index),
 //! `schema`, `rows` (row mapping, insert chunks), `fenced` (lease-checked
 //! updates), `totals` (STEP_TOTALS), `stats`, `prune`, and `store` (the `Store`
 //! impl).

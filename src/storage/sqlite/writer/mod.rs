@@ -280,6 +280,35 @@ impl Writer {
             .map_err(|_| StoreError::fatal(op, "the SQLite writer dropped the request"))?
     }
 
+    /// After the WAL or its index was deleted (see [`super::identity`]): once,
+    /// on a thread of its own, checkpoints every committed frame into the
+    /// database file through the writer's connection, which still holds the
+    /// deleted files, so a restart loses nothing.
+    fn rescue_after_loss(&self) {
+        if !self.identity.take_rescue() {
+            return;
+        }
+        let writer = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fleet-q-sqlite-rescue".into())
+            .spawn(move || match writer.checkpoint_blocking() {
+                Ok(p) if p.complete() => tracing::warn!(
+                    frames = p.log,
+                    "every commit in the deleted WAL is now in the database file: restart the pod"
+                ),
+                Ok(p) => tracing::error!(
+                    frames = p.log,
+                    checkpointed = p.done,
+                    busy = p.busy,
+                    "not every commit in the deleted WAL could be copied into the database file"
+                ),
+                Err(e) => tracing::error!(error = %e, "the rescue checkpoint failed"),
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the rescue checkpoint");
+        }
+    }
+
     async fn send<T, F>(
         &self,
         op: &'static str,
@@ -291,8 +320,13 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, i64, &mut Totals) -> Result<T, StoreError> + Send + 'static,
     {
-        self.identity
-            .check(op, matches!(op, "pod_heartbeat" | "steps_insert"))?;
+        if let Err(e) = self
+            .identity
+            .check(op, matches!(op, "pod_heartbeat" | "steps_insert"))
+        {
+            self.rescue_after_loss();
+            return Err(e);
+        }
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Job {
             work: Some(work),
