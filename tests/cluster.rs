@@ -173,6 +173,43 @@ fn sigterm_finishes_running_steps_releases_the_rest_and_exits_zero() {
     );
 }
 
+/// A 4 s step that `pod` runs first, and that first run. A submit wakes the
+/// submitting pod's claimer at once, while other pods claim on their 1 s tick,
+/// so `pod` almost always takes its own step; if another pod wins the race,
+/// that step finishes normally and another is tried.
+fn a_step_run_by(c: &reqwest::blocking::Client, rec: &Recorder, pod: &PodProc) -> (String, Call) {
+    (0..5)
+        .find_map(|_| {
+            let id = submit(
+                c,
+                pod,
+                json!({"type": "rec", "args": {"sleep_ms": 4000}, "max_retries": 3}),
+            );
+            let first = wait_for("the step's first run", Duration::from_secs(20), || {
+                rec.executions().get(&id).map(|v| v[0].clone())
+            });
+            (first.pod_id == pod.id).then_some((id, first))
+        })
+        .unwrap_or_else(|| panic!("{} claimed none of five steps it was submitted", pod.name))
+}
+
+/// `/health` of a pod resumed after being presumed dead, once it counted a
+/// fenced (late) result and rejoined as `<id>-r1` (healthy again: the new
+/// identity's first heartbeat was written).
+fn rejoined_after_a_fenced_result(pod: &PodProc) -> Value {
+    wait_for(
+        &format!("{} to rejoin and count a fenced result", pod.name),
+        Duration::from_secs(30),
+        || {
+            let h = pod.health()?;
+            (h["fenced_results"].as_u64()? >= 1
+                && h["pod_id"] == json!(format!("{}-r1", pod.id))
+                && h["heartbeat_healthy"] == json!(true))
+            .then_some(h)
+        },
+    )
+}
+
 #[test]
 fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,23 +225,8 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     zenv.push(("FLEET_Q_MAX_PARALLELISM", "1".into()));
     zenv.push(("FLEET_Q_CAPACITY_THRESHOLD", "1".into()));
     let zombie = PodProc::start(dir.path(), &db, "zombie", &zenv);
-    // A submit wakes the submitting pod's claimer at once, while the elder only
-    // claims on its 1 s tick, so the zombie almost always takes its own step. If
-    // the elder wins the race, that step finishes normally; try another.
     let c = client();
-    let (id, first) = (0..5)
-        .find_map(|_| {
-            let id = submit(
-                &c,
-                &zombie,
-                json!({"type": "rec", "args": {"sleep_ms": 4000}, "max_retries": 3}),
-            );
-            let first = wait_for("the step's first run", Duration::from_secs(20), || {
-                rec.executions().get(&id).map(|v| v[0].clone())
-            });
-            (first.pod_id == zombie.id).then_some((id, first))
-        })
-        .expect("the zombie claimed none of five steps it was submitted");
+    let (id, first) = a_step_run_by(&c, &rec, &zombie);
     zombie.stop();
     // The elder presumes it dead (3 s), requeues the step and runs it again.
     let rerun = wait_for(
@@ -222,18 +244,7 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     });
     zombie.cont();
     // The zombie's late result is rejected by fencing, and it rejoins.
-    let h = wait_for(
-        "the zombie to rejoin and count a fenced result",
-        Duration::from_secs(30),
-        || {
-            let h = zombie.health()?;
-            // Healthy again means the new identity's first heartbeat was written.
-            (h["fenced_results"].as_u64()? >= 1
-                && h["pod_id"] == json!(format!("{}-r1", zombie.id))
-                && h["heartbeat_healthy"] == json!(true))
-            .then_some(h)
-        },
-    );
+    let h = rejoined_after_a_fenced_result(&zombie);
     assert_eq!(h["generation"], json!(1));
     let s = obs.step(&id);
     assert_eq!(s.status, StepStatus::Completed);
@@ -298,22 +309,8 @@ fn a_paused_leader_is_replaced_and_does_not_take_leadership_back_on_resume() {
         leader.is_leader().then_some(())
     });
     let next = PodProc::start(dir.path(), &db, "next", &env);
-    // The submitting pod's claimer wakes at once; the other claims on its 1 s
-    // tick, so the leader almost always takes the step submitted to it.
     let c = client();
-    let (id, first) = (0..5)
-        .find_map(|_| {
-            let id = submit(
-                &c,
-                &leader,
-                json!({"type": "rec", "args": {"sleep_ms": 4000}, "max_retries": 3}),
-            );
-            let first = wait_for("the step's first run", Duration::from_secs(20), || {
-                rec.executions().get(&id).map(|v| v[0].clone())
-            });
-            (first.pod_id == leader.id).then_some((id, first))
-        })
-        .expect("the leader claimed none of five steps it was submitted");
+    let (id, first) = a_step_run_by(&c, &rec, &leader);
     leader.stop();
     wait_for("the next pod to lead", Duration::from_secs(30), || {
         next.is_leader().then_some(())
@@ -332,17 +329,7 @@ fn a_paused_leader_is_replaced_and_does_not_take_leadership_back_on_resume() {
         (obs.step(&id).status == StepStatus::Completed).then_some(())
     });
     leader.cont();
-    let h = wait_for(
-        "the old leader to rejoin and count its late result as fenced",
-        Duration::from_secs(30),
-        || {
-            let h = leader.health()?;
-            (h["fenced_results"].as_u64()? >= 1
-                && h["pod_id"] == json!(format!("{}-r1", leader.id))
-                && h["heartbeat_healthy"] == json!(true))
-            .then_some(h)
-        },
-    );
+    let h = rejoined_after_a_fenced_result(&leader);
     assert_eq!(h["is_leader"], json!(false), "{h}");
     assert!(
         next.is_leader(),

@@ -25,6 +25,10 @@
 //! - at most every [`RECHECK_MS`] before other writes;
 //! - before the read pool opens a connection.
 //!
+//! A check is one `stat` per file, so three per submit call: about 2 µs
+//! each on the benchmark VM, against a submit p50 of ~100 µs. It scans
+//! nothing, whatever the table holds.
+//!
 //! **Once a path no longer names its file:**
 //! - every write fails with a fatal error (the API answers 503, `/ready` goes
 //!   unready) until the pod is restarted;
@@ -54,6 +58,8 @@ pub const RECHECK_MS: i64 = 250;
 /// One watched file: what it is, its path, and its identity at open.
 struct Watched {
     what: &'static str,
+    /// The database file itself (the others are its WAL and index).
+    database: bool,
     path: PathBuf,
     id: Option<(u64, u64)>,
 }
@@ -98,8 +104,10 @@ impl FileIdentity {
             ("WAL index file", with_suffix(path, "-shm")),
         ]
         .into_iter()
-        .map(|(what, path)| Watched {
+        .enumerate()
+        .map(|(i, (what, path))| Watched {
             what,
+            database: i == 0,
             id: file_id(&path).ok(),
             path,
         })
@@ -142,7 +150,7 @@ impl FileIdentity {
                     "cannot be checked"
                 }
             };
-            database_lost |= f.what == "database file";
+            database_lost |= f.database;
             why.push(format!("the {} {} {problem}", f.what, f.path.display()));
         }
         if why.is_empty() {
