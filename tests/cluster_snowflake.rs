@@ -5,6 +5,8 @@
 
 #[path = "support/emulator.rs"]
 mod emulator;
+#[path = "support/relay.rs"]
+mod relay;
 mod support;
 
 use std::collections::HashSet;
@@ -139,40 +141,76 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
         .unwrap()
         .port();
     let emu = emulator::Emulator::start_on(&py, port, Some(data.path().to_path_buf()));
-    let mut f = Fleet::start(
-        emu,
-        "so",
-        2,
-        &[
-            ("FLEET_Q_DEAD_POD_THRESHOLD_SECONDS", "30"),
-            ("FLEET_Q_DEFAULT_MAX_ATTEMPTS", "1"),
-            ("FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT", "5"),
-        ],
-    );
+    let mut f = Fleet::start(emu, "so", 2, &LOSS_SETTINGS);
+    survives_losing_the_store(&mut f, "so", |f| f.emu.stop(), |f| f.emu.restart());
+}
+
+/// The Snowflake server stalls for about 10 s: connections and requests are
+/// taken and nothing is answered (a hung server, a load balancer whose backend
+/// died), where an outage refuses connections at once. Every statement waits
+/// its timeout with its outcome unknown, finishes sent into the stall are lost,
+/// and callers queue behind stalled sessions. What was sent into the stall is
+/// never delivered (the relay drops it), so the submit that got 503 made no
+/// step.
+#[test]
+fn a_stalled_snowflake_server_is_survived_and_loses_nothing() {
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
+    let emu = emulator::Emulator::start(&py);
+    let relay = relay::Relay::start(emu.port);
+    let relay_port = relay.port.to_string();
+    let mut settings = LOSS_SETTINGS.to_vec();
+    settings.push(("FLEET_Q_SNOWFLAKE_PORT", &relay_port));
+    let mut f = Fleet::start(emu, "st", 2, &settings);
+    survives_losing_the_store(&mut f, "st", |_| relay.stall(), |_| relay.resume());
+}
+
+/// Settings for losing the store: the dead threshold outlasts the loss, one
+/// store attempt per call (`FLEET_Q_DEFAULT_MAX_ATTEMPTS=1`), a 5 s timeout.
+const LOSS_SETTINGS: [(&str, &str); 3] = [
+    ("FLEET_Q_DEAD_POD_THRESHOLD_SECONDS", "30"),
+    ("FLEET_Q_DEFAULT_MAX_ATTEMPTS", "1"),
+    ("FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT", "5"),
+];
+
+/// With steps running on two pods, `lose` takes the store away for about 10 s
+/// and `restore` brings it back. Meanwhile pods stay up and answer `/health`,
+/// a submit gets 503 (not a hang: one attempt is at most three timeouts, see
+/// README "A server that stops answering"), and readiness fails. Afterwards
+/// submits work, readiness returns, and all 201 steps complete, each run
+/// successfully once (no pod was presumed dead), though finishes were refused
+/// or lost meanwhile.
+fn survives_losing_the_store(
+    f: &mut Fleet,
+    prefix: &str,
+    lose: impl FnOnce(&mut Fleet),
+    restore: impl FnOnce(&mut Fleet),
+) {
     let c = client();
     let bodies: Vec<Value> = (0..200)
-        .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}, "idempotency_key": format!("so-{i}")}))
+        .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 20}, "idempotency_key": format!("{prefix}-{i}")}))
         .collect();
-    // One store attempt per call (FLEET_Q_DEFAULT_MAX_ATTEMPTS=1) and a 5 s
-    // timeout: on a loaded machine a large batch can outlast it every time, so
-    // the steps go in small keyed batches, each resent on 503.
+    // One store attempt per call and a short timeout: on a loaded machine a
+    // large batch can outlast it every time, so the steps go in small keyed
+    // batches, each resent on 503.
     let ids = submit_keyed_batches(&c, &f.pods[0], &bodies, 25, Duration::from_secs(120));
     // Work is running when the store goes away.
     wait_for("steps to be running", Duration::from_secs(60), || {
         (!f.rec.calls().is_empty()).then_some(())
     });
 
-    f.emu.stop();
-    let down_at = std::time::Instant::now();
-    let slow = reqwest::blocking::Client::builder()
+    lose(f);
+    let lost_at = std::time::Instant::now();
+    let patient = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let r = slow
+    let r = patient
         .post(f.pods[1].url("/submit"))
-        .json(&json!({"type": "rec"}))
+        .json(&json!({"type": "rec", "idempotency_key": format!("{prefix}-during")}))
         .send()
-        .unwrap();
+        .expect("a submit while the store is away is answered");
     assert_eq!(r.status().as_u16(), 503);
     let v: Value = r.json().unwrap();
     assert_eq!(v["error_type"], json!("database_error"));
@@ -182,20 +220,20 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
             200
         );
     }
-    wait_for("readiness to fail", Duration::from_secs(30), || {
+    wait_for("readiness to fail", Duration::from_secs(60), || {
         all_ready(&c, &f.pods, false).then_some(())
     });
     // The store stays away for 10 s in all: poll the clock rather than sleep.
     wait_for(
-        "the outage to have lasted 10 s",
-        Duration::from_secs(20),
-        || (down_at.elapsed() >= Duration::from_secs(10)).then_some(()),
+        "the loss to have lasted 10 s",
+        Duration::from_secs(60),
+        || (lost_at.elapsed() >= Duration::from_secs(10)).then_some(()),
     );
-    f.emu.restart();
+    restore(f);
 
     wait_for("submits to work again", Duration::from_secs(60), || {
         (c.post(f.pods[1].url("/submit"))
-            .json(&json!({"type": "rec"}))
+            .json(&json!({"type": "rec", "idempotency_key": format!("{prefix}-after")}))
             .send()
             .ok()?
             .status()
@@ -203,9 +241,16 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
             == 201)
             .then_some(())
     });
+    wait_for("readiness to return", Duration::from_secs(60), || {
+        all_ready(&c, &f.pods, true).then_some(())
+    });
     let stats = f.wait_completed(201, Duration::from_secs(180));
-    assert_eq!(stats.counts.total(), 201, "nothing lost: {stats:?}");
-    // No pod died and the dead threshold outlasts the outage: each step ran once.
+    assert_eq!(
+        stats.counts.total(),
+        201,
+        "nothing lost, nothing extra: {stats:?}"
+    );
+    // No pod died and the dead threshold outlasts the loss: each step ran once.
     let execs = f.rec.executions();
     for id in &ids {
         let ok = execs
@@ -214,7 +259,11 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
         assert_eq!(ok, 1, "step {id} ran {ok} times successfully");
     }
     for p in &f.pods {
-        assert!(p.health().is_some(), "{} died during the outage", p.name);
+        assert!(
+            p.health().is_some(),
+            "{} died while the store was away",
+            p.name
+        );
         let log = p.log_text();
         assert!(!log.contains("panicked"), "{} panicked", p.name);
         assert!(

@@ -5,6 +5,8 @@
 
 #[path = "support/emulator.rs"]
 mod emulator;
+#[path = "support/relay.rs"]
+mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -839,4 +841,99 @@ async fn a_login_that_reaches_no_server_is_transient() {
     let e = a.schema_init().await.expect_err("nothing listens");
     assert_eq!(e.kind, fleet_q_actors::StoreErrorKind::Transient, "{e}");
     assert!(e.message.contains("at login"), "{e}");
+}
+
+/// A server that stalls: it takes connections and requests and answers
+/// nothing (a hung server, a load balancer whose backend died). Each statement
+/// is bounded by the client timeout, and so is the wait for a free session: a
+/// caller queued behind a pool of stalled sessions is answered with a
+/// transient error once one timeout has passed, instead of waiting a timeout
+/// for every caller ahead of it. When the server answers again the same
+/// sessions carry on, and what was sent into the stall changed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_bounds_every_call_and_the_pool_recovers() {
+    use fleet_q_actors::StoreErrorKind;
+    let Some(py) = emulator::python() else { return };
+    let emu = emulator::Emulator::start_with_args(&py, &[]);
+    let relay = relay::Relay::start(emu.port);
+    let mut settings = emu.settings();
+    settings.port = relay.port;
+    settings.pool_size = 2;
+    let timeout = Duration::from_secs(3);
+    settings.connection_timeout = timeout;
+    let a = Arc::new(SnowflakeStore::open(&settings, fleet_q_actors::Backoff::default()).unwrap());
+    a.schema_init().await.unwrap();
+    // Both sessions signed in and configured.
+    let before: Vec<_> = (0..2).map(|_| plain()).collect();
+    let before_ids: Vec<_> = before.iter().map(|s| s.step_id()).collect();
+    let (x, y) = tokio::join!(
+        a.steps_insert(vec![before[0].clone()]),
+        a.steps_insert(vec![before[1].clone()])
+    );
+    x.unwrap();
+    y.unwrap();
+
+    relay.stall();
+    // Eight callers per session.
+    let stalled: Vec<_> = (0..16).map(|_| plain()).collect();
+    let calls: Vec<_> = stalled
+        .iter()
+        .map(|s| {
+            let (a, s) = (a.clone(), s.clone());
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let r = a.steps_insert(vec![s]).await;
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    let mut waited_for_a_session = 0;
+    for c in calls {
+        let (r, took) = c.await.unwrap();
+        let e = r.expect_err("nothing answers");
+        assert_eq!(e.kind, StoreErrorKind::Transient, "{e}");
+        // At most one timeout waiting for a session, one for the statement
+        // (its unknown-outcome wait is measured from when it was sent, and
+        // the server bound is below the client timeout): with slack, three.
+        // Before the wait was bounded, the last of eight callers per session
+        // waited eight timeouts.
+        assert!(
+            took < 3 * timeout,
+            "a call waited {took:?} behind stalled sessions ({e})"
+        );
+        if e.message.contains("no free Snowflake session") {
+            assert!(!e.outcome_unknown(), "never sent: {e}");
+            waited_for_a_session += 1;
+        }
+    }
+    assert!(
+        waited_for_a_session > 0,
+        "callers queued behind the stalled sessions were refused"
+    );
+
+    relay.resume();
+    // The pool carries on: its HTTP connections were cut, the sessions stay.
+    let after = plain();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match a.steps_insert(vec![after.clone()]).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the store never answered again: {e}"
+                );
+            }
+        }
+    }
+    for id in before_ids.iter().chain([after.step_id()].iter()) {
+        assert!(a.step_get(*id).await.unwrap().is_some(), "accepted {id}");
+    }
+    for s in &stalled {
+        assert!(
+            a.step_get(s.step_id()).await.unwrap().is_none(),
+            "a statement sent into the stall ran"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! The Snowflake store, on `snowflake-api` 0.14.
 //!
 //! - **Sessions.** A pool of `FLEET_Q_SNOWFLAKE_CONNECTION_POOL_SIZE` sessions, one
-//!   statement at a time each, every call bounded by
-//!   `FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT`. Transient failures (network, HTTP 5xx,
+//!   statement at a time each, every statement bounded by
+//!   `FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT`, and so is the wait for a free session
+//!   (a server that stalls cannot queue callers behind each other's timeouts). Transient failures (network, HTTP 5xx,
 //!   lock waits, timeouts) are retried with backoff here; fatal ones (auth, missing
 //!   objects, SQL errors) are reported at once. The HTTP client carries no retrying
 //!   middleware, so no error is hidden from this policy.
@@ -71,6 +72,9 @@ pub struct SnowflakeStore {
     settings: SnowflakeOptions,
     key_pem: Option<String>,
     sessions: Vec<tokio::sync::Mutex<Session>>,
+    /// One permit per session: a caller waits here, at most the client timeout
+    /// and in arrival order, for any session to be free (see `session.rs`).
+    free: tokio::sync::Semaphore,
     next: AtomicUsize,
     statements: AtomicU64,
     by_op: std::sync::Mutex<BTreeMap<&'static str, u64>>,

@@ -142,6 +142,7 @@ impl SnowflakeStore {
             settings: s.clone(),
             key_pem,
             sessions: Vec::new(),
+            free: tokio::sync::Semaphore::new(s.pool_size.max(1) as usize),
             next: AtomicUsize::new(0),
             statements: AtomicU64::new(0),
             by_op: std::sync::Mutex::new(BTreeMap::new()),
@@ -308,13 +309,15 @@ impl SnowflakeStore {
     /// Runs one statement on a free session, once. A write whose outcome is
     /// unknown (no answer in time, a broken connection after sending) is
     /// reported only once the server's own timeouts have ended it
-    /// ([`Self::server_bound`]): whoever acts next (the caller's retry, a claim
-    /// reading back its token) must not meet the first copy still running.
+    /// ([`Self::server_bound`], counted from when the statement was sent, not
+    /// from when its caller began waiting for a session): whoever acts next (the
+    /// caller's retry, a claim reading back its token) must not meet the first
+    /// copy still running.
     pub(super) async fn exec(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
         let read = sql.trim_start().starts_with("SELECT");
-        let sent = std::time::Instant::now();
-        let r = self.exec_on_free_session(op, sql).await;
-        if let Err(e) = &r {
+        let mut sent = None;
+        let r = self.exec_on_free_session(op, sql, &mut sent).await;
+        if let (Err(e), Some(sent)) = (&r, sent) {
             if !read && e.outcome_unknown() {
                 tokio::time::sleep(self.server_bound().saturating_sub(sent.elapsed())).await;
             }
@@ -352,14 +355,40 @@ impl SnowflakeStore {
         }
     }
 
-    /// One statement on the first free session (waiting for one when all are
-    /// busy), configuring the session first if it is new.
+    /// One statement on the first free session, configuring the session first
+    /// if it is new; `sent` is set when the statement itself is sent.
+    ///
+    /// When every session is busy the caller waits, in arrival order, for
+    /// whichever frees first, and at most the client timeout: a server that
+    /// takes requests and never answers holds each session for a timeout, and
+    /// a caller queued behind the pool would otherwise wait a timeout for every
+    /// caller ahead of it. It gets a transient error instead, with nothing
+    /// sent (safe to retry at once), and the retry policy of its actor decides
+    /// what happens next. So no statement call lasts longer than three client
+    /// timeouts: the wait, the session's configuration and the statement.
     async fn exec_on_free_session(
         &self,
         op: &'static str,
         sql: &str,
+        sent: &mut Option<std::time::Instant>,
     ) -> Result<Vec<Row>, StoreError> {
         let n = self.sessions.len();
+        let _permit = match tokio::time::timeout(self.timeout, self.free.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::fatal(op, "the session pool is closed")),
+            Err(_) => {
+                return Err(StoreError::transient(
+                    op,
+                    format!(
+                        "no free Snowflake session within {:?}: all {n} are busy \
+                         (the server is slow or not answering); nothing was sent",
+                        self.timeout
+                    ),
+                ))
+            }
+        };
+        // A permit is held by every caller holding a session (dropped after
+        // its session), so one of the `n` is free now.
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut guard = match (0..n).find_map(|i| self.sessions[(start + i) % n].try_lock().ok()) {
             Some(g) => g,
@@ -372,9 +401,16 @@ impl SnowflakeStore {
                 .map(|(k, v)| format!("{k} = {v}"))
                 .collect();
             let stmt = format!("ALTER SESSION SET {}", set.join(", "));
-            self.run_on(&mut guard, "session_init", &stmt).await?;
+            self.run_on(&mut guard, "session_init", &stmt)
+                .await
+                .map_err(|mut e| {
+                    // The statement itself was not sent.
+                    e.outcome_unknown = false;
+                    e
+                })?;
             guard.configured = true;
         }
+        *sent = Some(std::time::Instant::now());
         self.run_on(&mut guard, op, sql).await
     }
 
