@@ -149,9 +149,10 @@ fn a_snowflake_outage_is_survived_and_loses_nothing() {
 /// taken and nothing is answered (a hung server, a load balancer whose backend
 /// died), where an outage refuses connections at once. Every statement waits
 /// its timeout with its outcome unknown, finishes sent into the stall are lost,
-/// and callers queue behind stalled sessions. What was sent into the stall is
-/// never delivered (the relay drops it), so the submit that got 503 made no
-/// step.
+/// and callers queue behind stalled sessions. With five attempts allowed, a
+/// submit makes one: it failed slowly, past the retry budget. What was sent
+/// into the stall is never delivered (the relay drops it), so the submit that
+/// got 503 made no step.
 #[test]
 fn a_stalled_snowflake_server_is_survived_and_loses_nothing() {
     let Some(py) = emulator::python_or_skip() else {
@@ -162,6 +163,10 @@ fn a_stalled_snowflake_server_is_survived_and_loses_nothing() {
     let relay_port = relay.port.to_string();
     let mut settings = LOSS_SETTINGS.to_vec();
     settings.push(("FLEET_Q_SNOWFLAKE_PORT", &relay_port));
+    // Five attempts per call, as by default, and a 1 s retry budget: an
+    // attempt that takes its whole 5 s timeout to fail is not retried.
+    settings.push(("FLEET_Q_DEFAULT_MAX_ATTEMPTS", "5"));
+    settings.push(("FLEET_Q_DEFAULT_RETRY_BUDGET_SECONDS", "1"));
     let mut f = Fleet::start(emu, "st", 2, &settings);
     survives_losing_the_store(&mut f, "st", |_| relay.stall(), |_| relay.resume());
 }
@@ -206,6 +211,33 @@ fn survives_losing_the_store(
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
+    let failed_inserts = || {
+        let text = c
+            .get(f.pods[1].url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        metric(
+            &text,
+            r#"fleet_q_store_calls_total{op="steps_insert",outcome="transient"}"#,
+        )
+    };
+    // Scrapes answer within Prometheus' scrape timeout whatever the store
+    // does (a pod that has not yet read the statistics asks the store, and
+    // waits at most 2 s for it); the gauges keep their last values.
+    let scrape = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for p in &f.pods {
+        let r = scrape
+            .get(p.url("/metrics"))
+            .send()
+            .expect("a scrape answers within 5 s");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let before = failed_inserts();
     let r = patient
         .post(f.pods[1].url("/submit"))
         .json(&json!({"type": "rec", "idempotency_key": format!("{prefix}-during")}))
@@ -214,6 +246,14 @@ fn survives_losing_the_store(
     assert_eq!(r.status().as_u16(), 503);
     let v: Value = r.json().unwrap();
     assert_eq!(v["error_type"], json!("database_error"));
+    // One attempt: one allowed (the outage), or one that failed slowly,
+    // past the retry budget (the stall).
+    assert_eq!(
+        failed_inserts() - before,
+        1.0,
+        "store attempts of that submit\n{}",
+        log_tail(&f.pods[1].log, 30)
+    );
     for p in &f.pods {
         assert_eq!(
             c.get(p.url("/health")).send().unwrap().status().as_u16(),

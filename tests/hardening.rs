@@ -95,13 +95,6 @@ impl Drop for Unfreeze {
     }
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A ledger that cannot be written never strands a dead pod's steps: a ledger
 /// file that is immutable from the start (the pod keeps its ledger in memory),
 /// and one made immutable while the leader runs (each cycle recovers without its

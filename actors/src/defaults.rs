@@ -41,6 +41,9 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 pub const SCHEDULE_CHECK: Duration = Duration::from_secs(10);
 /// Store call attempts on transient errors (`FLEET_Q_DEFAULT_MAX_ATTEMPTS`).
 pub const STORE_MAX_ATTEMPTS: u32 = 5;
+/// No store call starts a retry once this long has passed since its first
+/// attempt began (`FLEET_Q_DEFAULT_RETRY_BUDGET_SECONDS`).
+pub const STORE_RETRY_BUDGET: Duration = Duration::from_secs(30);
 /// First retry delay (`FLEET_Q_DEFAULT_BASE_DELAY_MS`).
 pub const BASE_DELAY: Duration = Duration::from_millis(100);
 /// Cap on retry delays (`FLEET_Q_DEFAULT_MAX_DELAY_MS`).

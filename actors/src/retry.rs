@@ -10,6 +10,17 @@
 //! settings in the store and in the actor, one call could make 5 × 5 attempts and
 //! wait the sum of both backoffs before the pod learned of an outage.
 //!
+//! **The budget.** Attempts that fail fast (a refused connection, a lock-wait
+//! abort) are retried up to `max_attempts`; attempts that fail slowly are not
+//! retried past the budget. A store that takes requests and never answers
+//! fails each attempt only at its timeout (30 s by default on Snowflake), and
+//! five of them held an HTTP client two and a half minutes before its 503. So
+//! no retry starts once [`RetryPolicy::budget`] has passed since the first
+//! attempt began, or would pass during the delay before it: a call lasts at
+//! most the budget plus one attempt. An attempt in progress is never cut
+//! short, so an error still means what the store's error said (a write whose
+//! outcome is unknown stays unknown, never "probably not done").
+//!
 //! What a backend may still repeat is the *read-back* of a write it already sent
 //! and tagged (a claim or a fenced update carries a fresh token, and the store
 //! reads back which rows hold it): that read completes the one write, it does not
@@ -22,7 +33,8 @@ use std::time::Duration;
 use crate::store::{Backoff, StoreError};
 
 /// How a store call is retried: at most `max_attempts` attempts, transient
-/// errors only, waiting [`Backoff::jittered`] between them.
+/// errors only, waiting [`Backoff::jittered`] between them, and none started
+/// past the `budget`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts per call, the first included (`FLEET_Q_DEFAULT_MAX_ATTEMPTS`,
@@ -31,6 +43,9 @@ pub struct RetryPolicy {
     /// Delay before each retry (`FLEET_Q_DEFAULT_BASE_DELAY_MS`,
     /// `FLEET_Q_DEFAULT_MAX_DELAY_MS`; half of each delay is jitter).
     pub backoff: Backoff,
+    /// No retry starts once this long has passed since the first attempt
+    /// began (`FLEET_Q_DEFAULT_RETRY_BUDGET_SECONDS`, default 30 s).
+    pub budget: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -55,7 +70,13 @@ impl RetryPolicy {
                 max,
                 jitter: 0.5,
             },
+            budget: crate::defaults::STORE_RETRY_BUDGET,
         }
+    }
+
+    /// This policy with a retry budget of `budget` (see the module docs).
+    pub fn with_budget(self, budget: Duration) -> RetryPolicy {
+        RetryPolicy { budget, ..self }
     }
 
     /// One attempt, no retry: for callers that report a failure rather than
@@ -75,6 +96,9 @@ impl RetryPolicy {
         }
         if self.backoff.base.is_zero() {
             problems.push(format!("{what}: base delay must be above zero"));
+        }
+        if self.budget.is_zero() {
+            problems.push(format!("{what}: the retry budget must be above zero"));
         }
         self.backoff.validate(what, problems);
     }
@@ -109,6 +133,7 @@ impl RetryPolicy {
         O: FnMut(&Result<T, StoreError>),
     {
         let mut attempt = 0;
+        let began = tokio::time::Instant::now();
         loop {
             attempt += 1;
             let r = call().await;
@@ -116,6 +141,10 @@ impl RetryPolicy {
             match r {
                 Err(e) if e.is_transient() && attempt < self.max_attempts.max(1) => {
                     let delay = self.delay_after(attempt, rand::random());
+                    if began.elapsed() + delay >= self.budget {
+                        tracing::warn!(op, attempt, budget_ms = self.budget.as_millis() as u64, error = %e, "store call failed; its retry budget is spent");
+                        return Err(e);
+                    }
                     tracing::debug!(op, attempt, delay_ms = delay.as_millis() as u64, error = %e, "transient store error; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -197,11 +226,56 @@ mod tests {
         assert_eq!(r.unwrap(), 1, "the second attempt's answer");
     }
 
+    /// The attempts `p` makes of a call whose every attempt fails after
+    /// `each` with an unknown outcome, and the error it returns.
+    async fn attempts(p: &RetryPolicy, each: Duration) -> (u32, StoreError) {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = p
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(each).await;
+                Err(StoreError::transient("op", "no answer").with_unknown_outcome())
+            })
+            .await;
+        (calls.load(Ordering::SeqCst), r.unwrap_err())
+    }
+
+    /// A store that fails each attempt only at its timeout (it takes the
+    /// request and never answers) gets no retry once the budget is spent;
+    /// one that fails fast gets every attempt. Paused time: the clock moves
+    /// only when every task waits, so the counts are exact.
+    #[tokio::test(start_paused = true)]
+    async fn slow_failures_are_not_retried_past_the_budget() {
+        let p = RetryPolicy::new(5, Duration::from_millis(100), Duration::from_secs(1))
+            .with_budget(Duration::from_secs(30));
+        let began = tokio::time::Instant::now();
+        let (n, e) = attempts(&p, Duration::from_secs(20)).await;
+        assert!(e.outcome_unknown(), "the last attempt's error, as it was");
+        // 0–20 s, then a retry at ~20.1 s (inside the budget) to ~40.1 s:
+        // none starts after that.
+        assert_eq!(n, 2);
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_secs(30) + Duration::from_secs(20),
+            "at most the budget plus one attempt: {took:?}"
+        );
+        // A retry whose delay would end past the budget is not started either
+        // (29.95 s, then a 50–100 ms delay).
+        assert_eq!(attempts(&p, Duration::from_millis(29_950)).await.0, 1);
+        assert_eq!(
+            attempts(&p, Duration::ZERO).await.0,
+            5,
+            "fast failures use every attempt"
+        );
+    }
+
     #[test]
     fn zero_attempts_or_a_zero_delay_is_a_config_problem() {
         let mut problems = Vec::new();
-        RetryPolicy::new(0, Duration::ZERO, Duration::ZERO).validate("storage", &mut problems);
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        RetryPolicy::new(0, Duration::ZERO, Duration::ZERO)
+            .with_budget(Duration::ZERO)
+            .validate("storage", &mut problems);
+        assert_eq!(problems.len(), 3, "{problems:?}");
         let mut problems = Vec::new();
         RetryPolicy::default().validate("storage", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");

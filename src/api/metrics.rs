@@ -94,9 +94,10 @@ pub(crate) fn register_metrics() {
 /// Prometheus metrics (text format).
 #[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, body = String, description = "Prometheus text format", content_type = "text/plain")))]
 pub(crate) async fn metrics_text(st: web::Data<AppState>) -> HttpResponse {
-    // Queue-wide gauges come from the cached snapshot; if the store is down they
-    // keep their last values and the scrape still succeeds.
-    if let Ok(snap) = st.snapshot().await {
+    // Queue-wide gauges come from the cached snapshot; if the store is down, or
+    // too slow to refresh it within `SCRAPE_STATS_WAIT`, they keep their last
+    // values and the scrape still succeeds.
+    if let Ok(Ok(snap)) = tokio::time::timeout(super::SCRAPE_STATS_WAIT, st.snapshot()).await {
         let c = &snap.stats.counts;
         PENDING.set(c.pending as i64);
         for (status, n) in [

@@ -47,6 +47,12 @@ use routes::{admin, debug, finder, probes, queues, schedules, steps};
 /// How long queue statistics are reused before the store is asked again.
 const STATS_TTL: Duration = Duration::from_secs(2);
 
+/// The longest a `/metrics` scrape waits for fresh queue statistics. Past it
+/// the scrape answers with the gauges' last values: a store that stalls
+/// (every attempt waiting out its timeout) must not make scrapes outlast
+/// Prometheus' scrape timeout (10 s by default), when metrics matter most.
+pub(crate) const SCRAPE_STATS_WAIT: Duration = Duration::from_secs(2);
+
 pub(crate) struct Snapshot {
     at: Instant,
     pub(crate) stats: QueueStats,
@@ -64,7 +70,7 @@ pub struct AppState {
     pub dead_pod_threshold: Duration,
     /// The store must have answered within this for `/ready`.
     pub ready_window: Duration,
-    snapshot: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+    snapshot: Arc<tokio::sync::Mutex<Option<Arc<Snapshot>>>>,
     statements_seen: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
@@ -82,29 +88,42 @@ impl AppState {
             admin_token,
             dead_pod_threshold,
             ready_window,
-            snapshot: tokio::sync::Mutex::new(None),
+            snapshot: Arc::new(tokio::sync::Mutex::new(None)),
             statements_seen: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
-    /// Queue statistics and pods, reused for [`STATS_TTL`]; one refresh at a time.
+    /// Queue statistics and pods, reused for [`STATS_TTL`]; one refresh at a
+    /// time.
+    ///
+    /// The refresh runs on a task of its own, holding the slot until it ends:
+    /// a caller that stops waiting (a scrape past [`SCRAPE_STATS_WAIT`], a
+    /// client that hung up) leaves it to finish and fill the slot, and the
+    /// next caller waits for it instead of starting another. So however long
+    /// the store takes to answer, at most one refresh is in flight.
     pub(crate) async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
-        let mut slot = self.snapshot.lock().await;
+        let mut slot = self.snapshot.clone().lock_owned().await;
         if let Some(s) = slot.as_ref() {
             if s.at.elapsed() < STATS_TTL {
                 return Ok(s.clone());
             }
         }
-        let stats = self.pod.queue_stats().await?;
-        let (pods, now) = self.pod.pods_recent().await?;
-        let snap = Arc::new(Snapshot {
-            at: Instant::now(),
-            stats,
-            pods,
-            now,
+        let pod = self.pod.clone();
+        let refresh = actix_web::rt::spawn(async move {
+            let stats = pod.queue_stats().await?;
+            let (pods, now) = pod.pods_recent().await?;
+            let snap = Arc::new(Snapshot {
+                at: Instant::now(),
+                stats,
+                pods,
+                now,
+            });
+            *slot = Some(snap.clone());
+            Ok(snap)
         });
-        *slot = Some(snap.clone());
-        Ok(snap)
+        refresh.await.map_err(|e| {
+            StoreError::transient("queue_stats", format!("the statistics refresh failed: {e}"))
+        })?
     }
 }
 

@@ -121,6 +121,7 @@ keys! {
     DefaultMaxAttempts "default_max_attempts" = "5", Int { min: 1, max: 100 }, false, "attempts of a store call on transient errors, at least 1";
     DefaultBaseDelayMs "default_base_delay_ms" = "100", Int { min: 1, max: 3_600_000 }, false, "first retry delay (store calls and step retries), at least 1";
     DefaultMaxDelayMs "default_max_delay_ms" = "30000", Int { min: 1, max: 3_600_000 }, false, "cap on any retry delay, at least the base delay";
+    DefaultRetryBudgetSeconds "default_retry_budget_seconds" = "30", Seconds { min: 1, max: 3600 }, false, "no store call starts a retry once this long has passed since its first attempt began, 1 to 3600";
     SnowflakeAccount "snowflake_account" = "", Text, false, "account identifier (required in snowflake mode)";
     SnowflakeUser "snowflake_user" = "", Text, false, "user (required in snowflake mode)";
     SnowflakePassword "snowflake_password" = "", Text, true, "password (or use a private key)";

@@ -116,6 +116,8 @@ pub struct Settings {
     pub default_base_delay: Duration,
     /// Max retry delay.
     pub default_max_delay: Duration,
+    /// No store call starts a retry past this (since its first attempt).
+    pub default_retry_budget: Duration,
     /// Snowflake settings (validated only in snowflake mode).
     pub snowflake: SnowflakeSettings,
     /// Admin bearer token.
@@ -163,14 +165,16 @@ fn on_off(b: bool) -> String {
 
 impl Settings {
     /// How failed store calls are retried: built here once from
-    /// `FLEET_Q_DEFAULT_MAX_ATTEMPTS`, `_BASE_DELAY_MS` and `_MAX_DELAY_MS`,
-    /// and applied in one layer (`fleet_q_actors::retry`).
+    /// `FLEET_Q_DEFAULT_MAX_ATTEMPTS`, `_BASE_DELAY_MS`, `_MAX_DELAY_MS` and
+    /// `_RETRY_BUDGET_SECONDS`, and applied in one layer
+    /// (`fleet_q_actors::retry`).
     pub fn store_retry(&self) -> fleet_q_actors::RetryPolicy {
         fleet_q_actors::RetryPolicy::new(
             self.default_max_attempts,
             self.default_base_delay,
             self.default_max_delay,
         )
+        .with_budget(self.default_retry_budget)
     }
 
     /// Steps this pod runs at once: `floor(max_parallelism × capacity_threshold)`,
@@ -225,6 +229,7 @@ impl Settings {
             Key::DefaultMaxAttempts => self.default_max_attempts.to_string(),
             Key::DefaultBaseDelayMs => millis(self.default_base_delay),
             Key::DefaultMaxDelayMs => millis(self.default_max_delay),
+            Key::DefaultRetryBudgetSeconds => secs(self.default_retry_budget),
             Key::SnowflakeAccount => sf.account.clone(),
             Key::SnowflakeUser => sf.user.clone(),
             Key::SnowflakePassword => opt(&sf.password),

@@ -510,6 +510,7 @@ pub(super) fn build(p: &mut Parser<'_>) -> Settings {
         default_max_attempts,
         default_base_delay: Duration::from_millis(base),
         default_max_delay: Duration::from_millis(max),
+        default_retry_budget: p.secs(Key::DefaultRetryBudgetSeconds),
         snowflake,
         admin_token,
         http_handlers,

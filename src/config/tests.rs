@@ -100,6 +100,8 @@ fn documented_defaults_are_the_engines() {
     assert_eq!(s.default_max_attempts, d::STORE_MAX_ATTEMPTS);
     assert_eq!(s.default_base_delay, d::BASE_DELAY);
     assert_eq!(s.default_max_delay, d::MAX_DELAY);
+    assert_eq!(s.default_retry_budget, d::STORE_RETRY_BUDGET);
+    assert_eq!(s.store_retry().budget, d::STORE_RETRY_BUDGET);
     let pod = fleet_q_actors::PodConfig::default();
     assert_eq!(
         (

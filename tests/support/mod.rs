@@ -780,6 +780,15 @@ impl Drop for WriteLock {
 }
 
 /// `GET path` on `pod`: status and JSON body (Null when the body is not JSON).
+/// The sum of the samples in Prometheus `text` whose line starts with
+/// `series` (a name, or a name and its first labels).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn get_json(c: &reqwest::blocking::Client, pod: &PodProc, path: &str) -> (u16, Value) {
     let r = c.get(pod.url(path)).send().unwrap();
     let s = r.status().as_u16();

@@ -133,6 +133,10 @@ impl Shared {
                 break;
             }
         }
-        let _ = to.shutdown(Shutdown::Write);
+        // A stalled server closes nothing: the other side learns of this
+        // end only when the stall ends (`resume` closes every connection).
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            let _ = to.shutdown(Shutdown::Write);
+        }
     }
 }
