@@ -171,6 +171,64 @@ fn a_stalled_snowflake_server_is_survived_and_loses_nothing() {
     survives_losing_the_store(&mut f, "st", |_| relay.stall(), |_| relay.resume());
 }
 
+/// SIGTERM while the Snowflake server stalls: the pod still exits 0 within its
+/// grace plus `SHUTDOWN_STORE_WAIT` (4 s) plus 5 s for HTTP requests in
+/// flight, rather than waiting out its retry budget on each release and on
+/// its final heartbeat (before the bound it had not exited after 20 s). What it could not
+/// release or report, recovery requeues once another pod leads: every step
+/// completes, and only the stopped pod's runs are repeated.
+#[test]
+fn sigterm_during_a_stall_exits_within_its_grace_and_loses_nothing() {
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
+    let emu = emulator::Emulator::start(&py);
+    let emu_port = emu.port.to_string();
+    let relay = relay::Relay::start(emu.port);
+    let relay_port = relay.port.to_string();
+    // Pod 0 reaches the server through the relay, pod 1 directly.
+    let mut f = Fleet::start(
+        emu,
+        "tst",
+        1,
+        &[
+            SLACK,
+            ("FLEET_Q_SHUTDOWN_GRACE_SECONDS", "2"),
+            ("FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT", "5"),
+            ("FLEET_Q_SNOWFLAKE_PORT", &relay_port),
+        ],
+    );
+    let mut direct = f.env.clone();
+    direct.push(("FLEET_Q_SNOWFLAKE_PORT", emu_port));
+    let other = PodProc::start(f.dir.path(), &f.unused_db(), "tst-1", &direct);
+    f.pods.push(other);
+    let c = client();
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "rec", "args": {"i": i, "sleep_ms": 4000}, "idempotency_key": format!("tst-{i}"), "max_retries": 5}))
+        .collect();
+    let ids = submit_keyed_batches(&c, &f.pods[0], &bodies, 20, Duration::from_secs(120));
+    wait_for("pod 0 to run steps", Duration::from_secs(60), || {
+        (f.pods[0].health()?["current_capacity"].as_u64()? > 0).then_some(())
+    });
+
+    relay.stall();
+    f.pods[0].term();
+    let status = f.pods[0].wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", log_tail(&f.pods[0].log, 30));
+    let log = f.pods[0].log_text();
+    assert!(
+        log.contains("no final heartbeat"),
+        "{}",
+        log_tail(&f.pods[0].log, 30)
+    );
+
+    let stats = f.wait_completed(40, Duration::from_secs(240));
+    assert_eq!(stats.counts.total(), 40, "{stats:?}");
+    let stopped: HashSet<String> = [f.pods[0].id.clone()].into();
+    let rejoined = rejoined_processes(&f.pods);
+    assert_duplicates_only_from_lost_pods(&f.rec, &ids, &stopped, &rejoined);
+}
+
 /// Settings for losing the store: the dead threshold outlasts the loss, one
 /// store attempt per call (`FLEET_Q_DEFAULT_MAX_ATTEMPTS=1`), a 5 s timeout.
 const LOSS_SETTINGS: [(&str, &str); 3] = [
