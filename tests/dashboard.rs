@@ -1,12 +1,16 @@
 //! The web dashboard in a real headless Chromium (Debian's chromium and
 //! chromium-driver, driven over WebDriver), against real pod processes on a
 //! real SQLite file: what a person sees on each page, filters, bulk actions
-//! that make steps run again, the token sign-in, CSRF and read-only refusals.
+//! that make steps run again, the token sign-in, CSRF and read-only refusals;
+//! and, on the Snowflake emulator, the overview's refresh when the store is
+//! slow.
 //! Screenshots of every page at 1280 and 390 px go to the target dir
 //! (`<target>/tmp/dashboard-screenshots`).
 
 #[path = "support/browser.rs"]
 mod browser;
+#[path = "support/emulator.rs"]
+mod emulator;
 mod support;
 
 use std::time::Duration;
@@ -287,6 +291,60 @@ fn the_dashboard_shows_the_fleet_filters_steps_and_retries_in_bulk() {
     }
     let errors = narrow.console_errors();
     assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// When the store is slow to answer the statistics (here every Snowflake
+/// statement on `FLEET_STATS` is held a minute, so each attempt ends at the
+/// server's statement timeout and the refresh takes over 20 s with its
+/// retries), far longer than the 2 s refresh period, the overview keeps one
+/// refresh in flight at a time and gives one up after 10 s. So it never takes
+/// the six connections a browser allows a host (the links a person clicks
+/// would wait behind them).
+#[test]
+fn the_overview_refreshes_one_at_a_time_while_the_store_is_slow() {
+    if browser::available().is_none() {
+        return;
+    }
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
+    let emu = emulator::Emulator::start_with_args(
+        &py,
+        &[
+            "--delay-statement",
+            "(FROM|MERGE INTO) FLEET_STATS=60000:100000",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = emu.env();
+    env.push(("FLEET_Q_SNOWFLAKE_CONNECTION_TIMEOUT", "10".into()));
+    let pod = PodProc::start(dir.path(), &dir.path().join("unused.db"), "ui-slow", &env);
+    let web = Browser::start(1280, 900);
+    web.goto(&pod.url("/ui"));
+    let started = || -> u64 {
+        web.script("return document.getElementById('live').getAttribute('data-fetches');")
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("a first refresh to start", Duration::from_secs(20), || {
+        (started() > 0).then_some(())
+    });
+    let before = started();
+    let at = std::time::Instant::now();
+    wait_for("12 s of refresh periods", Duration::from_secs(30), || {
+        (at.elapsed() >= Duration::from_secs(12)).then_some(())
+    });
+    // One refresh waiting for the store, given up at 10 s, then the next:
+    // at most three, where one per period would be six.
+    let during = started() - before;
+    assert!(
+        (1..=3).contains(&during),
+        "{during} refreshes started in 12 s of a slow store"
+    );
+    // The page still answers a person's click at once.
+    web.goto(&pod.url("/ui/queues"));
+    web.wait("h1");
 }
 
 fn post_form(

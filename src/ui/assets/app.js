@@ -6,9 +6,25 @@
   if (live) {
     var url = live.getAttribute("data-live");
     var timer = null;
+    // One refresh at a time, given up after 10 s: when the store is slow a
+    // refresh can outlast the period, and overlapping ones would take every
+    // connection the browser allows this host (six), so the pages a person
+    // clicks to would wait behind them. data-fetches counts refreshes started
+    // (tests read it).
+    var busy = false;
+    var started = 0;
     var refresh = function () {
-      if (document.hidden) return;
-      fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      if (document.hidden || busy) return;
+      busy = true;
+      started += 1;
+      live.setAttribute("data-fetches", String(started));
+      var ctl = window.AbortController ? new AbortController() : null;
+      var limit = ctl ? setTimeout(function () { ctl.abort(); }, 10000) : null;
+      fetch(url, {
+        credentials: "same-origin",
+        headers: { "Accept": "text/html" },
+        signal: ctl ? ctl.signal : undefined
+      })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
           if (html !== null) {
@@ -16,7 +32,11 @@
             live.setAttribute("data-refreshed", String(Date.now()));
           }
         })
-        .catch(function () {});
+        .catch(function () {})
+        .then(function () {
+          busy = false;
+          if (limit) clearTimeout(limit);
+        });
     };
     // data-polling says whether the 2 s refresh runs (tests read it).
     var start = function () {
