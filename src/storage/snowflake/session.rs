@@ -315,9 +315,13 @@ impl SnowflakeStore {
     /// copy still running.
     pub(super) async fn exec(&self, op: &'static str, sql: &str) -> Result<Vec<Row>, StoreError> {
         let read = sql.trim_start().starts_with("SELECT");
-        let mut sent = None;
-        let r = self.exec_on_free_session(op, sql, &mut sent).await;
-        if let (Err(e), Some(sent)) = (&r, sent) {
+        let (permit, mut session) = self.free_session(op).await?;
+        let sent = std::time::Instant::now();
+        let r = self.run_on(&mut session, op, sql).await;
+        // The session goes back to the pool before any wait below.
+        drop(session);
+        drop(permit);
+        if let Err(e) = &r {
             if !read && e.outcome_unknown() {
                 tokio::time::sleep(self.server_bound().saturating_sub(sent.elapsed())).await;
             }
@@ -355,8 +359,8 @@ impl SnowflakeStore {
         }
     }
 
-    /// One statement on the first free session, configuring the session first
-    /// if it is new; `sent` is set when the statement itself is sent.
+    /// The first free session, configured first if it is new, with the pool
+    /// permit that goes with it (drop the session first).
     ///
     /// When every session is busy the caller waits, in arrival order, for
     /// whichever frees first, and at most the client timeout: a server that
@@ -366,14 +370,18 @@ impl SnowflakeStore {
     /// sent (safe to retry at once), and the retry policy of its actor decides
     /// what happens next. So no statement call lasts longer than three client
     /// timeouts: the wait, the session's configuration and the statement.
-    async fn exec_on_free_session(
+    async fn free_session(
         &self,
         op: &'static str,
-        sql: &str,
-        sent: &mut Option<std::time::Instant>,
-    ) -> Result<Vec<Row>, StoreError> {
+    ) -> Result<
+        (
+            tokio::sync::SemaphorePermit<'_>,
+            tokio::sync::MutexGuard<'_, Session>,
+        ),
+        StoreError,
+    > {
         let n = self.sessions.len();
-        let _permit = match tokio::time::timeout(self.timeout, self.free.acquire()).await {
+        let permit = match tokio::time::timeout(self.timeout, self.free.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(StoreError::fatal(op, "the session pool is closed")),
             Err(_) => {
@@ -387,8 +395,8 @@ impl SnowflakeStore {
                 ))
             }
         };
-        // A permit is held by every caller holding a session (dropped after
-        // its session), so one of the `n` is free now.
+        // Every caller holding a session holds a permit (dropped after its
+        // session), so one of the `n` is free now.
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut guard = match (0..n).find_map(|i| self.sessions[(start + i) % n].try_lock().ok()) {
             Some(g) => g,
@@ -404,14 +412,13 @@ impl SnowflakeStore {
             self.run_on(&mut guard, "session_init", &stmt)
                 .await
                 .map_err(|mut e| {
-                    // The statement itself was not sent.
+                    // The caller's statement itself was not sent.
                     e.outcome_unknown = false;
                     e
                 })?;
             guard.configured = true;
         }
-        *sent = Some(std::time::Instant::now());
-        self.run_on(&mut guard, op, sql).await
+        Ok((permit, guard))
     }
 
     pub(super) async fn run_on(
