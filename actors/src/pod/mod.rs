@@ -15,8 +15,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::claimer::{ClaimerActor, ClaimerConfig};
-use crate::actors::executor::{Drain, ExecutorConfig, ExecutorPool, SetClaimer, TakeWaiting};
-use crate::actors::heartbeat::{FinalHeartbeat, HeartbeatActor, HeartbeatConfig};
+use crate::actors::executor::{ExecutorConfig, ExecutorPool, SetClaimer};
+use crate::actors::heartbeat::{HeartbeatActor, HeartbeatConfig};
 use crate::actors::leader::{LeaderConfig, LeaderElector};
 use crate::actors::recovery::{RecoveryActor, RecoveryConfig, RecoveryError, RunRecovery};
 use crate::actors::storage::*;
@@ -28,9 +28,7 @@ use crate::records::{PodRecord, QueueStats};
 use crate::search::{BulkAction, SearchPage, SearchParams, StepFilter};
 use crate::state::PodState;
 use crate::step::{NewStep, Step, StepId};
-use crate::store::{
-    Backoff, CancelOutcome, Inserted, Lease, PageParams, RetryOutcome, Store, StoreError,
-};
+use crate::store::{Backoff, CancelOutcome, Inserted, PageParams, RetryOutcome, Store, StoreError};
 use crate::supervision::RestartBudget;
 
 /// Most steps one bulk store call changes (each chunk is its own transaction).
@@ -51,8 +49,10 @@ pub struct Matching {
 }
 
 mod config;
+mod shutdown;
 
 pub use config::PodConfig;
+pub use shutdown::{ShutdownReport, SHUTDOWN_STORE_WAIT};
 
 /// Why a pod could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,29 +63,6 @@ pub enum PodError {
     /// The configuration is invalid: every problem, one per entry.
     #[error("invalid pod configuration:\n  - {}", .0.join("\n  - "))]
     Config(Vec<String>),
-}
-
-/// How long a graceful shutdown waits for the store beyond
-/// `FLEET_Q_SHUTDOWN_GRACE_SECONDS`, in all: half of it for releasing the
-/// claimed steps waiting for a slot (before the grace), the rest for writing
-/// outcomes, releasing unfinished steps and the final `down` heartbeat
-/// (after it). A store that answers takes milliseconds; one that stalls would
-/// otherwise hold each of them for its retry budget, and the pod past
-/// Kubernetes' termination grace (30 s, against a 20 s shutdown grace plus
-/// this plus 5 s for HTTP requests in flight). What the store did not answer
-/// is left to recovery: nothing is lost, it only starts later.
-pub const SHUTDOWN_STORE_WAIT: Duration = Duration::from_secs(4);
-
-/// What a graceful shutdown did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ShutdownReport {
-    /// Steps still running at the end of the grace period, released to pending.
-    pub released: usize,
-    /// Claimed steps that were waiting for a slot (claim-ahead), released to
-    /// pending at the start of shutdown.
-    pub released_waiting: usize,
-    /// Whether the final `down` heartbeat was written.
-    pub final_heartbeat: bool,
 }
 
 struct HandlerRuntime {
@@ -606,87 +583,6 @@ impl Pod {
     /// Recent recovery cycles from the ledger, newest first.
     pub async fn recovery_history(&self, limit: usize) -> Result<Vec<RecoverySummary>, String> {
         self.ledger.recent(limit).await
-    }
-
-    /// Releases `leases` to pending without spending a retry (shutdown), and
-    /// logs what happened to `what`. Waits at most `limit` for the store: past
-    /// it the release goes on in the StorageActor while the pod stops, and
-    /// whatever it did not release, recovery requeues.
-    async fn release(&self, leases: Vec<Lease>, what: &str, limit: Duration) {
-        if leases.is_empty() {
-            return;
-        }
-        match tokio::time::timeout(limit, self.storage.send(ReleaseSteps(leases))).await {
-            Ok(Ok(Ok(r))) => tracing::info!(
-                released = r.applied.len(),
-                fenced = r.rejected.len(),
-                "released {what}"
-            ),
-            Ok(Ok(Err(e))) => {
-                tracing::error!(error = %e, "could not release {what}; recovery will requeue them")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not release {what}; recovery will requeue them")
-            }
-            Err(_) => tracing::error!(
-                limit_ms = limit.as_millis() as u64,
-                "the store did not answer the release of {what} in time; recovery will requeue what it did not release"
-            ),
-        }
-    }
-
-    /// Graceful shutdown; see the module docs.
-    pub async fn shutdown(&self) -> ShutdownReport {
-        self.state.begin_shutdown();
-        tracing::info!(
-            running = self.state.running.len(),
-            grace_ms = self.cfg.shutdown_grace.as_millis() as u64,
-            "shutting down: claiming stopped, draining"
-        );
-        // The store work of a shutdown fits in SHUTDOWN_STORE_WAIT beyond the
-        // grace, whether or not the store answers (see its docs).
-        let end = tokio::time::Instant::now() + self.cfg.shutdown_grace + SHUTDOWN_STORE_WAIT;
-        let left = || end.saturating_duration_since(tokio::time::Instant::now());
-        // Claimed steps still waiting for a slot go back first, so other pods
-        // start them while running steps finish.
-        let waiting = self.executor.send(TakeWaiting).await.unwrap_or_default();
-        let released_waiting = waiting.len();
-        self.release(
-            waiting,
-            "claimed steps that were waiting for a slot",
-            SHUTDOWN_STORE_WAIT / 2,
-        )
-        .await;
-        let leftover = self
-            .executor
-            .send(Drain {
-                grace: self.cfg.shutdown_grace,
-            })
-            .await
-            .unwrap_or_default();
-        // Outcomes of the steps that did finish are written before anything else.
-        let _ = tokio::time::timeout(left(), self.storage.send(Flush)).await;
-        let mut report = ShutdownReport {
-            released: leftover.len(),
-            released_waiting,
-            ..Default::default()
-        };
-        self.release(leftover, "unfinished steps", left()).await;
-        report.final_heartbeat = matches!(
-            tokio::time::timeout(left(), self.heartbeat.send(FinalHeartbeat)).await,
-            Ok(Ok(Ok(())))
-        );
-        if !report.final_heartbeat {
-            tracing::warn!("no final heartbeat: the pod is presumed dead after the dead threshold, and recovery requeues what it still holds");
-        }
-        // The ledger is scratch for this run of the pod.
-        self.ledger.remove_files();
-        tracing::info!(
-            released = report.released,
-            final_heartbeat = report.final_heartbeat,
-            "shutdown complete"
-        );
-        report
     }
 
     /// Makes this pod's heartbeats fail for `d`. Only with feature `failpoints`
