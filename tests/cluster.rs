@@ -173,43 +173,6 @@ fn sigterm_finishes_running_steps_releases_the_rest_and_exits_zero() {
     );
 }
 
-/// A 4 s step that `pod` runs first, and that first run. A submit wakes the
-/// submitting pod's claimer at once, while other pods claim on their 1 s tick,
-/// so `pod` almost always takes its own step; if another pod wins the race,
-/// that step finishes normally and another is tried.
-fn a_step_run_by(c: &reqwest::blocking::Client, rec: &Recorder, pod: &PodProc) -> (String, Call) {
-    (0..5)
-        .find_map(|_| {
-            let id = submit(
-                c,
-                pod,
-                json!({"type": "rec", "args": {"sleep_ms": 4000}, "max_retries": 3}),
-            );
-            let first = wait_for("the step's first run", Duration::from_secs(20), || {
-                rec.executions().get(&id).map(|v| v[0].clone())
-            });
-            (first.pod_id == pod.id).then_some((id, first))
-        })
-        .unwrap_or_else(|| panic!("{} claimed none of five steps it was submitted", pod.name))
-}
-
-/// `/health` of a pod resumed after being presumed dead, once it counted a
-/// fenced (late) result and rejoined as `<id>-r1` (healthy again: the new
-/// identity's first heartbeat was written).
-fn rejoined_after_a_fenced_result(pod: &PodProc) -> Value {
-    wait_for(
-        &format!("{} to rejoin and count a fenced result", pod.name),
-        Duration::from_secs(30),
-        || {
-            let h = pod.health()?;
-            (h["fenced_results"].as_u64()? >= 1
-                && h["pod_id"] == json!(format!("{}-r1", pod.id))
-                && h["heartbeat_healthy"] == json!(true))
-            .then_some(h)
-        },
-    )
-}
-
 #[test]
 fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +207,7 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     });
     zombie.cont();
     // The zombie's late result is rejected by fencing, and it rejoins.
-    let h = rejoined_after_a_fenced_result(&zombie);
+    let h = rejoined_after_a_fenced_result(&zombie, Duration::from_secs(30));
     assert_eq!(h["generation"], json!(1));
     let s = obs.step(&id);
     assert_eq!(s.status, StepStatus::Completed);
@@ -329,7 +292,7 @@ fn a_paused_leader_is_replaced_and_does_not_take_leadership_back_on_resume() {
         (obs.step(&id).status == StepStatus::Completed).then_some(())
     });
     leader.cont();
-    let h = rejoined_after_a_fenced_result(&leader);
+    let h = rejoined_after_a_fenced_result(&leader, Duration::from_secs(30));
     assert_eq!(h["is_leader"], json!(false), "{h}");
     assert!(
         next.is_leader(),

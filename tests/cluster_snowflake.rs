@@ -1,5 +1,5 @@
 //! Pods on the Snowflake backend, through the local protocol peer: a SIGKILL, a
-//! store outage, chaos, and `fleet-q bench --store snowflake`. Every step
+//! leader paused past its lease, a store outage and a stall, chaos, and `fleet-q bench --store snowflake`. Every step
 //! completes, none is lost, and a step runs successfully twice only when its
 //! earlier run was on a killed pod.
 
@@ -227,6 +227,118 @@ fn sigterm_during_a_stall_exits_within_its_grace_and_loses_nothing() {
     let stopped: HashSet<String> = [f.pods[0].id.clone()].into();
     let rejoined = rejoined_processes(&f.pods);
     assert_duplicates_only_from_lost_pods(&f.rec, &ids, &stopped, &rejoined);
+}
+
+/// The leader paused past its lease (SIGSTOP) on the production store: the
+/// other pod presumes it dead, takes over leadership and recovers the step the
+/// paused leader was running, and runs it again. On resume the old leader's
+/// late result is fenced (the re-run's result stands), it learns it was marked
+/// down and rejoins as `<id>-r1`, younger than the new leader, so leadership
+/// stays where it went; work submitted to it afterwards runs.
+#[test]
+fn a_paused_leader_on_snowflake_is_replaced_and_its_late_result_fenced() {
+    let Some(py) = emulator::python_or_skip() else {
+        return;
+    };
+    let one_at_a_time = [
+        SLACK,
+        ("FLEET_Q_MAX_PARALLELISM", "1"),
+        ("FLEET_Q_CAPACITY_THRESHOLD", "1"),
+    ];
+    let mut f = Fleet::start(emulator::Emulator::start(&py), "pz", 1, &one_at_a_time);
+    wait_for("the first pod to lead", Duration::from_secs(30), || {
+        f.pods[0].is_leader().then_some(())
+    });
+    let next = PodProc::start(f.dir.path(), &f.unused_db(), "pz-1", &f.env);
+    f.pods.push(next);
+    let (paused, next) = (&f.pods[0], &f.pods[1]);
+    let c = client();
+    let (id, first) = a_step_run_by(&c, &f.rec, paused);
+    paused.stop();
+    wait_for("the other pod to lead", Duration::from_secs(60), || {
+        next.is_leader().then_some(())
+    });
+    let rerun = wait_for(
+        "the paused leader's step to run again",
+        Duration::from_secs(60),
+        || {
+            let calls = f.rec.executions().get(&id).cloned()?;
+            calls.iter().find(|c| c.pod_id == next.id).cloned()
+        },
+    );
+    assert!(rerun.attempt > first.attempt);
+    let (rt, store) = f.observer();
+    // The observer's runtime runs only during its calls, so a pooled
+    // connection the emulator closed while idle can fail one: read again.
+    let get = |id: &str| {
+        wait_for("the step to read", Duration::from_secs(30), || {
+            rt.block_on(store.step_get(id.parse().unwrap())).ok()?
+        })
+    };
+    let step = || get(&id);
+    wait_for("the re-run to complete", Duration::from_secs(60), || {
+        (step().status == fleet_q_actors::StepStatus::Completed).then_some(())
+    });
+
+    paused.cont();
+    let h = rejoined_after_a_fenced_result(paused, Duration::from_secs(60));
+    assert_eq!(h["is_leader"], json!(false), "{h}");
+    assert_eq!(h["generation"], json!(1), "{h}");
+    assert!(
+        next.is_leader(),
+        "leadership stays with the pod that took it"
+    );
+    let s = step();
+    assert_eq!(s.status, fleet_q_actors::StepStatus::Completed);
+    assert_eq!(s.attempt, rerun.attempt);
+    assert_eq!(
+        s.result.as_ref().unwrap()["pod"],
+        json!(next.id),
+        "the re-run's result stands"
+    );
+    let rows = wait_for("the pods to read", Duration::from_secs(30), || {
+        rt.block_on(store.pods_list()).ok()
+    });
+    let old = rows.iter().find(|p| p.pod_id == paused.id).unwrap();
+    assert_eq!(old.status, fleet_q_actors::PodStatus::Down);
+    assert_eq!(
+        old.capacity_in_use, 0,
+        "a pod marked down reports nothing running"
+    );
+    let rejoined = rows
+        .iter()
+        .find(|p| p.pod_id == format!("{}-r1", paused.id))
+        .unwrap();
+    assert_eq!(rejoined.status, fleet_q_actors::PodStatus::Up);
+    let taker = rows.iter().find(|p| p.pod_id == next.id).unwrap();
+    assert!(
+        rejoined.birth_ts > taker.birth_ts,
+        "the rejoined pod is younger than the leader, so the eldest-live rule keeps it out"
+    );
+    // The paused pod's late result was counted as fenced, never as a completion.
+    let metrics = c
+        .get(paused.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metric(&metrics, "fleet_q_fenced_results_total") >= 1.0,
+        "fenced counted:\n{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("fleet_q_steps_finished_total{")
+                && l.contains("outcome=\"completed\"")
+                && !l.ends_with(" 0")),
+        "the paused pod completed nothing that stood:\n{metrics}"
+    );
+    // Work submitted to the rejoined pod still runs.
+    let late = submit(&c, paused, json!({"type": "rec", "args": {}}));
+    wait_for("the late step to complete", Duration::from_secs(60), || {
+        (get(&late).status == fleet_q_actors::StepStatus::Completed).then_some(())
+    });
 }
 
 /// Settings for losing the store: the dead threshold outlasts the loss, one

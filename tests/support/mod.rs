@@ -794,3 +794,44 @@ pub fn get_json(c: &reqwest::blocking::Client, pod: &PodProc, path: &str) -> (u1
     let s = r.status().as_u16();
     (s, r.json().unwrap_or(Value::Null))
 }
+
+/// A 4 s step that `pod` runs first, and that first run. A submit wakes the
+/// submitting pod's claimer at once, while other pods claim on their 1 s tick,
+/// so `pod` almost always takes its own step; if another pod wins the race,
+/// that step finishes normally and another is tried.
+pub fn a_step_run_by(
+    c: &reqwest::blocking::Client,
+    rec: &Recorder,
+    pod: &PodProc,
+) -> (String, Call) {
+    (0..5)
+        .find_map(|_| {
+            let id = submit(
+                c,
+                pod,
+                json!({"type": "rec", "args": {"sleep_ms": 4000}, "max_retries": 3}),
+            );
+            let first = wait_for("the step's first run", Duration::from_secs(20), || {
+                rec.executions().get(&id).map(|v| v[0].clone())
+            });
+            (first.pod_id == pod.id).then_some((id, first))
+        })
+        .unwrap_or_else(|| panic!("{} claimed none of five steps it was submitted", pod.name))
+}
+
+/// `/health` of a pod resumed after being presumed dead, once it counted a
+/// fenced (late) result and rejoined as `<id>-r1` (healthy again: the new
+/// identity's first heartbeat was written), waiting at most `limit`.
+pub fn rejoined_after_a_fenced_result(pod: &PodProc, limit: Duration) -> Value {
+    wait_for(
+        &format!("{} to rejoin and count a fenced result", pod.name),
+        limit,
+        || {
+            let h = pod.health()?;
+            (h["fenced_results"].as_u64()? >= 1
+                && h["pod_id"] == json!(format!("{}-r1", pod.id))
+                && h["heartbeat_healthy"] == json!(true))
+            .then_some(h)
+        },
+    )
+}
