@@ -1,7 +1,7 @@
-//! Pods on the Snowflake backend, through the local protocol peer: a SIGKILL, a
-//! leader paused past its lease, a store outage and a stall, chaos, and `fleet-q bench --store snowflake`. Every step
-//! completes, none is lost, and a step runs successfully twice only when its
-//! earlier run was on a killed pod.
+//! Pods on the Snowflake backend, through the local protocol peer: a SIGKILL,
+//! a leader paused past its lease, a store outage and a stall, chaos, and
+//! `fleet-q bench --store snowflake`. Every step completes, none is lost, and a
+//! step runs successfully twice only when its earlier run was on a killed pod.
 
 #[path = "support/emulator.rs"]
 mod emulator;
