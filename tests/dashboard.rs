@@ -1,7 +1,8 @@
 //! The web dashboard in a real headless Chromium (Debian's chromium and
 //! chromium-driver, driven over WebDriver), against real pod processes on a
 //! real SQLite file: what a person sees on each page, filters, bulk actions
-//! that make steps run again, the token sign-in, CSRF and read-only refusals;
+//! that make steps run again, the token sign-in, CSRF and read-only refusals,
+//! hostile text shown as text;
 //! and, on the Snowflake emulator, the overview's refresh when the store is
 //! slow.
 //! Screenshots of every page at 1280 and 390 px go to the target dir
@@ -300,6 +301,117 @@ fn the_dashboard_shows_the_fleet_filters_steps_and_retries_in_bulk() {
 /// refresh in flight at a time and gives one up after 10 s. So it never takes
 /// the six connections a browser allows a host (the links a person clicks
 /// would wait behind them).
+/// Text a client or a step service chose (a step type, arguments, an
+/// idempotency key, an error naming the type, filters in the URL) shows as
+/// text on every page: no element of it reaches the page, even with the
+/// Content-Security-Policy taken out of the picture (the checks look for the
+/// injected elements, not for scripts that ran). A type with `&`, `+` and `#`
+/// survives the failed page's "view" link and the filter form.
+#[test]
+fn hostile_text_shows_as_text_on_every_page() {
+    if browser::available().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let a = PodProc::start(dir.path(), &db, "ui-hostile", &[]);
+    let c = client();
+    // No handler is registered for these types: each fails at once, with an
+    // error that quotes its type.
+    let evil_type = r#"<img src=x id=pwn-type onerror="window.pwned=1">"#;
+    let odd_type = "a&b+c#d %2F?";
+    let evil_args = r#"</pre></td><script>window.pwned=2</script><b id=pwn-args>x</b>"#;
+    let evil_key = r#""><svg id=pwn-key onload="window.pwned=3"></svg><a id=pwn-link href="https://example.invalid">"#;
+    let typed = submit(&c, &a, json!({"type": evil_type, "args": {}}));
+    let odd = submit(&c, &a, json!({"type": odd_type, "args": {}}));
+    let argued = submit(
+        &c,
+        &a,
+        json!({"type": "noop", "args": {"note": evil_args}, "metadata": {"m": evil_args}, "idempotency_key": evil_key}),
+    );
+    let obs = Observer::open(&db);
+    let stats = obs.wait_all_terminal(3, Duration::from_secs(60));
+    assert_eq!((stats.counts.completed, stats.counts.failed), (1, 2));
+    // The error quotes the type (Rust's `{:?}`, so its quotes come back escaped).
+    let quoted = "<img src=x id=pwn-type onerror=";
+    assert!(obs.step(&typed).last_error.unwrap().contains(quoted));
+
+    let web = Browser::start(1280, 900);
+    let injected = |web: &Browser| {
+        web.script(
+            "return document.querySelectorAll('#pwn-type, #pwn-args, #pwn-key, #pwn-link, [onerror], [onload], \
+             a[href*=\"example.invalid\"], script:not([src])').length + (window.pwned ? 100 : 0);",
+        )
+    };
+    let body = |web: &Browser| web.text("body");
+    let search = |k: &str, v: &str| {
+        format!(
+            "/ui/steps?{}",
+            serde_urlencoded::to_string([(k, v)]).unwrap()
+        )
+    };
+    let pages: Vec<(String, Vec<&str>)> = vec![
+        ("/ui".into(), vec![]),
+        ("/ui/steps".into(), vec![evil_type]),
+        ("/ui/failed".into(), vec![evil_type, odd_type]),
+        (format!("/ui/steps/{typed}"), vec![evil_type]),
+        (
+            format!("/ui/steps/{argued}"),
+            vec![evil_key, "window.pwned=2"],
+        ),
+        (search("type", evil_type), vec![evil_type]),
+        (search("text", evil_args), vec![]),
+        (search("key", evil_key), vec![]),
+        ("/ui/queues".into(), vec![]),
+        ("/ui/schedules".into(), vec![]),
+        ("/ui/fleet".into(), vec![]),
+    ];
+    for (path, shown) in &pages {
+        web.goto(&a.url(path));
+        assert_eq!(injected(&web), json!(0), "markup injected on {path}");
+        let text = body(&web);
+        for s in shown {
+            assert!(text.contains(s), "{path} shows {s:?} as text:\n{text}");
+        }
+    }
+    // Filters by the hostile type and key find exactly their steps, and the
+    // form shows each value as it was typed.
+    for (k, v, id) in [("type", evil_type, &typed), ("key", evil_key, &argued)] {
+        web.goto(&a.url(&search(k, v)));
+        assert_eq!(rows(&web, "#steps"), 1, "{k}");
+        assert!(web.text("#steps tbody").contains(id.as_str()), "{k}");
+        let value = web.script(&format!(
+            "return document.querySelector('input[name={k}]').value;"
+        ));
+        assert_eq!(value, json!(v));
+    }
+    // The odd type's "view" link on the failed page keeps the type whole.
+    web.goto(&a.url("/ui/failed"));
+    let links = web.find_all("#failed-groups tbody a");
+    assert_eq!(links.len(), 2, "one group per failed type");
+    let view = web.script(&format!(
+        "return [...document.querySelectorAll('#failed-groups tbody tr')]\
+           .find(r => r.cells[0].innerText === {}).querySelector('a').href;",
+        json!(odd_type)
+    ));
+    web.goto(view.as_str().unwrap());
+    assert_eq!(
+        rows(&web, "#steps"),
+        1,
+        "the link filters by the whole type"
+    );
+    assert!(web.text("#steps tbody").contains(odd.as_str()));
+    // And the filter form sends it whole too.
+    web.goto(&a.url("/ui/steps"));
+    web.type_into("input[name=type]", odd_type);
+    web.click("form.filters button[type=submit]");
+    web.wait_text("#steps tbody", "the type filter from the form", |t| {
+        t.contains(odd.as_str())
+    });
+    assert_eq!(rows(&web, "#steps"), 1);
+    assert_eq!(injected(&web), json!(0));
+}
+
 #[test]
 fn the_overview_refreshes_one_at_a_time_while_the_store_is_slow() {
     if browser::available().is_none() {
