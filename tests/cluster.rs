@@ -218,26 +218,7 @@ fn a_zombie_pod_is_fenced_and_rejoins_under_a_new_identity() {
     );
     assert_eq!(s.last_error, None, "the success cleared the recovery note");
     // The zombie counts its late result as fenced, never as a completion.
-    let metrics = client()
-        .get(zombie.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("fleet_q_fenced_results_total ") && !l.ends_with(" 0")),
-        "fenced counted"
-    );
-    assert!(
-        !metrics
-            .lines()
-            .any(|l| l.starts_with("fleet_q_steps_finished_total{")
-                && l.contains("outcome=\"completed\"")
-                && !l.ends_with(" 0")),
-        "the zombie completed nothing that stood:\n{metrics}"
-    );
+    assert_late_result_fenced(&client(), &zombie);
     assert_eq!(s.attempt, rerun.attempt);
     let rows = obs.block(obs.store.pods_list()).unwrap();
     let old = rows.iter().find(|p| p.pod_id == zombie.id).unwrap();

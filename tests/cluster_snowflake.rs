@@ -316,24 +316,7 @@ fn a_paused_leader_on_snowflake_is_replaced_and_its_late_result_fenced() {
         "the rejoined pod is younger than the leader, so the eldest-live rule keeps it out"
     );
     // The paused pod's late result was counted as fenced, never as a completion.
-    let metrics = c
-        .get(paused.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metric(&metrics, "fleet_q_fenced_results_total") >= 1.0,
-        "fenced counted:\n{metrics}"
-    );
-    assert!(
-        !metrics
-            .lines()
-            .any(|l| l.starts_with("fleet_q_steps_finished_total{")
-                && l.contains("outcome=\"completed\"")
-                && !l.ends_with(" 0")),
-        "the paused pod completed nothing that stood:\n{metrics}"
-    );
+    assert_late_result_fenced(&c, paused);
     // Work submitted to the rejoined pod still runs.
     let late = submit(&c, paused, json!({"type": "rec", "args": {}}));
     wait_for("the late step to complete", Duration::from_secs(60), || {

@@ -835,3 +835,23 @@ pub fn rejoined_after_a_fenced_result(pod: &PodProc, limit: Duration) -> Value {
         },
     )
 }
+
+/// Asserts `pod`'s late result was counted as fenced
+/// (`fleet_q_fenced_results_total` at least 1) and never as a completion (no
+/// non-zero `fleet_q_steps_finished_total{outcome="completed"}` series).
+pub fn assert_late_result_fenced(c: &reqwest::blocking::Client, pod: &PodProc) {
+    let metrics = c.get(pod.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metric(&metrics, "fleet_q_fenced_results_total ") >= 1.0,
+        "fenced counted:\n{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("fleet_q_steps_finished_total{")
+                && l.contains("outcome=\"completed\"")
+                && !l.ends_with(" 0")),
+        "{} completed nothing that stood:\n{metrics}",
+        pod.name
+    );
+}
