@@ -217,18 +217,24 @@ fn a_deleted_database_file_makes_the_pod_refuse_writes() {
 /// Deleting the WAL or its index under a running pod (a "clean-up" gone wrong)
 /// must lose nothing: the pod refuses writes from then on, saves every commit
 /// still in the deleted WAL into the database file, and after a SIGKILL and a
-/// restart every step it accepted is there.
+/// restart every step it accepted is there. Deleted after 20 submits and,
+/// as early as the test can, after one. (Until every connection the pod keeps
+/// opened the WAL with the store, the checkpoint helper's connection opened it
+/// at its first pass, which could come after the deletion and create the file
+/// again, seen with `strace`; this test failed about 1 run in 5 then.)
 #[test]
 fn a_deleted_wal_or_index_is_refused_and_loses_no_accepted_step() {
-    for suffix in ["-wal", "-shm"] {
+    for (suffix, before) in [("-wal", 20), ("-shm", 20), ("-wal", 1), ("-shm", 1)] {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("wal.db");
-        let name = format!("del{suffix}");
+        let name = format!("del{suffix}-{before}");
         let mut pod = PodProc::start(dir.path(), &db, &name, &[]);
         let c = client();
         // Long steps, so none finishes (and nothing else commits) meanwhile.
         let long = json!({"type": "sleep", "args": {"ms": 3_600_000}});
-        let mut accepted: Vec<String> = (0..20).map(|_| submit(&c, &pod, long.clone())).collect();
+        let mut accepted: Vec<String> = (0..before)
+            .map(|_| submit(&c, &pod, long.clone()))
+            .collect();
         let mut file = db.clone().into_os_string();
         file.push(suffix);
         std::fs::remove_file(PathBuf::from(&file)).unwrap();
@@ -259,7 +265,7 @@ fn a_deleted_wal_or_index_is_refused_and_loses_no_accepted_step() {
         });
         assert!(
             !Path::new(&file).exists(),
-            "{suffix}: the pod created the deleted file again"
+            "{suffix} after {before}: the pod created the deleted file again"
         );
         // The worst way to stop, then a new pod on the same path.
         pod.kill9();
@@ -268,7 +274,7 @@ fn a_deleted_wal_or_index_is_refused_and_loses_no_accepted_step() {
         assert_eq!(
             stats.counts.total(),
             accepted.len() as u64,
-            "{suffix}: every accepted step survives: {stats:?}"
+            "{suffix} after {before}: every accepted step survives: {stats:?}"
         );
         for id in &accepted {
             assert_eq!(obs.step(id).step_type(), "sleep");

@@ -61,6 +61,11 @@
 //! A pass that finds another connection checkpointing (the helper, or another
 //! process's pod) is *busy*: it learned nothing and is tried again next period.
 //!
+//! **After a lost file.** Once the database file, its WAL or its index is
+//! found deleted or replaced ([`super::identity`]), neither thread runs a
+//! pass: copying frames then is the writer's rescue alone, and only when no
+//! other connection can be using a new WAL.
+//!
 //! The hand-off costs the writer a checkpoint with its two syncs: 5–15 ms on
 //! the benchmark machine, which a submit arriving then waits for. Restarting
 //! at 32 MiB instead (every ~0.4 s while pruning flat out) raised the submit
@@ -75,6 +80,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::identity::FileIdentity;
 use super::writer::Writer;
 
 /// How often the checkpointer looks for new commits.
@@ -156,6 +162,7 @@ impl Checkpointer {
         commits: Arc<AtomicU64>,
         writer: Writer,
         restart_bytes: u64,
+        identity: Arc<FileIdentity>,
     ) -> std::io::Result<Self> {
         let page: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -169,9 +176,10 @@ impl Checkpointer {
         let (kick, kicks) = mpsc::sync_channel::<()>(1);
         let helper = {
             let seen_frames = seen_frames.clone();
+            let identity = identity.clone();
             std::thread::Builder::new()
                 .name(IDLE_THREAD.into())
-                .spawn(move || routine_passes(&idle, &kicks, &seen_frames))?
+                .spawn(move || routine_passes(&idle, &kicks, &seen_frames, &identity))?
         };
         let (tx, rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
@@ -190,7 +198,7 @@ impl Checkpointer {
                 // Ends when the store (and with it the sender) is gone.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(PERIOD) {
                     let now = commits.load(Ordering::Relaxed);
-                    if now == seen {
+                    if now == seen || identity.is_lost() {
                         continue;
                     }
                     seen = now;
@@ -237,7 +245,9 @@ impl Checkpointer {
                 // behind, once the helper has finished its own.
                 drop(kick);
                 let _ = helper.join();
-                let _ = passive(&conn);
+                if !identity.is_lost() {
+                    let _ = passive(&conn);
+                }
             })?;
         Ok(Checkpointer { _stop: tx })
     }
@@ -245,11 +255,19 @@ impl Checkpointer {
 
 /// The helper thread: lowers its own CPU priority, then runs one pass per
 /// kick until the checkpointer is gone, recording the WAL's frames.
-fn routine_passes(conn: &Connection, kicks: &mpsc::Receiver<()>, seen_frames: &AtomicI64) {
+fn routine_passes(
+    conn: &Connection,
+    kicks: &mpsc::Receiver<()>,
+    seen_frames: &AtomicI64,
+    identity: &FileIdentity,
+) {
     if let Err(e) = lower_priority() {
         tracing::debug!(error = %e, "WAL checkpoints run at normal CPU priority");
     }
     while kicks.recv().is_ok() {
+        if identity.is_lost() {
+            continue;
+        }
         match passive(conn) {
             Ok(p) if !p.busy => seen_frames.store(p.log, Ordering::Relaxed),
             Ok(_) => {} // the checkpointer's own pass: it knows
@@ -341,7 +359,6 @@ fn restart(conn: &Connection, writer: &Writer, mut frames: i64) -> Restart {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::sqlite::identity::FileIdentity;
 
     /// While another connection checkpoints (here a `RESTART` checkpoint
     /// waiting, lock held, for a reader with an old snapshot), a pass is

@@ -40,25 +40,32 @@ impl SqliteStore {
         )
         .map_err(|e| map_err("open", e))?;
         let statements = Arc::new(AtomicU64::new(0));
-        // A first read opens the WAL and its index (creating them), so the
-        // identity records all three files.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map_err(|e| map_err("open", e))?;
-        let identity = Arc::new(identity::FileIdentity::of(&path));
+        // A first read opens the WAL and its index (creating them).
+        first_read(&conn).map_err(|e| map_err("open", e))?;
         // Checkpoints run on their own thread (see [`checkpoint`]); if its
         // connection cannot be opened, the writer keeps SQLite's automatic
         // checkpoints. A restarted WAL is cut back to WAL_LIMIT_BYTES (or the
         // restart threshold, if lower).
         let commits = Arc::new(AtomicU64::new(0));
         let open_checkpoint = || {
-            Connection::open(&path).and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
+            Connection::open(&path)
+                .and_then(|c| c.busy_timeout(options.busy_timeout).map(|()| c))
+                .and_then(|c| first_read(&c).map(|()| c))
         };
         // One connection for the checkpointer's thread, one for its helper.
         let checkpoint_conn = open_checkpoint()
             .and_then(|c| open_checkpoint().map(|idle| (c, idle)))
             .ok();
+        // The reader pool's connections, opened now (see [`ReaderPool`]).
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_reader(&path, options.busy_timeout, &statements))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every connection kept from now on has opened the WAL and its index
+        // (each at its first read, by path): the identity records all three
+        // files only now, so no kept connection opens them after it. One that
+        // did would create a new, empty WAL if the old one had been deleted
+        // meanwhile, which withholds the rescue (see [`identity`]).
+        let identity = Arc::new(identity::FileIdentity::of(&path));
         if checkpoint_conn.is_some() {
             conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
                 .map_err(|e| map_err("open", e))?;
@@ -87,6 +94,7 @@ impl SqliteStore {
                     commits,
                     writer.clone(),
                     options.wal_restart_bytes,
+                    identity.clone(),
                 )
                 .map_err(|e| {
                     StoreError::fatal("open", format!("start the checkpoint thread: {e}"))
@@ -103,7 +111,7 @@ impl SqliteStore {
                 path: path.clone(),
                 busy_timeout: options.busy_timeout,
                 max_idle: options.readers.max(1),
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(readers),
                 statements: statements.clone(),
                 identity,
             }),
@@ -135,6 +143,43 @@ impl SqliteStore {
     }
 }
 
+/// A read that opens `conn`'s WAL and index (SQLite opens them, by path, at a
+/// connection's first read).
+fn first_read(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|_| ())
+}
+
+/// A read-only connection for the reader pool, its WAL open.
+fn open_reader(
+    path: &Path,
+    busy_timeout: Duration,
+    statements: &Arc<AtomicU64>,
+) -> Result<Connection, StoreError> {
+    let mut c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| map_err("open", e))?;
+    c.busy_timeout(busy_timeout)
+        .map_err(|e| map_err("open", e))?;
+    c.execute_batch("PRAGMA query_only = ON")
+        .map_err(|e| map_err("open", e))?;
+    first_read(&c).map_err(|e| map_err("open", e))?;
+    count_statements(&mut c, statements.clone());
+    Ok(c)
+}
+
+/// Read connections: `max_idle` of them are opened with the store and kept;
+/// a read that finds none idle (more reads at once than that) opens one more
+/// and closes it after. Opening one is the only time the pod opens the
+/// database's files after the store is open, so it is checked first (see
+/// [`identity`]); a deletion in the microseconds between that check and the
+/// new connection's first read can still create a new WAL, which the writer's
+/// next check sees as a replaced file, withholding the rescue rather than
+/// copying into a database another connection may use.
 pub(super) struct ReaderPool {
     pub(super) path: PathBuf,
     pub(super) busy_timeout: Duration,
@@ -152,16 +197,10 @@ impl ReaderPool {
             return Ok(c);
         }
         self.identity.check_before_open()?;
-        let mut c = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| map_err("open", e))?;
-        c.busy_timeout(self.busy_timeout)
-            .map_err(|e| map_err("open", e))?;
-        c.execute_batch("PRAGMA query_only = ON")
-            .map_err(|e| map_err("open", e))?;
-        count_statements(&mut c, self.statements.clone());
+        let c = open_reader(&self.path, self.busy_timeout, &self.statements)?;
+        // Checked again once its WAL is open, so a WAL it created in that
+        // window is seen at once, not at the writer's next check.
+        self.identity.check_before_open()?;
         Ok(c)
     }
 

@@ -20,7 +20,12 @@
 //! answering 201, and after it stopped the file held nothing it had accepted.
 //!
 //! **The check.** The store records the device and inode of all three files
-//! when it opens them. It compares them with what the paths name now:
+//! once every connection it keeps (the writer, the checkpointer and its
+//! helper, the reader pool) has opened them: SQLite opens a connection's WAL
+//! by path at its first read, so a kept connection whose first read came
+//! after a deletion would create a new, empty WAL itself. (Found as a flaky
+//! test: the helper's first pass, at the pod's first commits, could land
+//! after the deletion and create the file again.) It compares them with what the paths name now:
 //! - before every heartbeat and every submit;
 //! - at most every [`RECHECK_MS`] before other writes;
 //! - before the read pool opens a connection.
@@ -33,13 +38,15 @@
 //! - every write fails with a fatal error (the API answers 503, `/ready` goes
 //!   unready) until the pod is restarted;
 //! - the read pool opens no new connection (it would create the new empty WAL);
-//! - reads still answer from connections already open.
+//! - reads still answer from connections already open;
+//! - the checkpointer runs no more passes ([`FileIdentity::is_lost`]).
 //!
 //! **The rescue.** When the WAL or the index was lost but neither was created
 //! again (so no other connection has opened the database since), the writer's
 //! connection, which still holds both, checkpoints every committed frame into
-//! the database file ([`FileIdentity::take_rescue`]). A restart then loses
-//! nothing. If a new WAL or index already exists, another connection has
+//! the database file ([`FileIdentity::take_rescue`]), trying again while a
+//! pass the checkpointer's helper had started holds the checkpoint lock. A
+//! restart then loses nothing. If a new WAL or index already exists, another connection has
 //! opened the database with it, and copying our frames into the file could
 //! corrupt what that connection sees. Nothing is copied then, and the log says
 //! what could not be saved.
@@ -174,6 +181,13 @@ impl FileIdentity {
             }
         }
         Err(StoreError::fatal(op, why))
+    }
+
+    /// True once a check found a path no longer naming its file: the
+    /// checkpointer's passes stop then (the rescue, if any, is the writer's).
+    /// A lock and no `stat`: a look at what the writer's checks found.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.lock().expect("identity lock").is_some()
     }
 
     /// True once, after a loss of the WAL or the index that the writer's

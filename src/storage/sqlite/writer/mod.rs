@@ -32,6 +32,10 @@ use super::totals::Totals;
 /// Most jobs committed in one transaction: bounds the latency a group adds.
 const MAX_GROUP: usize = 512;
 
+/// How long the rescue after a deleted WAL or index keeps trying to copy
+/// every commit into the database file (see `Writer::rescue_after_loss`).
+const RESCUE_FOR: Duration = Duration::from_secs(30);
+
 /// Milliseconds since the Unix epoch by this machine's clock. For the embedded
 /// store the database file lives on this machine, so this *is* the store's clock:
 /// every process sharing the file reads the same one.
@@ -284,6 +288,13 @@ impl Writer {
     /// on a thread of its own, checkpoints every committed frame into the
     /// database file through the writer's connection, which still holds the
     /// deleted files, so a restart loses nothing.
+    ///
+    /// A pass can fall short: the checkpointer's helper may be mid-pass when
+    /// the loss is found (the pass is *busy*; the checkpointer starts none
+    /// after a loss), or a reader may still hold an old snapshot. It is tried
+    /// again, with pauses from 10 ms doubling to 1 s, for up to
+    /// [`RESCUE_FOR`]; each try is one `PASSIVE` checkpoint, which blocks no
+    /// reader (writes are refused by then).
     fn rescue_after_loss(&self) {
         if !self.identity.take_rescue() {
             return;
@@ -291,18 +302,42 @@ impl Writer {
         let writer = self.clone();
         let spawned = std::thread::Builder::new()
             .name("fleet-q-sqlite-rescue".into())
-            .spawn(move || match writer.checkpoint_blocking() {
-                Ok(p) if p.complete() => tracing::warn!(
-                    frames = p.log,
-                    "every commit in the deleted WAL is now in the database file: restart the pod"
-                ),
-                Ok(p) => tracing::error!(
-                    frames = p.log,
-                    checkpointed = p.done,
-                    busy = p.busy,
-                    "not every commit in the deleted WAL could be copied into the database file"
-                ),
-                Err(e) => tracing::error!(error = %e, "the rescue checkpoint failed"),
+            .spawn(move || {
+                let deadline = Instant::now() + RESCUE_FOR;
+                let mut pause = Duration::from_millis(10);
+                loop {
+                    let pass = writer.checkpoint_blocking();
+                    match pass {
+                        Ok(p) if p.complete() => {
+                            tracing::warn!(
+                                frames = p.log,
+                                "every commit in the deleted WAL is now in the database file: \
+                                 restart the pod"
+                            );
+                            return;
+                        }
+                        Ok(p) if Instant::now() >= deadline => {
+                            tracing::error!(
+                                frames = p.log,
+                                checkpointed = p.done,
+                                busy = p.busy,
+                                "not every commit in the deleted WAL could be copied into the \
+                                 database file"
+                            );
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "the rescue checkpoint failed");
+                            return;
+                        }
+                    }
+                    // A back-off between checkpoint tries, not a wait for a
+                    // test: the pass that held the lock, or the reader, ends
+                    // on its own.
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the rescue checkpoint");
