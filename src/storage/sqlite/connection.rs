@@ -177,9 +177,10 @@ fn open_reader(
 /// and closes it after. Opening one is the only time the pod opens the
 /// database's files after the store is open, so it is checked first (see
 /// [`identity`]); a deletion in the microseconds between that check and the
-/// new connection's first read can still create a new WAL, which the writer's
-/// next check sees as a replaced file, withholding the rescue rather than
-/// copying into a database another connection may use.
+/// new connection's first read can still create a new WAL. A second check
+/// right after the open sees it as a replaced file, which refuses the read and
+/// withholds the rescue rather than copy into a database another connection
+/// may be using.
 pub(super) struct ReaderPool {
     pub(super) path: PathBuf,
     pub(super) busy_timeout: Duration,
