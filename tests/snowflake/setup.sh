@@ -11,6 +11,9 @@
 # accelerator only: where no wheel exists for this platform the plain sqlglot
 # runs (slower), and a marker stops every later run from trying again.
 set -euo pipefail
+# No wheel cache: a cache under ~/.cache/pip would hold a second copy of every
+# download (duckdb, pyarrow, pandas: ~200 MB) on a disk the build already fills.
+export PIP_NO_CACHE_DIR=1
 venv="${1:?usage: setup.sh VENV_DIR}"
 mkdir -p "$(dirname "$venv")"
 exec 9>"$venv.lock"
@@ -29,9 +32,19 @@ if [ -x "$venv/bin/python" ] && ready; then
   exit 0
 fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet 'fakesnow[server]==0.12.1' 'snowflake-connector-python<5' 'sqlglot==30.22.0'
-if ! "$venv/bin/pip" install --quiet --only-binary=:all: 'sqlglotc==30.22.0'; then
-  echo "setup.sh: no sqlglotc wheel for this platform; the emulator runs on plain sqlglot (slower)" >&2
-  touch "$venv/.no-sqlglotc"
+if ! "$venv/bin/pip" install --quiet 'fakesnow[server]==0.12.1' 'snowflake-connector-python<5' 'sqlglot==30.22.0'; then
+  echo "setup.sh: pip could not install the Snowflake peer into $venv; free space where it writes:" >&2
+  df -h "$(dirname "$venv")" "${TMPDIR:-/tmp}" >&2 || true
+  exit 1
+fi
+if ! err=$("$venv/bin/pip" install --quiet --only-binary=:all: 'sqlglotc==30.22.0' 2>&1); then
+  if grep -qE "No matching distribution|Could not find a version" <<<"$err"; then
+    echo "setup.sh: no sqlglotc wheel for this platform; the emulator runs on plain sqlglot (slower)" >&2
+    touch "$venv/.no-sqlglotc"
+  else
+    # Any other failure (a full disk, a dropped connection) is retried by the
+    # next run rather than remembered as "no wheel".
+    echo "setup.sh: installing sqlglotc failed; this run uses plain sqlglot (slower): $err" >&2
+  fi
 fi
 "$venv/bin/python" -c "import fakesnow, uvicorn"

@@ -17,29 +17,40 @@ pub const REQUIRE: &str = "FLEET_Q_REQUIRE_SNOWFLAKE";
 /// the reason on stderr) only when this machine has no python3. With
 /// `FLEET_Q_REQUIRE_SNOWFLAKE=1` a missing python3 panics instead: a run that
 /// requires the Snowflake tests cannot pass by skipping them.
+///
+/// A failed install is remembered: the first test reports it (setup.sh prints
+/// pip's error and the free space) and every later test in the binary fails at
+/// once with the same message instead of running pip again.
 pub fn python() -> Option<PathBuf> {
-    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PY.get_or_init(|| {
+    static PY: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    let found = PY.get_or_init(|| {
         if Command::new("python3").arg("--version").output().is_err() {
-            assert!(
-                std::env::var(REQUIRE).as_deref() != Ok("1"),
-                "{REQUIRE}=1 but python3 is missing: the Snowflake protocol peer cannot run"
-            );
+            if std::env::var(REQUIRE).as_deref() == Ok("1") {
+                return Err(format!(
+                    "{REQUIRE}=1 but python3 is missing: the Snowflake protocol peer cannot run"
+                ));
+            }
             eprintln!("skipping Snowflake cases: python3 is missing (install it to run them; .ci/run does)");
-            return None;
+            return Ok(None);
         }
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakesnow-venv");
-        let ok = Command::new("bash")
+        match Command::new("bash")
             .arg(root.join("tests/snowflake/setup.sh"))
             .arg(&venv)
             .status()
-            .expect("run setup.sh")
-            .success();
-        assert!(ok, "tests/snowflake/setup.sh failed");
-        Some(venv.join("bin/python"))
-    })
-    .clone()
+        {
+            Ok(status) if status.success() => Ok(Some(venv.join("bin/python"))),
+            Ok(status) => Err(format!(
+                "tests/snowflake/setup.sh failed ({status}); its stderr above says why"
+            )),
+            Err(e) => Err(format!("could not run tests/snowflake/setup.sh: {e}")),
+        }
+    });
+    match found {
+        Ok(py) => py.clone(),
+        Err(why) => panic!("{why}"),
+    }
 }
 
 const MISSING: &str = "python3 is missing, so the Snowflake protocol peer cannot run";
