@@ -58,9 +58,11 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
         pods.iter().map(|p| p.port).collect::<Vec<u16>>(),
     ));
     let submitter = {
-        let (ports, rest) = (ports.clone(), bodies[STEPS / 2..].to_vec());
+        let (ports, rest, db) = (ports.clone(), bodies[STEPS / 2..].to_vec(), db.clone());
         std::thread::spawn(move || {
             let c = client();
+            let backlog = rusqlite::Connection::open(&db).unwrap();
+            backlog.busy_timeout(Duration::from_secs(10)).unwrap();
             let mut accepted = Vec::new();
             for (n, part) in rest.chunks(250).enumerate() {
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -89,7 +91,23 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
                         .iter()
                         .map(|s| s.as_str().unwrap().to_string()),
                 );
-                pace(Duration::from_millis(100)); // submits spread over the kills
+                // The next batch goes in once the fleet has taken up this one
+                // (fewer than four batches pending), so submits follow the
+                // work, and the kills, to the end instead of arriving at once.
+                wait_for(
+                    "the fleet to take up work (under 1,000 pending)",
+                    Duration::from_secs(60),
+                    || {
+                        let pending: i64 = backlog
+                            .query_row(
+                                "SELECT COUNT(*) FROM STEP_TRACKER WHERE status = 'pending'",
+                                [],
+                                |r| r.get(0),
+                            )
+                            .unwrap();
+                        (pending < 1000).then_some(())
+                    },
+                );
             }
             accepted
         })
@@ -109,7 +127,12 @@ fn random_sigkills_lose_nothing_and_duplicates_come_only_from_killed_pods() {
         if s.counts.pending == 0 && s.counts.claimed == 0 && submitter.is_finished() {
             break;
         }
-        fault_interval();
+        // The next kill after another 1,000-2,000 finished steps.
+        fault_after(1000, || {
+            let s = obs.stats();
+            let live = s.counts.pending + s.counts.claimed;
+            (live > 0 || !submitter.is_finished()).then_some(s.counts.completed + s.counts.failed)
+        });
         let leader = (0..3).find(|i| pods[*i].is_leader());
         let victim = match leader {
             Some(l) if rand::random::<u8>().is_multiple_of(3) => l,

@@ -485,7 +485,9 @@ fn snowflake_chaos_loses_nothing() {
     let (dir, db, env) = (f.dir.path().to_path_buf(), f.unused_db(), f.env.clone());
     let mut leader_kills = 0;
     for round in 0..4 {
-        fault_interval();
+        // The next kill after another 40-80 executions (of 720 or more: 600
+        // steps and a retry of every fifth), so every kill meets work.
+        fault_after(40, || Some(f.rec.calls().len() as u64));
         let leader = (0..3).find(|i| f.pods[*i].is_leader());
         // The last round kills the leader if no earlier round did.
         let victim = match leader {

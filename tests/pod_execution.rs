@@ -731,14 +731,23 @@ fn pruning_runs_in_chunks_while_steps_are_submitted_and_run() {
     };
     with_pod_cfg_on(tune, h, db, |pod| async move {
         // Submit while the pruner works through 60 chunks.
+        // Each batch goes in once the one before it has run, so the submits
+        // and the runs interleave with the pruning rather than arrive at once.
         let mut fresh = Vec::new();
-        for _ in 0..20 {
+        for batch in 1..=20 {
             let ids = pod
                 .submit((0..10).map(|_| spec("ok", |_| {})).collect())
                 .await
                 .expect("a submit is accepted while pruning");
             fresh.extend(ids.into_iter().map(|i| i.step_id));
-            support::pace_async(Duration::from_millis(20)).await; // a trickle of submits
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while runs.load(Ordering::SeqCst) < batch * 10 {
+                assert!(
+                    Instant::now() < deadline,
+                    "batch {batch} did not run within 60 s while pruning"
+                );
+                actix_rt::time::sleep(Duration::from_millis(5)).await; // poll interval
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let stats = loop {

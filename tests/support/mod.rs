@@ -36,18 +36,6 @@ pub fn poll_until<T>(deadline: Instant, mut check: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// Paces a workload (submits spread over time, a scrape cadence, the gap between
-/// two faults): it shapes what the test does, never waits for some state to
-/// appear (that is [`wait_for`], with a deadline).
-pub fn pace(d: Duration) {
-    std::thread::sleep(d); // pacing a workload, not waiting for state
-}
-
-/// [`pace`] for async tests.
-pub async fn pace_async(d: Duration) {
-    actix_rt::time::sleep(d).await; // pacing a workload, not waiting for state
-}
-
 /// The last `n` lines of a pod's log, headed by its path, for failure messages.
 pub fn log_tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -457,8 +445,9 @@ impl Recorder {
                                 };
                                 calls.lock().unwrap().push(call.clone());
                                 if let Some(ms) = args["sleep_ms"].as_u64() {
-                                    // The step's own work, as the service runs it.
-                                    pace_async(Duration::from_millis(ms)).await;
+                                    // The service's own work: it takes `sleep_ms`
+                                    // to answer (the workload, not a wait for state).
+                                    actix_rt::time::sleep(Duration::from_millis(ms)).await;
                                 }
                                 // `redirect_to: url` answers 307 to it.
                                 if let Some(to) = args["redirect_to"].as_str() {
@@ -613,10 +602,23 @@ pub fn submit_keyed_batches(
     ids
 }
 
-/// The chaos tests' fault schedule: the pause between two kills, 1-3 s at random.
-/// This is when the next fault is injected, not a wait for some state.
-pub fn fault_interval() {
-    pace(Duration::from_millis(1000 + rand::random::<u64>() % 2000));
+/// The chaos tests' fault schedule: the next kill comes once the fleet has
+/// made between `steps` and twice `steps` more progress (at random) since the
+/// last one, as `progress` counts it (finished steps, executions), so kills
+/// follow the work however fast this machine runs it. `progress` returns
+/// `None` once nothing is left to run, which ends the wait at once. A fleet
+/// that makes no such progress within 60 s fails the test.
+pub fn fault_after(steps: u64, mut progress: impl FnMut() -> Option<u64>) {
+    let Some(start) = progress() else { return };
+    let target = start + steps + rand::random::<u64>() % steps.max(1);
+    let what = format!(
+        "{} more steps of progress between two kills",
+        target - start
+    );
+    wait_for(&what, Duration::from_secs(60), || match progress() {
+        Some(n) if n < target => None,
+        _ => Some(()),
+    });
 }
 
 /// SIGKILLs `pods[victim]`, records its id in `killed`, and starts it again under
